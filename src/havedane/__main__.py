@@ -1,0 +1,5 @@
+import sys
+
+from havedane.cli import main
+
+sys.exit(main())

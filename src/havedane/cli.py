@@ -1,0 +1,334 @@
+"""The `havedane` command line.
+
+Every command takes --config F (default ./havedane.toml, else the embedded
+default's) and exits non-zero with a one-line reason on bad input: 2 for a usage
+or configuration error, 1 for anything else that failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import ipaddress
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from cryptography import x509
+
+from havedane import __version__, pki
+from havedane import config as configmod
+from havedane.config import Config, ConfigError, Listen
+
+EMBEDDED_DOMAIN = "havedane.localhost"
+
+
+class Failure(Exception):
+    """A one-line reason for the user; `code` is the exit status."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "havedane"
+
+
+def config_path(arg: str | None) -> Path | None:
+    """--config, else ./havedane.toml, else the embedded default's file (if it exists)."""
+    if arg:
+        return Path(arg)
+    if Path("havedane.toml").exists():
+        return Path("havedane.toml")
+    embedded = default_data_dir() / "havedane.toml"
+    return embedded if embedded.exists() else None
+
+
+def load_config(arg: str | None) -> Config:
+    path = config_path(arg)
+    if path is None:
+        raise Failure("no havedane.toml here: run `havedane init --domain D` or pass --config F", 2)
+    try:
+        return configmod.load(path)
+    except ConfigError as e:
+        raise Failure(f"config: {e}", 2) from None
+
+
+# -- init ---------------------------------------------------------------------
+
+
+def init(
+    domain: str, directory: Path, force: bool, smtp_listen: list[str] | None = None, web_listen: str | None = None
+) -> Path:
+    """Write havedane.toml, the CA and certificates, and the database into `directory`."""
+    try:
+        domain = configmod._domain(domain)
+    except ValueError as e:
+        raise Failure(f"--domain: {e}", 2) from None
+    path = directory / "havedane.toml"
+    existing = [p for p in (path, directory / "tls" / "ca.key") if p.exists()]
+    if existing and not force:
+        raise Failure(f"{existing[0]} exists: refusing to overwrite it (use --force to replace the setup)")
+    directory.mkdir(parents=True, exist_ok=True)
+    path.write_text(configmod.render(domain, smtp_listen or ["127.0.0.1:2525"], web_listen or "127.0.0.1:8080"))
+    config = configmod.load(path, env={})
+    pki.create(config.tls_dir, domain, [p.host(domain) for p in config.probes])
+    if config.store_url.startswith("sqlite:///"):
+        from havedane.store import sqlite
+
+        db = Path(config.store_url.removeprefix("sqlite:///"))
+        if force and db.exists():
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    Path(f"{db}{suffix}").unlink()
+        sqlite.upgrade(db)
+    return path
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    path = init(args.domain, Path(args.dir), args.force)
+    print(f"wrote {path}, certificates in {path.parent / 'tls'}, database {path.parent / 'havedane.sqlite3'}")
+    print(f"next: havedane records --config {path} --address <public IP>   (DNS to publish)")
+    print(f"      havedane serve --config {path}")
+    return 0
+
+
+# -- serve --------------------------------------------------------------------
+
+
+def embedded_config() -> Path:
+    """The embedded default for a local trial: created on first use, reused after."""
+    directory = default_data_dir()
+    path = directory / "havedane.toml"
+    if not path.exists():
+        init(EMBEDDED_DOMAIN, directory, force=False)
+        print(f"havedane: created a trial setup for {EMBEDDED_DOMAIN} in {directory}", flush=True)
+    return path
+
+
+def _listen(value: str) -> Listen:
+    try:
+        return configmod.parse_listen(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+async def serve(config: Config, smtp: tuple[Listen, ...], web: Listen, ready: Callable[[str], None] = print) -> None:
+    from havedane.receiver import Receiver, tls_context
+    from havedane.store.sqlite import open_store
+    from havedane.web.app import create_app, serve_forever
+
+    try:
+        chains = pki.load_chains(config.tls_dir)
+    except FileNotFoundError as e:
+        raise Failure(f"certificates missing ({e.filename}): run `havedane init` first") from None
+    store = open_store(config.store_url)
+    try:
+        await store.open()
+    except Exception as e:  # noqa: BLE001 - reported as one line
+        raise Failure(f"cannot open the store {config.store_url}: {e}") from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    receiver = Receiver(config, store, tls_context(chains))
+    try:
+        try:
+            await receiver.start(smtp)
+        except OSError as e:
+            raise Failure(f"cannot listen for SMTP on {', '.join(map(str, smtp))}: {e.strerror or e}") from None
+        web_ready = asyncio.Event()
+        web_task = asyncio.create_task(serve_forever(create_app(config, store), web.host, web.port, stop, web_ready))
+        prune_task = asyncio.create_task(prune_forever(config, store))
+        ready_wait = asyncio.create_task(web_ready.wait())
+        await asyncio.wait({web_task, ready_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if web_task.done():
+            ready_wait.cancel()
+            prune_task.cancel()
+            exc = web_task.exception()
+            raise Failure(f"cannot listen for HTTP on {web}: {getattr(exc, 'strerror', None) or exc}")
+        smtp_at = ", ".join(f"{h}:{p}" for h, p in receiver.bound())
+        where = f"domain {config.domain}; SMTP on {smtp_at}; web on http://{web}"
+        ready(f"havedane {__version__}: {where} (open it in a browser)")
+        await web_task
+        prune_task.cancel()
+    finally:
+        await receiver.stop()
+        await store.close()
+
+
+async def prune_forever(config: Config, store: object) -> None:
+    from havedane.store.base import Store
+
+    assert isinstance(store, Store)
+    import time
+
+    while True:
+        now = time.time()
+        keep = config.retention_days * 86400
+        try:
+            await store.prune(now - keep, now - min(keep, 86400))
+        except Exception as e:  # noqa: BLE001 - pruning must never stop the service
+            logging.getLogger("havedane").error("pruning failed: %s", e)
+        await asyncio.sleep(600)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    path = config_path(args.config) or embedded_config()
+    try:
+        config = configmod.load(path)
+    except ConfigError as e:
+        raise Failure(f"config: {e}", 2) from None
+    smtp = tuple(args.smtp_listen) if args.smtp_listen else config.smtp_listen
+    web = args.web_listen or config.web_listen
+    if (
+        args.web_listen
+        and "public_url" not in config.raw.get("web", {})
+        and "HAVEDANE_WEB_PUBLIC_URL" not in os.environ
+    ):
+        config = dataclasses.replace(config, public_url=f"http://{web}")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
+
+    def ready(line: str) -> None:
+        print(line, flush=True)
+
+    asyncio.run(serve(config, smtp, web, ready))
+    return 0
+
+
+# -- records / zone -------------------------------------------------------------
+
+
+def _addresses(config: Config, given: list[str] | None) -> list[str]:
+    if given:
+        for a in given:
+            try:
+                ipaddress.ip_address(a)
+            except ValueError:
+                raise Failure(f"--address: not an IP address: {a!r}", 2) from None
+        return given
+    found = [listen.host for listen in config.smtp_listen if listen.host not in ("0.0.0.0", "::")]
+    if not found:
+        raise Failure("the receiver listens on all addresses: give its public address with --address IP", 2)
+    return list(dict.fromkeys(found))
+
+
+def _certificates(config: Config) -> tuple[list[x509.Certificate], x509.Certificate]:
+    try:
+        return [c.leaf for c in pki.load_chains(config.tls_dir)], pki.load_ca(config.tls_dir)
+    except FileNotFoundError as e:
+        raise Failure(f"certificates missing ({e.filename}): run `havedane init` first") from None
+
+
+def cmd_records(args: argparse.Namespace) -> int:
+    from havedane.dns import zone
+
+    config = load_config(args.config)
+    leaves, ca = _certificates(config)
+    recs = zone.records(config.domain, config.probes, leaves, ca, _addresses(config, args.address))
+    sys.stdout.write(zone.format_json(recs) if args.format == "json" else zone.format_zone(recs))
+    return 0
+
+
+def cmd_zone(args: argparse.Namespace) -> int:
+    from havedane.dns import zone
+
+    config = load_config(args.config)
+    leaves, ca = _certificates(config)
+    out = zone.build_zone(
+        config.domain,
+        config.probes,
+        leaves,
+        ca,
+        _addresses(config, args.address),
+        config.data_dir / "dnssec",
+        args.sign,
+    )
+    if args.out:
+        Path(args.out).write_text(out.text)
+    else:
+        sys.stdout.write(out.text)
+    for line in out.ds:
+        print(line, file=sys.stderr)
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if not config.store_url.startswith("sqlite:///"):
+        from havedane.store import postgres  # type: ignore[attr-defined,unused-ignore]
+
+        before, after = postgres.upgrade(config.store_url)
+    else:
+        from havedane.store import sqlite
+
+        before, after = sqlite.upgrade(Path(config.store_url.removeprefix("sqlite:///")))
+    print(f"schema version {before} -> {after}" if before != after else f"schema is current (version {after})")
+    return 0
+
+
+# -- the parser ---------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="havedane", description="Tells whether outgoing mail servers validate DANE (RFC 7672)."
+    )
+    p.add_argument("--version", action="version", version=f"havedane {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=help)
+        c.add_argument("--config", metavar="F", help="configuration file (default ./havedane.toml)")
+        c.set_defaults(func=func)
+        return c
+
+    c = command("init", "write havedane.toml, the CA and certificates, and the database", cmd_init)
+    c.add_argument("--domain", required=True, help="the DNSSEC-signed base domain, e.g. havedane.example")
+    c.add_argument("--dir", default=".", help="where to write (default: the current directory)")
+    c.add_argument("--force", action="store_true", help="replace an existing setup")
+
+    c = command("serve", "run the SMTP receiver and the web app in one process", cmd_serve)
+    c.add_argument("--smtp-listen", action="append", type=_listen, metavar="ADDR:PORT",
+                   help="SMTP listener (repeat for several; overrides [smtp] listen)")  # fmt: skip
+    c.add_argument("--web-listen", type=_listen, metavar="ADDR:PORT", help="web listener (overrides [web] listen)")
+
+    c = command("records", "print the DNS records to publish (TLSA computed from the certificates)", cmd_records)
+    c.add_argument("--format", choices=["zone", "json"], default="zone", help="output format (default zone)")
+    c.add_argument("--address", action="append", metavar="IP", help="the receiver's public address (repeatable)")
+
+    c = command("zone", "print a complete zone file for the base domain (--sign: signed, DS on stderr)", cmd_zone)
+    c.add_argument("--sign", action="store_true", help="sign the zone (ECDSA P-256, NSEC) with keys kept in DIR/dnssec")
+    c.add_argument("--address", action="append", metavar="IP", help="the receiver's public address (repeatable)")
+    c.add_argument("--out", metavar="FILE", help="write the zone here instead of standard output")
+
+    db = sub.add_parser("db", help="database maintenance", description="database maintenance")
+    dbsub = db.add_subparsers(dest="db_command", metavar="COMMAND", required=True)
+    c = dbsub.add_parser("upgrade", help="apply schema migrations", description="apply schema migrations")
+    c.add_argument("--config", metavar="F", help="configuration file (default ./havedane.toml)")
+    c.set_defaults(func=cmd_db_upgrade)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except Failure as e:
+        print(f"havedane: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

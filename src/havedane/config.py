@@ -1,0 +1,300 @@
+"""havedane.toml: loading, environment overrides and validation.
+
+Every key can be overridden by HAVEDANE_<SECTION>_<KEY> (top-level keys by
+HAVEDANE_<KEY>). A bad file, an unknown key or a bad value is a ConfigError whose
+message names the key: the CLI prints it as one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from havedane import probes
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen(value: str) -> Listen:
+    """'127.0.0.1:25', '[::1]:25' or ':25' (all addresses) -> Listen."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected ADDRESS:PORT, got {value!r}")
+    host = host.strip("[]")
+    if host:
+        ipaddress.ip_address(host)  # raises ValueError for a bad address
+    return Listen(host or "0.0.0.0", int(port))
+
+
+@dataclass(frozen=True)
+class Config:
+    domain: str
+    path: Path | None  # the file it came from; relative paths are resolved against its folder
+    probes: tuple[probes.Probe, ...]
+    smtp_listen: tuple[Listen, ...]
+    smtp_hostname: str
+    max_message_size: int
+    smtp_timeout: float
+    max_connections: int
+    max_connections_per_client: int
+    max_recipients: int
+    proxy_protocol: bool
+    web_listen: Listen
+    public_url: str
+    trusted_proxies: tuple[str, ...]
+    store_url: str
+    tls_dir: Path
+    grace: float
+    retention_days: float
+    max_tests: int
+    tests_per_minute: int
+    raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.path.parent if self.path else Path.cwd()
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ValueError("must be a non-empty string")
+    return v
+
+
+def _positive_int(v: Any) -> int:
+    if isinstance(v, str) and v.strip().isdigit():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise ValueError(f"must be a positive integer, got {v!r}")
+    return v
+
+
+def _positive_float(v: Any) -> float:
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            raise ValueError(f"must be a number, got {v!r}") from None
+    if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+        raise ValueError(f"must be a number >= 0, got {v!r}")
+    return float(v)
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+        return v.lower() in {"1", "true", "yes", "on"}
+    raise ValueError(f"must be true or false, got {v!r}")
+
+
+def _str_list(v: Any) -> list[str]:
+    if isinstance(v, str):
+        v = [s.strip() for s in v.split(",") if s.strip()]
+    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+        raise ValueError("must be a list of strings")
+    return v
+
+
+def _listen_list(v: Any) -> list[Listen]:
+    return [parse_listen(s) for s in _str_list(v)]
+
+
+def _listen(v: Any) -> Listen:
+    return parse_listen(_str(v))
+
+
+def _networks(v: Any) -> list[str]:
+    nets = _str_list(v)
+    for n in nets:
+        ipaddress.ip_network(n, strict=False)
+    return nets
+
+
+def _domain(v: Any) -> str:
+    d = _str(v).lower().rstrip(".")
+    labels = d.split(".")
+    if len(labels) < 2 or not all(lbl and len(lbl) < 64 and lbl.replace("-", "").isalnum() for lbl in labels):
+        raise ValueError(f"must be a domain name like havedane.example, got {v!r}")
+    return d
+
+
+# section -> key -> (parser, default). "" is the top level.
+SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
+    "": {"domain": (_domain, None)},
+    "probes": {"enabled": (_str_list, None)},
+    "smtp": {
+        "listen": (_listen_list, ["127.0.0.1:2525"]),
+        "hostname": (_str, None),
+        "max_message_size": (_positive_int, 1_048_576),
+        "timeout": (_positive_float, 60.0),
+        "max_connections": (_positive_int, 200),
+        "max_connections_per_client": (_positive_int, 20),
+        "max_recipients": (_positive_int, 20),
+        "proxy_protocol": (_bool, False),
+    },
+    "web": {
+        "listen": (_listen, "127.0.0.1:8080"),
+        "public_url": (_str, None),
+        "trusted_proxies": (_networks, []),
+    },
+    "store": {"url": (_str, None)},
+    "tls": {"dir": (_str, "tls")},
+    "verdict": {"grace": (_positive_float, 60.0)},
+    "retention": {"days": (_positive_float, 7.0), "max_tests": (_positive_int, 100_000)},
+    "limits": {"tests_per_minute": (_positive_int, 10)},
+}
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for section, keys in SCHEMA.items():
+        for key in keys:
+            name = "HAVEDANE_" + (f"{section}_{key}" if section else key).upper()
+            if name in env:
+                out.setdefault(section, {})[key] = env[name]
+    return out
+
+
+def load(path: Path | None, env: Mapping[str, str] | None = None, default_domain: str | None = None) -> Config:
+    """Read `path` (or nothing), apply HAVEDANE_* overrides, validate."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file (run `havedane init --domain D` first)") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read: {e}") from None
+
+    values: dict[str, dict[str, Any]] = {s: {} for s in SCHEMA}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            if key not in SCHEMA or not key:
+                raise ConfigError(f"unknown section [{key}]")
+            for k, v in value.items():
+                if k not in SCHEMA[key]:
+                    raise ConfigError(f"unknown key {key}.{k}")
+                values[key][k] = v
+        elif key in SCHEMA[""]:
+            values[""][key] = value
+        else:
+            raise ConfigError(f"unknown key {key}")
+    for section, kv in _env_overrides(env).items():
+        values[section].update(kv)
+
+    parsed: dict[str, dict[str, Any]] = {}
+    for section, keys in SCHEMA.items():
+        parsed[section] = {}
+        for key, (parser, default) in keys.items():
+            name = f"{section}.{key}" if section else key
+            if key in values[section]:
+                try:
+                    parsed[section][key] = parser(values[section][key])
+                except ValueError as e:
+                    raise ConfigError(f"{name}: {e}") from None
+            else:
+                parsed[section][key] = parser(default) if default is not None else None
+
+    domain = parsed[""]["domain"] or default_domain
+    if not domain:
+        raise ConfigError('domain: missing (set domain = "havedane.example" or HAVEDANE_DOMAIN)')
+    try:
+        enabled = probes.enabled(parsed["probes"]["enabled"])
+    except KeyError as e:
+        raise ConfigError(f"probes.enabled: unknown probe {e.args[0]} (known: {', '.join(probes.CATALOGUE)})") from None
+
+    base = path.parent if path else Path.cwd()
+    store_url = parsed["store"]["url"] or f"sqlite:///{base / 'havedane.sqlite3'}"
+    if not store_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise ConfigError(f"store.url: must start with sqlite:/// or postgresql://, got {store_url!r}")
+    if store_url.startswith("sqlite:///"):
+        db = Path(store_url.removeprefix("sqlite:///"))
+        store_url = f"sqlite:///{db if db.is_absolute() else base / db}"
+    tls_dir = Path(parsed["tls"]["dir"])
+    web = parsed["web"]
+    return Config(
+        domain=domain,
+        path=path,
+        probes=enabled,
+        smtp_listen=tuple(parsed["smtp"]["listen"]),
+        smtp_hostname=parsed["smtp"]["hostname"] or f"mx.{domain}",
+        max_message_size=parsed["smtp"]["max_message_size"],
+        smtp_timeout=parsed["smtp"]["timeout"],
+        max_connections=parsed["smtp"]["max_connections"],
+        max_connections_per_client=parsed["smtp"]["max_connections_per_client"],
+        max_recipients=parsed["smtp"]["max_recipients"],
+        proxy_protocol=parsed["smtp"]["proxy_protocol"],
+        web_listen=web["listen"],
+        public_url=(web["public_url"] or f"http://{web['listen']}").rstrip("/"),
+        trusted_proxies=tuple(web["trusted_proxies"]),
+        store_url=store_url,
+        tls_dir=tls_dir if tls_dir.is_absolute() else base / tls_dir,
+        grace=parsed["verdict"]["grace"],
+        retention_days=parsed["retention"]["days"],
+        max_tests=parsed["retention"]["max_tests"],
+        tests_per_minute=parsed["limits"]["tests_per_minute"],
+        raw=data,
+    )
+
+
+def render(domain: str, smtp_listen: list[str], web_listen: str) -> str:
+    """The havedane.toml written by `havedane init`: every key, with its default."""
+    listen = ", ".join(f'"{s}"' for s in smtp_listen)
+    return f"""# havedane configuration. Every key may be overridden by HAVEDANE_<SECTION>_<KEY>.
+domain = "{domain}"
+
+[probes]
+# The classic three; the conformance matrix adds more (see README).
+enabled = ["do", "dont", "wrong"]
+
+[smtp]
+listen = [{listen}]
+hostname = "mx.{domain}"
+max_message_size = 1048576      # bytes; larger messages get 552
+timeout = 60                    # seconds of silence before the connection is closed
+max_connections = 200           # beyond this: 421 4.7.0
+max_connections_per_client = 20
+max_recipients = 20
+proxy_protocol = false          # expect a PROXY v1/v2 header (behind a TCP load balancer)
+
+[web]
+listen = "{web_listen}"
+# public_url = "https://{domain}"
+trusted_proxies = []            # networks whose X-Forwarded-For is believed
+
+[store]
+url = "sqlite:///havedane.sqlite3"
+
+[tls]
+dir = "tls"
+
+[verdict]
+grace = 60                      # seconds after the first delivery before missing probes count
+
+[retention]
+days = 7
+max_tests = 100000
+
+[limits]
+tests_per_minute = 10           # per client address
+"""

@@ -1,0 +1,144 @@
+"""The certificates havedane serves: a long-lived CA and leaves for every probe host.
+
+Layout of the TLS directory (written by `havedane init`):
+
+    ca.pem, ca.key                  the CA (ECDSA P-256, 100 years, like the original's)
+    leaf-ecdsa.pem, leaf-ecdsa.key  ECDSA P-256 leaf naming every probe host
+    leaf-rsa.pem, leaf-rsa.key      RSA 2048 leaf, same names, for senders without ECDSA
+    chain-ecdsa.pem, chain-rsa.pem  leaf + CA: DANE-TA (2 1 1) needs the CA in the chain
+                                    (RFC 7671 §5.2.2)
+
+Both leaves are served side by side; TLSA 3 1 1 is published for each.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+LEAF_KINDS = ("ecdsa", "rsa")
+
+
+@dataclass(frozen=True)
+class Chain:
+    """One served chain: leaf first, then its issuers."""
+
+    kind: str
+    cert_file: Path  # chain PEM
+    key_file: Path
+    leaf: x509.Certificate
+    issuers: tuple[x509.Certificate, ...]
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "havedane"), x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    )
+
+
+def new_key(kind: str) -> PrivateKey:
+    if kind == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def make_ca(cn: str, key: PrivateKey, years: int = 100) -> x509.Certificate:
+    now = _now()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(_name(cn))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=365 * years))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def make_leaf(
+    names: list[str],
+    key: PrivateKey,
+    ca: x509.Certificate,
+    ca_key: PrivateKey,
+    days: int = 3650,
+    not_before: datetime.datetime | None = None,
+) -> x509.Certificate:
+    start = not_before or _now() - datetime.timedelta(days=1)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(_name(names[0]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+
+def pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def write_key(path: Path, key: PrivateKey) -> None:
+    """Private keys are readable by their owner only."""
+    data = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, 0o600)
+
+
+def create(tls_dir: Path, domain: str, hosts: list[str]) -> None:
+    """Write the CA and both leaves (every probe host in the SANs) into tls_dir."""
+    tls_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(tls_dir, 0o700)
+    ca_key = new_key("ecdsa")
+    ca = make_ca(f"havedane CA for {domain}", ca_key)
+    write_key(tls_dir / "ca.key", ca_key)
+    (tls_dir / "ca.pem").write_bytes(pem(ca))
+    for kind in LEAF_KINDS:
+        key = new_key(kind)
+        leaf = make_leaf(hosts, key, ca, ca_key)
+        write_key(tls_dir / f"leaf-{kind}.key", key)
+        (tls_dir / f"leaf-{kind}.pem").write_bytes(pem(leaf))
+        (tls_dir / f"chain-{kind}.pem").write_bytes(pem(leaf) + pem(ca))
+
+
+def load_chains(tls_dir: Path) -> list[Chain]:
+    """The chains to serve; raises FileNotFoundError when `havedane init` has not run."""
+    chains = []
+    for kind in LEAF_KINDS:
+        chain_file = tls_dir / f"chain-{kind}.pem"
+        certs = x509.load_pem_x509_certificates(chain_file.read_bytes())
+        chains.append(Chain(kind, chain_file, tls_dir / f"leaf-{kind}.key", certs[0], tuple(certs[1:])))
+    return chains
+
+
+def load_ca(tls_dir: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate((tls_dir / "ca.pem").read_bytes())

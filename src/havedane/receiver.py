@@ -1,0 +1,364 @@
+"""The SMTP receiver: an aiosmtpd SMTP subclass that records how each sender behaves.
+
+One `Session` is recorded per connection: peer, local address, HELO, STARTTLS
+outcome, TLS version/cipher/SNI, MAIL, RCPTs and how it ended. Deliveries are
+committed to the store before the `250` (an acknowledged delivery is on disk).
+The body is never kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.parser
+import email.policy
+import ipaddress
+import json
+import logging
+import secrets
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException
+from aiosmtpd.smtp import Session as SMTPSession
+
+from havedane import pki, probes
+from havedane.config import Config, Listen
+from havedane.store.base import Delivery, Outcome, Session, Store, StoreError, Tls
+
+log = logging.getLogger("havedane.receiver")
+
+IDENT = "havedane"
+
+
+def tls_context(chains: list[pki.Chain]) -> ssl.SSLContext:
+    """The server context: every chain loaded (OpenSSL picks by the client's
+    signature algorithms), SNI captured on the SSLObject, and old protocol versions
+    allowed so that old senders can still be measured rather than turned away."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1
+    ctx.set_ciphers("ALL:@SECLEVEL=0")
+    for chain in chains:
+        ctx.load_cert_chain(chain.cert_file, chain.key_file)
+
+    def capture_sni(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+        sslobj.havedane_sni = name  # type: ignore[attr-defined]
+
+    ctx.sni_callback = capture_sni
+    return ctx
+
+
+def _split(address: str) -> tuple[str, str]:
+    local, _, domain = address.rpartition("@")
+    return local, domain.lower().rstrip(".")
+
+
+class Receiver:
+    """Shared state of all listeners: config, store, limits; also the aiosmtpd handler."""
+
+    def __init__(self, config: Config, store: Store, context: ssl.SSLContext | None) -> None:
+        self.config = config
+        self.store = store
+        self.context = context
+        self.active: dict[str, int] = {}
+        self.total_active = 0
+        self.servers: list[asyncio.Server] = []
+        self._saves: set[asyncio.Task[None]] = set()
+        self.now: Callable[[], float] = time.time
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self, listens: tuple[Listen, ...] | None = None) -> list[asyncio.Server]:
+        loop = asyncio.get_running_loop()
+        for listen in listens or self.config.smtp_listen:
+            server = await loop.create_server(self.protocol, listen.host, listen.port, reuse_address=True)
+            self.servers.append(server)
+        return self.servers
+
+    def protocol(self) -> ReceiverSMTP:
+        return ReceiverSMTP(
+            self,
+            hostname=self.config.smtp_hostname,
+            ident=IDENT,
+            tls_context=self.context,
+            data_size_limit=self.config.max_message_size,
+            timeout=self.config.smtp_timeout,
+            enable_SMTPUTF8=True,
+            proxy_protocol_timeout=10 if self.config.proxy_protocol else None,
+        )
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            server.close()
+        for server in self.servers:
+            await server.wait_closed()
+        self.servers.clear()
+        if self._saves:
+            await asyncio.gather(*self._saves, return_exceptions=True)
+
+    def bound(self) -> list[tuple[str, int]]:
+        return [s.sockets[0].getsockname()[:2] for s in self.servers]
+
+    # -- session bookkeeping ---------------------------------------------------
+
+    def admit(self, client_ip: str) -> str | None:
+        """None, or the 421 reply that turns the connection away."""
+        if self.total_active >= self.config.max_connections:
+            return "421 4.7.0 Too many connections, try again later"
+        if self.active.get(client_ip, 0) >= self.config.max_connections_per_client:
+            return "421 4.7.0 Too many connections from your address, try again later"
+        self.total_active += 1
+        self.active[client_ip] = self.active.get(client_ip, 0) + 1
+        return None
+
+    def release(self, client_ip: str) -> None:
+        self.total_active -= 1
+        left = self.active.get(client_ip, 1) - 1
+        if left:
+            self.active[client_ip] = left
+        else:
+            self.active.pop(client_ip, None)
+
+    def save(self, session: Session) -> None:
+        task = asyncio.ensure_future(self._save(session))
+        self._saves.add(task)
+        task.add_done_callback(self._saves.discard)
+
+    async def _save(self, session: Session) -> None:
+        try:
+            await self.store.save_session(session)
+        except StoreError as e:
+            log.error("session %s not saved: %s", session.id, e)
+        log.info(json.dumps(session_log(session), separators=(",", ":")))
+
+    # -- aiosmtpd handler hooks ------------------------------------------------
+
+    async def handle_RCPT(
+        self, server: ReceiverSMTP, session: SMTPSession, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        record = server.record
+        if len(envelope.rcpt_tos) >= self.config.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        local, domain = _split(address)
+        probe = probes.probe_for_host(self.config.probes, self.config.domain, domain)
+        if probe is None:
+            # Never a relay: only our probe hosts are ours (RFC 5321 §3.6.2).
+            return f"550 5.7.1 <{address}>: relay access denied, not a probe domain of {self.config.domain}"
+        alias = local.lower()
+        test = await self.store.get_test(alias) if alias.isalnum() and len(alias) <= 64 else None
+        if test is None or test.created < self.now() - self.config.retention_days * 86400:
+            return f"550 5.1.1 <{address}>: no such test; create one at {self.config.public_url}"
+        envelope.rcpt_tos.append(address)
+        record.rcpts.append(address)
+        if record.alias is None:
+            record.alias, record.probe = alias, probe.name
+        return "250 2.1.5 OK"
+
+    async def handle_MAIL(
+        self, server: ReceiverSMTP, session: SMTPSession, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        server.record.mail_from = address
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 OK"
+
+    async def handle_DATA(self, server: ReceiverSMTP, session: SMTPSession, envelope: Envelope) -> str:
+        record = server.record
+        now = self.now()
+        content = envelope.original_content or b""
+        message_id = _message_id(content)
+        deliveries = []
+        for rcpt in envelope.rcpt_tos:
+            local, domain = _split(rcpt)
+            probe = probes.probe_for_host(self.config.probes, self.config.domain, domain)
+            assert probe is not None  # checked at RCPT
+            deliveries.append(
+                Delivery(
+                    alias=local.lower(),
+                    probe=probe.name,
+                    received_at=now,
+                    client_ip=record.client_ip,
+                    helo=record.helo,
+                    mail_from=envelope.mail_from or "",
+                    rcpt=rcpt,
+                    tls=record.tls,
+                    session_id=record.id,
+                    size=len(content),
+                    message_id=message_id,
+                )
+            )
+        try:
+            await self.store.add_deliveries(deliveries)
+        except StoreError as e:
+            log.error("deliveries not recorded: %s", e)
+            return "451 4.3.0 Temporary failure recording the message, try again later"
+        record.delivered += len(deliveries)
+        return f"250 2.0.0 OK: recorded {len(deliveries)} deliveries"
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            return "454 4.7.0 TLS handshake failed"
+        log.exception("SMTP session error", exc_info=error)
+        return "451 4.3.0 Internal error, try again later"
+
+
+def _message_id(content: bytes) -> str | None:
+    """The Message-ID header only; everything else in the message is dropped."""
+    head = content.split(b"\r\n\r\n", 1)[0][:16384]
+    try:
+        headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
+        value = headers.get("Message-ID")
+    except Exception:  # noqa: BLE001 - hostile headers must never break a delivery
+        return None
+    return str(value)[:256] if value else None
+
+
+def session_log(s: Session) -> dict[str, Any]:
+    return {
+        "event": "smtp-session",
+        "id": s.id,
+        "client": s.client_ip,
+        "local": f"{s.local_ip}:{s.local_port}",
+        "helo": s.helo,
+        "tls": s.tls and {"version": s.tls.version, "cipher": s.tls.cipher, "sni": s.tls.sni},
+        "mail_from": s.mail_from,
+        "rcpts": s.rcpts,
+        "probe": s.probe,
+        "alias": s.alias,
+        "outcome": s.outcome.value,
+        "error": s.error,
+        "seconds": round((s.ended or s.started) - s.started, 3),
+    }
+
+
+class ReceiverSMTP(SMTP):
+    """One connection. `record` survives STARTTLS (aiosmtpd starts a new Session then)."""
+
+    def __init__(self, receiver: Receiver, **kwargs: Any) -> None:
+        super().__init__(receiver, **kwargs)
+        self.receiver = receiver
+        self.record: Session = None  # type: ignore[assignment]  # set in connection_made
+        self._admitted = False
+        self._finished = False
+        self._timed_out = False
+
+    # -- connection lifecycle ----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.record is None:
+            peer = transport.get_extra_info("peername") or ("", 0)
+            sock = transport.get_extra_info("sockname") or ("", 0)
+            client_ip = _ip(peer[0])
+            self.record = Session(
+                id=secrets.token_hex(8),
+                started=self.receiver.now(),
+                client_ip=client_ip,
+                client_port=int(peer[1]),
+                local_ip=_ip(sock[0]),
+                local_port=int(sock[1]),
+            )
+            refusal = self.receiver.admit(client_ip)
+            if refusal is not None:
+                self.record.outcome = Outcome.REFUSED_BUSY
+                transport.write(refusal.encode() + b"\r\n")
+                transport.close()
+                return
+            self._admitted = True
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if not self._admitted:
+            return
+        if not self._finished:
+            self._finished = True
+            self.receiver.release(self.record.client_ip)
+            self._finish(error)
+        if self.session is not None and self._timeout_handle is not None:
+            super().connection_lost(error)
+
+    def _finish(self, error: Exception | None) -> None:
+        r = self.record
+        r.ended = self.receiver.now()
+        if r.outcome is Outcome.OPEN:
+            if r.delivered:
+                r.outcome = Outcome.DELIVERED
+            elif self._timed_out:
+                r.outcome = Outcome.TIMEOUT
+            elif r.mail_from is not None and r.rcpts:
+                r.outcome = Outcome.LEFT  # recipients accepted, message never completed
+            elif r.mail_from is not None:
+                r.outcome = Outcome.REJECTED
+            elif r.tls is not None:
+                r.outcome = Outcome.TLS_THEN_LEFT
+            else:
+                r.outcome = Outcome.LEFT
+        if r.probe is None and r.tls is not None and r.tls.sni:
+            probe = probes.probe_for_host(self.receiver.config.probes, self.receiver.config.domain, r.tls.sni)
+            r.probe = probe.name if probe else None
+        if error is not None and r.error is None and not r.delivered and not isinstance(error, TLSSetupException):
+            r.error = f"{type(error).__name__}: {error}"[:200]
+        self.receiver.save(r)
+
+    def _timeout_cb(self) -> None:
+        self._timed_out = True
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
+
+    # -- commands ----------------------------------------------------------------
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        await super().smtp_HELO(hostname)
+        if self.session is not None and self.session.host_name:
+            self.record.helo = self.session.host_name[:255]
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        await super().smtp_EHLO(hostname)
+        if self.session is not None and self.session.host_name:
+            self.record.helo = self.session.host_name[:255]
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if arg or not self.tls_context or self._tls_protocol is not None:
+            if self._tls_protocol is not None:
+                await self.push("503 5.5.1 TLS already active")
+                return
+            await super().smtp_STARTTLS(arg)
+            return
+        self.record.starttls = True
+        try:
+            await super().smtp_STARTTLS(arg)
+        except TLSSetupException as e:
+            self.record.outcome = Outcome.HANDSHAKE_FAILED
+            self.record.error = (
+                f"{type(e.__cause__).__name__}: {e.__cause__}"[:200] if e.__cause__ else "handshake failed"
+            )
+            sni = self._sni()
+            if sni:
+                self.record.tls = None
+                probe = probes.probe_for_host(self.receiver.config.probes, self.receiver.config.domain, sni)
+                self.record.probe = probe.name if probe else None
+            raise
+        sslobj = self._ssl_object()
+        if sslobj is not None:
+            cipher = sslobj.cipher()
+            self.record.tls = Tls(sslobj.version() or "", cipher[0] if cipher else "", self._sni())
+
+    def _ssl_object(self) -> ssl.SSLObject | None:
+        if self._tls_protocol is None:
+            return None
+        return self._tls_protocol._extra.get("ssl_object")
+
+    def _sni(self) -> str | None:
+        sslobj = self._ssl_object() or (self._tls_protocol and getattr(self._tls_protocol, "_sslobj", None))
+        name = getattr(sslobj, "havedane_sni", None)
+        return name[:255] if isinstance(name, str) else None
+
+
+def _ip(addr: str) -> str:
+    """Canonical text of an address; IPv4-mapped IPv6 shown as IPv4."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return addr
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        return str(ip.ipv4_mapped)
+    return str(ip)

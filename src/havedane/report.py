@@ -1,0 +1,108 @@
+"""A test's current state: read from the store, judged, and shaped for the API and the page."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Any
+
+from havedane.config import Config
+from havedane.store.base import Delivery, Session, Store, Test, Tls
+from havedane.verdict import Verdict, evaluate
+
+
+@dataclass(frozen=True)
+class Report:
+    test: Test
+    verdict: Verdict
+    now: float
+
+
+def iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def load(store: Store, config: Config, alias: str, now: float) -> Report | None:
+    test = await store.get_test(alias)
+    if test is None:
+        return None
+    deliveries = await store.deliveries_for(alias)
+    # Sessions without MAIL carry no alias: tie them to this test by the client
+    # addresses that delivered its other probes (worded as such on the page).
+    client_ips = sorted({d.client_ip for d in deliveries})
+    sessions = await store.sessions_for(alias, client_ips, test.created)
+    verdict = evaluate(config.probes, test, sessions, deliveries, now, config.grace, config.domain)
+    return Report(test, verdict, now)
+
+
+def tls_json(tls: Tls | None) -> dict[str, Any] | None:
+    return None if tls is None else {"version": tls.version, "cipher": tls.cipher, "sni": tls.sni}
+
+
+def delivery_json(d: Delivery) -> dict[str, Any]:
+    return {
+        "received_at": iso(d.received_at),
+        "client_ip": d.client_ip,
+        "helo": d.helo,
+        "mail_from": d.mail_from,
+        "rcpt": d.rcpt,
+        "tls": tls_json(d.tls),
+        "size": d.size,
+        "message_id": d.message_id,
+    }
+
+
+def session_json(s: Session) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "started": iso(s.started),
+        "ended": iso(s.ended),
+        "client_ip": s.client_ip,
+        "local": s.local_ip,
+        "helo": s.helo,
+        "starttls": s.starttls,
+        "tls": tls_json(s.tls),
+        "mail_from": s.mail_from,
+        "rcpts": s.rcpts,
+        "probe": s.probe,
+        "outcome": s.outcome.value,
+        "correlated_by_client_ip": s.alias is None,
+        "error": s.error,
+    }
+
+
+def to_json(config: Config, report: Report) -> dict[str, Any]:
+    v = report.verdict
+    return {
+        "alias": report.test.alias,
+        "created": iso(report.test.created),
+        "url": f"{config.public_url}/t/{report.test.alias}",
+        "addresses": addresses(config, report.test.alias),
+        "probes": {
+            name: {
+                "host": r.probe.host(config.domain),
+                "address": r.probe.address(report.test.alias, config.domain),
+                "expect": r.probe.expect.value,
+                "tests": r.probe.tests,
+                "status": r.status.value,
+                "proves": r.probe.proves_pass if _as_expected(r.probe.expect.value, r.status.value) else (
+                    r.probe.proves_fail if r.status.value != "pending" else None),
+                "deliveries": [delivery_json(d) for d in r.deliveries],
+                "sessions": [session_json(s) for s in r.sessions],
+            }
+            for name, r in v.probes.items()
+        },
+        "verdict": {"code": v.code.value, "summary": v.summary, "grace_ends": iso(v.grace_ends)},
+    }  # fmt: skip
+
+
+def _as_expected(expect: str, status: str) -> bool:
+    if expect == "deliver":
+        return status == "delivered"
+    return status in ("refused", "not-delivered")
+
+
+def addresses(config: Config, alias: str) -> dict[str, str]:
+    return {p.name: p.address(alias, config.domain) for p in config.probes}

@@ -1,0 +1,166 @@
+"""What the store keeps, and the interface both implementations (SQLite, PostgreSQL) offer.
+
+Times are seconds since the epoch (UTC) everywhere inside; the API renders them as
+ISO 8601 with a Z, and the page in the visitor's own time zone.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import enum
+from dataclasses import dataclass, field
+
+
+class Outcome(enum.StrEnum):
+    """How a connection ended."""
+
+    OPEN = "open"  # still connected (or the process died before it ended)
+    DELIVERED = "delivered"  # at least one message accepted
+    TLS_THEN_LEFT = "tls-then-left"  # TLS completed, then QUIT/close/alert without MAIL: a refusal
+    HANDSHAKE_FAILED = "handshake-failed"  # the client aborted the TLS handshake (e.g. a fatal alert)
+    LEFT = "left"  # no TLS, no delivery (e.g. EHLO then QUIT: TLS required but not offered)
+    REJECTED = "rejected"  # tried to send, every recipient refused
+    TIMEOUT = "timeout"
+    REFUSED_BUSY = "refused-busy"  # turned away at connect: too many connections (421)
+
+
+@dataclass(frozen=True)
+class Tls:
+    version: str
+    cipher: str
+    sni: str | None
+
+
+@dataclass(frozen=True)
+class Test:
+    alias: str
+    created: float
+    client_ip: str | None = None
+
+
+@dataclass
+class Session:
+    """One SMTP connection, as the receiver saw it."""
+
+    id: str
+    started: float
+    client_ip: str
+    client_port: int
+    local_ip: str
+    local_port: int
+    ended: float | None = None
+    helo: str | None = None
+    starttls: bool = False  # the client asked for STARTTLS
+    tls: Tls | None = None  # the handshake completed
+    mail_from: str | None = None
+    rcpts: list[str] = field(default_factory=list)
+    probe: str | None = None
+    alias: str | None = None
+    outcome: Outcome = Outcome.OPEN
+    error: str | None = None
+    chain: str | None = None  # which certificate chain was served
+    delivered: int = 0  # recipients recorded in this connection (not stored: deliveries are)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One accepted recipient of one message, committed before the 250."""
+
+    alias: str
+    probe: str
+    received_at: float
+    client_ip: str
+    helo: str | None
+    mail_from: str
+    rcpt: str
+    tls: Tls | None
+    session_id: str | None = None
+    size: int = 0
+    message_id: str | None = None
+    id: int | None = None
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked right now (busy, gone): retry later."""
+
+
+class TooManyTests(StoreError):
+    """The upper bound on stored tests is reached: refuse, never evict."""
+
+
+class Store(abc.ABC):
+    """The store interface. Every write is durable (committed) when its coroutine returns."""
+
+    def __init__(self) -> None:
+        self.changes = Changes()
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def create_test(self, test: Test, max_tests: int | None = None) -> None:
+        """Insert a test; raises TooManyTests when `max_tests` are already stored."""
+
+    @abc.abstractmethod
+    async def get_test(self, alias: str) -> Test | None: ...
+
+    @abc.abstractmethod
+    async def add_deliveries(self, deliveries: list[Delivery]) -> None: ...
+
+    @abc.abstractmethod
+    async def save_session(self, session: Session) -> None:
+        """Insert or replace a session (it is saved again when it ends)."""
+
+    @abc.abstractmethod
+    async def deliveries_for(self, alias: str) -> list[Delivery]: ...
+
+    @abc.abstractmethod
+    async def sessions_for(self, alias: str, client_ips: list[str], since: float) -> list[Session]:
+        """Sessions that named the alias, and sessions without any alias (no MAIL)
+        from one of `client_ips` since `since`: the refusals correlated by client address."""
+
+    @abc.abstractmethod
+    async def recent_tests_from(self, client_ip: str, since: float) -> int:
+        """How many tests `client_ip` created since `since` (rate limiting)."""
+
+    @abc.abstractmethod
+    async def prune(self, older_than: float, orphan_sessions_older_than: float) -> int:
+        """Remove tests (with their deliveries and sessions) created before `older_than`."""
+
+
+class Changes:
+    """In-process fan-out of "something about these tests changed" to live pages.
+
+    One waiter per open SSE stream; `notify(None)` wakes everyone (used for sessions
+    that carry no alias: they may belong to any test by client address).
+    """
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+
+    def notify(self, aliases: set[str] | None) -> None:
+        keys = list(self._waiters) if aliases is None else [a for a in aliases if a in self._waiters]
+        for key in keys:
+            for fut in self._waiters.pop(key, set()):
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def wait(self, alias: str, timeout: float) -> bool:
+        """True when `alias` changed within `timeout` seconds."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(alias, set()).add(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            waiters = self._waiters.get(alias)
+            if waiters is not None:
+                waiters.discard(fut)
+                if not waiters:
+                    del self._waiters[alias]

@@ -1,0 +1,196 @@
+"""The verdict: a pure function of (probes, test, sessions, deliveries, now).
+
+Per probe: pending -> delivered | refused | not-delivered. Overall, from the
+classic probes' expectations in the catalogue (never from their names):
+
+- no-tls: a probe with matching TLSA was delivered in plaintext (RFC 7672 §2.2
+  makes TLS mandatory once usable TLSA records exist), so nothing was validated;
+- does-not-validate: a probe a DANE sender must refuse was delivered;
+- validates: every must-deliver probe arrived (TLSA-protected ones over TLS) and
+  every must-refuse probe was refused or stayed away past the grace period;
+- incomplete: the grace period after the first delivery is over and a
+  must-deliver probe is still missing;
+- pending: otherwise.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from havedane.probes import Expect, Probe, Tlsa
+from havedane.store.base import Delivery, Outcome, Session, Test
+
+
+class Status(enum.StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    REFUSED = "refused"
+    NOT_DELIVERED = "not-delivered"
+
+
+class Code(enum.StrEnum):
+    PENDING = "pending"
+    VALIDATES = "validates"
+    DOES_NOT_VALIDATE = "does-not-validate"
+    NO_TLS = "no-tls"
+    INCOMPLETE = "incomplete"
+
+
+# A session that reached a probe, got (or aborted) TLS and left without MAIL: the
+# behaviour of a DANE sender whose TLSA check failed (RFC 7672 §2.2).
+REFUSAL_OUTCOMES = {Outcome.TLS_THEN_LEFT, Outcome.HANDSHAKE_FAILED}
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    probe: Probe
+    status: Status
+    deliveries: tuple[Delivery, ...]
+    sessions: tuple[Session, ...]
+    refusal: Session | None  # the session that shows a refusal, if any
+    correlated: bool  # the refusal is tied to the test by client address only
+
+    @property
+    def over_tls(self) -> bool:
+        return bool(self.deliveries) and all(d.tls is not None for d in self.deliveries)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    code: Code
+    summary: str
+    probes: dict[str, ProbeResult]
+    first_delivery: float | None
+    grace_ends: float | None
+
+
+def is_refusal(session: Session) -> bool:
+    return session.starttls and session.mail_from is None and session.outcome in REFUSAL_OUTCOMES
+
+
+def reached(session: Session, probe: Probe, domain: str) -> bool:
+    """The session was for this probe: by its attribution, or by any recipient it named."""
+    suffix = "@" + probe.host(domain)
+    return session.probe == probe.name or any(r.lower().endswith(suffix) for r in session.rcpts)
+
+
+def probe_result(
+    probe: Probe, sessions: list[Session], deliveries: list[Delivery], grace_over: bool, domain: str
+) -> ProbeResult:
+    mine = tuple(s for s in sessions if reached(s, probe, domain))
+    delivered = tuple(d for d in deliveries if d.probe == probe.name)
+    refusal = next((s for s in mine if is_refusal(s)), None)
+    if delivered:
+        status = Status.DELIVERED
+    elif refusal is not None:
+        status = Status.REFUSED
+    elif grace_over:
+        status = Status.NOT_DELIVERED
+    else:
+        status = Status.PENDING
+    return ProbeResult(probe, status, delivered, mine, refusal, refusal is not None and refusal.alias is None)
+
+
+def _client(deliveries: list[Delivery]) -> str:
+    first = min(deliveries, key=lambda d: d.received_at)
+    helo = f", HELO {first.helo}" if first.helo else ""
+    return f"{first.client_ip}{helo}"
+
+
+def _names(results: list[ProbeResult], domain: str) -> str:
+    names = [r.probe.host(domain) for r in results]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _refusal_words(results: list[ProbeResult], domain: str) -> str:
+    words = []
+    for r in results:
+        if r.refusal is None:
+            continue
+        how = "aborted the TLS handshake" if r.refusal.outcome is Outcome.HANDSHAKE_FAILED else (
+            "completed TLS, saw our certificate and left without sending")  # fmt: skip
+        tied = " (tied to this test by its client address)" if r.correlated else ""
+        words.append(f"A server at {r.refusal.client_ip} connected to {r.probe.host(domain)}, {how}{tied}.")
+    return " ".join(words)
+
+
+def evaluate(
+    probes: tuple[Probe, ...],
+    test: Test,
+    sessions: list[Session],
+    deliveries: list[Delivery],
+    now: float,
+    grace: float,
+    domain: str,
+) -> Verdict:
+    first = min((d.received_at for d in deliveries), default=None)
+    grace_ends = None if first is None else first + grace
+    grace_over = grace_ends is not None and now >= grace_ends
+    results = {p.name: probe_result(p, sessions, deliveries, grace_over, domain) for p in probes}
+    classic = [results[p.name] for p in probes if p.classic]
+
+    must_deliver = [r for r in classic if r.probe.expect is Expect.DELIVER]
+    must_refuse = [r for r in classic if r.probe.expect is not Expect.DELIVER]
+    plaintext = [r for r in must_deliver if r.probe.tlsa is Tlsa.MATCH and r.deliveries and not r.over_tls]
+    leaked = [r for r in must_refuse if r.status is Status.DELIVERED]
+    missing = [r for r in must_deliver if r.status is not Status.DELIVERED]
+    held = all(r.status in (Status.REFUSED, Status.NOT_DELIVERED) for r in must_refuse)
+
+    if plaintext:
+        code = Code.NO_TLS
+        summary = (
+            f"Your mail server ({_client(deliveries)}) delivered to {_names(plaintext, domain)} without TLS, "
+            "although that domain publishes signed TLSA records. A DANE-validating server must use TLS there "
+            "(RFC 7672 §2.2), so your server does not validate DANE, and it does not even encrypt: anyone on "
+            "the path can read its mail."
+        )
+    elif leaked:
+        delivered = [r for r in classic if r.status is Status.DELIVERED]
+        summary = (
+            f"Your mail server ({_client(deliveries)}) delivered to {_names(delivered, domain)}. "
+            f"It should not have delivered to {_names(leaked, domain)}: "
+            + " ".join(r.probe.proves_fail for r in leaked)
+        )
+        code = Code.DOES_NOT_VALIDATE
+    elif not missing and held:
+        tls = ", ".join(
+            f"{r.probe.host(domain)} over {r.deliveries[0].tls.version}" if r.deliveries[0].tls else
+            f"{r.probe.host(domain)} without TLS"
+            for r in must_deliver
+        )  # fmt: skip
+        refused = [r for r in must_refuse if r.status is Status.REFUSED]
+        stayed = [r for r in must_refuse if r.status is Status.NOT_DELIVERED]
+        parts = [f"Your mail server ({_client(deliveries)}) delivered to {tls}."]
+        if refused:
+            parts.append(_refusal_words(refused, domain))
+        if stayed:
+            parts.append(
+                f"Nothing arrived for {_names(stayed, domain)} within {grace:.0f} seconds of the first delivery."
+            )
+        parts.append(
+            "It did not deliver where the TLSA records do not match our certificate: your server validates "
+            "DANE (RFC 7672). Expect a delay notice for the message it is still holding back; that is correct."
+        )
+        summary = " ".join(parts)
+        code = Code.VALIDATES
+    elif grace_over and missing:
+        summary = (
+            f"Your mail server ({_client(deliveries)}) delivered some of the messages, but nothing arrived for "
+            f"{_names(missing, domain)} within {grace:.0f} seconds of the first delivery. Every server, validating "
+            "or not, should deliver there, so the test cannot conclude: check your server's queue and logs for "
+            "those addresses and try again."
+        )
+        code = Code.INCOMPLETE
+    else:
+        if first is None:
+            summary = "Waiting for your mail: nothing has arrived yet."
+        else:
+            waiting = [r for r in classic if r.status is Status.PENDING]
+            summary = (
+                f"Mail is arriving from {_client(deliveries)}. Still waiting for "
+                f"{_names(waiting, domain)}; the verdict comes when they arrive or {grace:.0f} seconds after the "
+                "first delivery."
+            )
+        code = Code.PENDING
+    return Verdict(code, summary, results, first, grace_ends)

@@ -1,0 +1,260 @@
+"""The web app: landing page, result pages (permalinks), the JSON API and live updates (SSE)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from havedane import report
+from havedane.config import Config
+from havedane.store.base import Store, StoreError, Test, TooManyTests
+
+HERE = Path(__file__).parent
+ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+ALIAS_LENGTH = 16  # 16 * log2(36) = 82.7 bits from the CSPRNG: not guessable
+
+SECURITY_HEADERS = [
+    (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+     b"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]  # fmt: skip
+
+
+def new_alias() -> str:
+    return "".join(secrets.choice(ALPHABET) for _ in range(ALIAS_LENGTH))
+
+
+def valid_alias(alias: str) -> bool:
+    return 1 <= len(alias) <= 64 and all(c in ALPHABET for c in alias)
+
+
+class SecurityHeaders:
+    """Adds the security headers to every response (pure ASGI: no buffering of SSE)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + SECURITY_HEADERS
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def client_ip(request: Request, trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+    """The visitor's address: X-Forwarded-For is believed only from trusted proxies,
+    read right to left, stopping at the first address that is not a trusted proxy."""
+    peer = request.client.host if request.client else "unknown"
+    chain = [peer]
+    forwarded = request.headers.get("x-forwarded-for")
+    if forwarded:
+        chain = [a.strip() for a in forwarded.split(",") if a.strip()] + chain
+    for addr in reversed(chain):
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return addr if addr == peer else peer
+        if not any(ip in net for net in trusted):
+            return str(ip)
+    return chain[0]
+
+
+def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class Web:
+    def __init__(self, config: Config, store: Store, now: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.store = store
+        self.now = now
+        self.trusted = [ipaddress.ip_network(n, strict=False) for n in config.trusted_proxies]
+        self.templates = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, trim_blocks=True, lstrip_blocks=True
+        )
+        self.templates.globals["domain"] = config.domain
+        self.templates.filters["iso"] = report.iso
+
+    # -- creating tests -------------------------------------------------------
+
+    async def _create(self, request: Request) -> Test | JSONResponse:
+        ip = client_ip(request, self.trusted)
+        now = self.now()
+        recent = await self.store.recent_tests_from(ip, now - 60)
+        if recent >= self.config.tests_per_minute:
+            return json_error(
+                429, "too many tests created from your address; try again in a minute", {"Retry-After": "60"}
+            )
+        test = Test(new_alias(), now, ip)
+        try:
+            await self.store.create_test(test, self.config.max_tests)
+        except TooManyTests:
+            return json_error(503, "the service holds as many tests as it can; try again later", {"Retry-After": "300"})
+        return test
+
+    async def api_create(self, request: Request) -> Response:
+        created = await self._create(request)
+        if isinstance(created, Response):
+            return created
+        body = {
+            "alias": created.alias,
+            "url": f"{self.config.public_url}/t/{created.alias}",
+            "created": report.iso(created.created),
+            "addresses": report.addresses(self.config, created.alias),
+        }
+        return JSONResponse(body, status_code=201, headers={"Location": f"/api/tests/{created.alias}"})
+
+    async def form_create(self, request: Request) -> Response:
+        created = await self._create(request)
+        if isinstance(created, JSONResponse):
+            page = self.templates.get_template("error.html").render(message=json.loads(bytes(created.body))["error"])
+            return HTMLResponse(
+                page, status_code=created.status_code, headers={"Retry-After": created.headers["Retry-After"]}
+            )
+        return RedirectResponse(f"/t/{created.alias}", status_code=303)
+
+    # -- reading tests ----------------------------------------------------------
+
+    async def _report(self, alias: str) -> report.Report | None:
+        if not valid_alias(alias):
+            return None
+        return await report.load(self.store, self.config, alias, self.now())
+
+    async def api_test(self, request: Request) -> Response:
+        rep = await self._report(request.path_params["alias"])
+        if rep is None:
+            return json_error(404, "no such test")
+        return JSONResponse(report.to_json(self.config, rep), headers={"Cache-Control": "no-store"})
+
+    async def page_test(self, request: Request) -> Response:
+        rep = await self._report(request.path_params["alias"])
+        if rep is None:
+            page = self.templates.get_template("error.html").render(
+                message="There is no such test (or it has expired)."
+            )
+            return HTMLResponse(page, status_code=404)
+        name = "result.html" if request.query_params.get("fragment") == "1" else "test.html"
+        html = self.templates.get_template(name).render(r=report.to_json(self.config, rep))
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+    async def index(self, request: Request) -> Response:
+        return HTMLResponse(self.templates.get_template("index.html").render())
+
+    async def events(self, request: Request) -> Response:
+        alias = request.path_params["alias"]
+        rep = await self._report(alias)
+        if rep is None:
+            return json_error(404, "no such test")
+        last_id = request.headers.get("last-event-id")
+        return StreamingResponse(
+            self._stream(alias, last_id),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    async def _stream(self, alias: str, last_id: str | None) -> AsyncIterator[str]:
+        """One `update` event per change of the test's state; the id is a digest of the
+        state, so a reconnecting client (Last-Event-ID) gets only what it has not seen."""
+        yield "retry: 2000\n\n"
+        while True:
+            rep = await self._report(alias)
+            if rep is None:
+                yield "event: gone\ndata: {}\n\n"
+                return
+            payload = json.dumps(report.to_json(self.config, rep), separators=(",", ":"))
+            event_id = hashlib.sha256(payload.encode()).hexdigest()[:16]
+            if event_id != last_id:
+                yield f"id: {event_id}\nevent: update\ndata: {payload}\n\n"
+                last_id = event_id
+            # Wake on a change, or when the grace period ends (the verdict moves with time).
+            timeout = 15.0
+            grace_ends = rep.verdict.grace_ends
+            if grace_ends is not None and grace_ends > rep.now:
+                timeout = min(timeout, grace_ends - rep.now + 0.05)
+            if not await self.store.changes.wait(alias, timeout):
+                yield ": keep-alive\n\n"
+
+    async def not_found(self, request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        message = {404: "not found", 405: "method not allowed"}.get(status, "error")
+        if request.url.path.startswith("/api/"):
+            return json_error(status, message)
+        page = self.templates.get_template("error.html").render(message=message.capitalize() + ".")
+        return HTMLResponse(page, status_code=status)
+
+    async def store_error(self, request: Request, exc: Exception) -> Response:
+        return json_error(503, "the database is busy; try again", {"Retry-After": "5"})
+
+    async def server_error(self, request: Request, exc: Exception) -> Response:
+        return json_error(500, "internal error")
+
+
+def create_app(config: Config, store: Store, now: Callable[[], float] = time.time) -> ASGIApp:
+    web = Web(config, store, now)
+    routes: list[Any] = [
+        Route("/", web.index, methods=["GET"]),
+        Route("/new", web.form_create, methods=["POST"]),
+        Route("/t/{alias}", web.page_test, methods=["GET"]),
+        Route("/api/tests", web.api_create, methods=["POST"]),
+        Route("/api/tests/{alias}", web.api_test, methods=["GET"]),
+        Route("/api/tests/{alias}/events", web.events, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: web.not_found, StoreError: web.store_error, Exception: web.server_error},
+    )
+    return SecurityHeaders(app)
+
+
+async def serve_forever(
+    app: ASGIApp, host: str, port: int, stop: asyncio.Event, ready: asyncio.Event | None = None
+) -> None:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager  # type: ignore[untyped-decorator,unused-ignore]
+        def capture_signals(self) -> Iterator[None]:
+            yield  # `havedane serve` owns SIGTERM/SIGINT and stops every part in order
+
+    server = Server(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
+                       server_header=False, timeout_graceful_shutdown=2)
+    )  # fmt: skip
+    task = asyncio.create_task(server.serve())
+    while not server.started and not task.done():
+        await asyncio.sleep(0.01)
+    if task.done():
+        await task  # raises the bind error
+        raise OSError(f"web server on {host}:{port} did not start")
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    server.should_exit = True
+    await task
