@@ -1,20 +1,29 @@
-"""DNS records to publish for a deployment, and their zone-file and JSON forms.
+"""DNS records to publish for a deployment, their zone-file and JSON forms, and the
+complete (optionally signed) zone for operators who host the base domain themselves.
 
-Pure: configuration and certificates in, records out.
+Pure apart from the signing key, which lives in a file (see sign.py).
 """
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import json
-from dataclasses import dataclass
+import pathlib
+import time
+from dataclasses import dataclass, field
 
+import dns.zone
 from cryptography import x509
 
 from havedane import probes
+from havedane.dns import sign as dnssec_sign
 from havedane.dns import tlsa
 
 TTL = 300
+# SOA timers (RFC 1035 §3.3.13) for secondaries; the last is the negative-caching TTL
+# (RFC 2308 §4), short so that a newly published probe name is seen within minutes.
+SOA_TIMERS = "3600 900 1209600 300"
 
 
 @dataclass(frozen=True)
@@ -55,3 +64,80 @@ def format_zone(recs: list[Record]) -> str:
 
 def format_json(recs: list[Record]) -> str:
     return json.dumps([{"name": r.name, "ttl": r.ttl, "type": r.type, "data": r.rdata} for r in recs], indent=2) + "\n"
+
+
+@dataclass(frozen=True)
+class ZoneOutput:
+    text: str  # the complete zone file for the base domain
+    ds: list[str] = field(default_factory=list)  # DS lines for the parent; empty when unsigned
+
+
+def _address_records(name: str, addresses: list[str]) -> list[Record]:
+    out = []
+    for addr in addresses:
+        rtype = "AAAA" if ipaddress.ip_address(addr).version == 6 else "A"
+        out.append(Record(name, rtype, addr))
+    return out
+
+
+def apex_records(domain: str, addresses: list[str], serial: int) -> list[Record]:
+    """SOA and NS of the base domain, the name server's addresses, and the base
+    domain's own addresses (the web site). The name server is ns.<domain>, served
+    from the same addresses: the one-host deployment answers DNS itself."""
+    apex = domain.rstrip(".").lower() + "."
+    ns = f"ns.{apex}"
+    return [
+        Record(apex, "SOA", f"{ns} hostmaster.{apex} {serial} {SOA_TIMERS}"),
+        Record(apex, "NS", ns),
+        *_address_records(apex, addresses),
+        *_address_records(ns, addresses),
+    ]
+
+
+def to_zone(domain: str, recs: list[Record]) -> dns.zone.Zone:
+    """The records as a dnspython zone (which also checks that they parse)."""
+    return dns.zone.from_text(format_zone(recs), origin=domain.rstrip(".") + ".", relativize=False)
+
+
+def _header(domain: str, signed_at: datetime.datetime | None) -> str:
+    lines = [f"; zone {domain.rstrip('.')}. written by `havedane zone`"]
+    if signed_at is not None:
+        until = signed_at + dnssec_sign.LIFETIME
+        lines.append(f"; DNSSEC: ECDSA P-256 (algorithm 13), NSEC; signatures expire {until:%Y-%m-%d %H:%M} UTC:")
+        lines.append("; run `havedane zone --sign` again well before then (e.g. weekly from cron)")
+    return "\n".join(lines) + "\n"
+
+
+def build_zone(
+    domain: str,
+    enabled: tuple[probes.Probe, ...],
+    leaves: list[x509.Certificate],
+    ca: x509.Certificate,
+    addresses: list[str],
+    key_dir: pathlib.Path,
+    sign: bool,
+    serial: int | None = None,
+) -> ZoneOutput:
+    """The complete zone for `domain`: apex records plus every record of `records()`.
+
+    With `sign`, the zone is signed with the key kept in key_dir (made on first use)
+    and the DS for the parent is returned. The serial defaults to the Unix time, which
+    grows with every run (RFC 1982 arithmetic holds until 2106) so secondaries and
+    caches see each re-signing as a new version.
+    """
+    if not addresses:
+        raise ValueError("the zone needs at least one address for its name server and probe hosts (--address IP)")
+    serial = int(time.time()) if serial is None else serial
+    recs = apex_records(domain, addresses, serial) + records(domain, enabled, leaves, ca, addresses)
+    zone = to_zone(domain, recs)
+    if not sign:
+        return ZoneOutput(_header(domain, None) + zone_text(zone))
+    key = dnssec_sign.load_or_create_key(key_dir, domain)
+    now = datetime.datetime.now(datetime.UTC)
+    dnssec_sign.sign(zone, key, now)
+    return ZoneOutput(_header(domain, now) + zone_text(zone), dnssec_sign.ds_lines(domain, key, TTL))
+
+
+def zone_text(zone: dns.zone.Zone) -> str:
+    """Master-file text with absolute names, in canonical order (RFC 4034 §6.1)."""
+    return zone.to_text(sorted=True, relativize=False, want_origin=False)

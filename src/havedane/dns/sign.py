@@ -1,0 +1,138 @@
+"""DNSSEC signing of the base zone with dnspython, and the DS for the parent.
+
+One key, a combined signing key (CSK: DNSKEY flags 257, RFC 4034 §2.1.1), signs
+every RRset. A KSK/ZSK split (RFC 6781 §3.1) pays off when the ZSK is rolled
+often without touching the parent; havedane has no rollover machinery, the zone
+is small, and the operator hands one DS to the registrar once. One key means one
+DS, one file to back up, and no way to publish the DS of the wrong key.
+
+Algorithm 13, ECDSA P-256 with SHA-256 (RFC 6605): MUST-implement for validators
+(RFC 8624 §3.1), small signatures. Authenticated denial by NSEC (RFC 4034 §4):
+the names in this zone are public by design, so NSEC3's hashing buys nothing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import dns.dnssec
+import dns.dnssectypes
+import dns.name
+import dns.rdataclass
+import dns.rdatatype
+import dns.rdtypes.ANY.DNSKEY
+import dns.rrset
+import dns.transaction
+import dns.zone
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from havedane import pki
+
+ALGORITHM = dns.dnssectypes.Algorithm.ECDSAP256SHA256
+CSK_FLAGS = 257  # ZONE | SEP: the key the parent's DS points at, and the one that signs everything
+# Signatures start an hour back, so a validator whose clock is a little behind accepts
+# them (RFC 4035 §5.3.1 checks inception), and last 30 days: the zone must be signed
+# again before then, e.g. by a weekly `havedane zone --sign` from cron.
+INCEPTION_SKEW = datetime.timedelta(hours=1)
+LIFETIME = datetime.timedelta(days=30)
+
+RRsetSigner = Callable[[dns.transaction.Transaction, dns.rrset.RRset], None]
+
+
+class SigningKeyError(ValueError):
+    """A key file that exists but cannot be used; the message says which and why."""
+
+
+def key_path(key_dir: Path, domain: str) -> Path:
+    return key_dir / f"{domain.rstrip('.').lower()}.csk.pem"
+
+
+def _read_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError) as e:
+        raise SigningKeyError(f"{path}: not an unencrypted PEM private key ({e})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise SigningKeyError(f"{path}: not an ECDSA P-256 key (DNSSEC algorithm 13 needs one)")
+    return key
+
+
+def load_or_create_key(key_dir: Path, domain: str) -> ec.EllipticCurvePrivateKey:
+    """The zone's signing key: read from key_dir, or made and stored there on first use.
+
+    The key is written to a temporary file and linked into place, so two first runs
+    at once end up with one key (and one DS) rather than overwriting each other.
+    """
+    path = key_path(key_dir, domain)
+    if path.exists():
+        return _read_key(path)
+    key_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(key_dir, 0o700)
+    key = ec.generate_private_key(ec.SECP256R1())
+    fd, tmp = tempfile.mkstemp(dir=key_dir, prefix=".new-", suffix=".pem")
+    os.close(fd)
+    try:
+        pki.write_key(Path(tmp), key)
+        os.link(tmp, path)
+    except FileExistsError:
+        return _read_key(path)
+    finally:
+        os.unlink(tmp)
+    return key
+
+
+def dnskey(key: ec.EllipticCurvePrivateKey) -> dns.rdtypes.ANY.DNSKEY.DNSKEY:
+    return dns.dnssec.make_dnskey(key.public_key(), ALGORITHM, flags=CSK_FLAGS)
+
+
+def sign(
+    zone: dns.zone.Zone,
+    key: ec.EllipticCurvePrivateKey,
+    now: datetime.datetime | None = None,
+    rrset_signer: RRsetSigner | None = None,
+) -> None:
+    """Add the DNSKEY, an RRSIG for every authoritative RRset, and the NSEC chain.
+
+    `rrset_signer` replaces the per-RRset signer (the tests use one that corrupts a
+    chosen signature); by default every RRset is signed with the one key.
+    """
+    now = now or datetime.datetime.now(datetime.UTC)
+    dnssec_key = dnskey(key)
+    if rrset_signer is None:
+        rrset_signer = signer(zone, key, now)
+    dns.dnssec.sign_zone(zone, keys=[(key, dnssec_key)], rrset_signer=rrset_signer)
+
+
+def signer(zone: dns.zone.Zone, key: ec.EllipticCurvePrivateKey, now: datetime.datetime) -> RRsetSigner:
+    """The per-RRset signer sign_zone calls: one RRSIG by the CSK, valid from now - skew
+    to now + LIFETIME."""
+    assert zone.origin is not None
+    origin = zone.origin
+    dnssec_key = dnskey(key)
+
+    def sign_rrset(txn: dns.transaction.Transaction, rrset: dns.rrset.RRset) -> None:
+        rrsig = dns.dnssec.sign(
+            rrset,
+            key,
+            signer=origin,
+            dnskey=dnssec_key,
+            inception=now - INCEPTION_SKEW,
+            expiration=now + LIFETIME,
+            origin=origin,
+        )
+        txn.add(rrset.name, rrset.ttl, rrsig)
+
+    return sign_rrset
+
+
+def ds_lines(domain: str, key: ec.EllipticCurvePrivateKey, ttl: int) -> list[str]:
+    """The DS record(s) to publish in the parent zone: SHA-256 digest (type 2), the one
+    RFC 8624 §3.3 says to use."""
+    name = dns.name.from_text(domain)
+    ds = dns.dnssec.make_ds(name, dnskey(key), "SHA256")
+    return [f"{name.to_text()} {ttl} IN DS {ds.to_text()}"]
