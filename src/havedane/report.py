@@ -85,7 +85,9 @@ def to_json(config: Config, report: Report) -> dict[str, Any]:
                 "host": r.probe.host(config.domain),
                 "address": r.probe.address(report.test.alias, config.domain),
                 "expect": r.probe.expect.value,
+                "tlsa": r.probe.tlsa.value,
                 "tests": r.probe.tests,
+                "rfc": r.probe.rfc,
                 "status": r.status.value,
                 "proves": r.probe.proves_pass if _as_expected(r.probe.expect.value, r.status.value) else (
                     r.probe.proves_fail if r.status.value != "pending" else None),
