@@ -158,6 +158,9 @@ class Receiver:
     async def handle_MAIL(
         self, server: ReceiverSMTP, session: SMTPSession, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        local, domain = _split(address)
+        if address and (not local or not domain or any(c.isspace() for c in address)):
+            return "553 5.1.7 Malformed sender address"
         server.record.mail_from = address
         envelope.mail_from = address
         envelope.mail_options.extend(options)

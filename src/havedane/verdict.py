@@ -100,6 +100,8 @@ def _client(deliveries: list[Delivery]) -> str:
 
 def _names(results: list[ProbeResult], domain: str) -> str:
     names = [r.probe.host(domain) for r in results]
+    if not names:
+        return "nothing"
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
@@ -186,7 +188,7 @@ def evaluate(
         if first is None:
             summary = "Waiting for your mail: nothing has arrived yet."
         else:
-            waiting = [r for r in classic if r.status is Status.PENDING]
+            waiting = missing + [r for r in must_refuse if r.status is Status.PENDING]
             summary = (
                 f"Mail is arriving from {_client(deliveries)}. Still waiting for "
                 f"{_names(waiting, domain)}; the verdict comes when they arrive or {grace:.0f} seconds after the "

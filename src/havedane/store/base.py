@@ -34,6 +34,8 @@ class Tls:
 
 @dataclass(frozen=True)
 class Test:
+    __test__ = False  # a visitor's test, not a pytest class
+
     alias: str
     created: float
     client_ip: str | None = None

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers import Serve, make_setup
+
+
+@pytest.fixture
+def setup_dir(tmp_path: Path) -> Path:
+    """A fresh `havedane init --domain x.test` setup; returns its config file."""
+    return make_setup(tmp_path / "hd")
+
+
+@pytest.fixture
+def serve(setup_dir: Path) -> Iterator[Serve]:
+    """A real `havedane serve` process on ephemeral loopback ports (grace 2 s)."""
+    server = Serve(setup_dir, env={"HAVEDANE_VERDICT_GRACE": "2"}).start()
+    yield server
+    server.stop()

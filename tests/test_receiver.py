@@ -1,0 +1,174 @@
+"""The receiver over real sockets and real TLS, through a real `havedane serve` process."""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import Serve, insecure_context, send, smtp
+
+
+def test_three_probes_delivered_over_starttls(serve: Serve) -> None:
+    t = serve.new_test()
+    a = t["addresses"]
+    refused = send(serve.smtp_port, [a["do"], a["dont"], a["wrong"]], sni="do.x.test", helo="mail.sender.example")
+    assert refused == {}
+    body = serve.wait_for(t["alias"], lambda b: all(p["deliveries"] for p in b["probes"].values()))
+    for name in ("do", "dont", "wrong"):
+        (d,) = body["probes"][name]["deliveries"]
+        assert d["client_ip"] == "127.0.0.1"
+        assert d["helo"] == "mail.sender.example"
+        assert d["mail_from"] == "postmaster@sender.example"
+        assert d["tls"]["version"] in ("TLSv1.2", "TLSv1.3")
+        assert d["tls"]["cipher"]
+        assert d["tls"]["sni"] == "do.x.test"
+        assert d["received_at"].endswith("Z")
+    assert body["verdict"]["code"] == "does-not-validate"
+    assert "wrong.x.test" in body["verdict"]["summary"]
+
+
+def test_unknown_alias_gets_550_5_1_1_and_no_delivery(serve: Serve) -> None:
+    t = serve.new_test()
+    with smtp(serve.smtp_port) as c:
+        c.mail("a@sender.example")
+        code, msg = c.rcpt("nosuchalias000000@do.x.test")
+        assert code == 550 and msg.startswith(b"5.1.1")
+        code, msg = c.rcpt(t["addresses"]["do"].upper())  # local parts are case-insensitive here
+        assert code == 250
+        c.rset()
+    assert serve.result(t["alias"])["probes"]["do"]["deliveries"] == []
+
+
+def test_foreign_domain_is_never_relayed(serve: Serve) -> None:
+    t = serve.new_test()
+    with smtp(serve.smtp_port) as c:
+        c.mail("a@sender.example")
+        for rcpt in (f"{t['alias']}@gmail.com", f"{t['alias']}@x.test", f"{t['alias']}@evil.do.x.test"):
+            code, msg = c.rcpt(rcpt)
+            assert code == 550 and msg.startswith(b"5.7.1"), (rcpt, msg)
+        with pytest.raises(smtplib.SMTPResponseException) as e:
+            c.data(b"x")
+        assert e.value.smtp_code == 503
+    assert all(p["deliveries"] == [] for p in serve.result(t["alias"])["probes"].values())
+
+
+def test_oversize_message_gets_552_and_no_delivery(setup_dir: Path) -> None:
+    server = Serve(setup_dir, env={"HAVEDANE_SMTP_MAX_MESSAGE_SIZE": "10000"}).start()
+    try:
+        t = server.new_test()
+        rcpt = t["addresses"]["do"]
+        big = b"Subject: big\r\n\r\n" + (b"y" * 990 + b"\r\n") * 20
+        assert send(server.smtp_port, [rcpt]) == {}
+        # Declared with SIZE (RFC 1870): refused at MAIL.
+        with pytest.raises(smtplib.SMTPSenderRefused) as declared:
+            send(server.smtp_port, [rcpt], body=big)
+        assert declared.value.smtp_code == 552
+        # Not declared: refused at the end of DATA, after reading it all.
+        with smtp(server.smtp_port) as c:
+            assert c.docmd("MAIL FROM:<a@sender.example>")[0] == 250
+            assert c.docmd(f"RCPT TO:<{rcpt}>")[0] == 250
+            assert c.docmd("DATA")[0] == 354
+            c.send(big + b".\r\n")
+            code, _ = c.getreply()
+            assert code == 552
+        time.sleep(0.2)
+        deliveries = server.result(t["alias"])["probes"]["do"]["deliveries"]
+        assert len(deliveries) == 1  # the small one only
+    finally:
+        server.stop()
+
+
+def test_refusal_tls_then_quit_is_recorded_and_tied_by_client_address(serve: Serve) -> None:
+    """What a DANE-validating Postfix does at `wrong`: TLS with SNI, then QUIT, no MAIL."""
+    t = serve.new_test()
+    with smtp(serve.smtp_port, sni="wrong.x.test") as c:
+        c.quit()
+    send(serve.smtp_port, [t["addresses"]["do"]], sni="do.x.test")
+    send(serve.smtp_port, [t["addresses"]["dont"]], sni=None)
+    body = serve.wait_for(t["alias"], lambda b: b["verdict"]["code"] == "validates")
+    wrong = body["probes"]["wrong"]
+    assert wrong["status"] == "refused"
+    (s,) = wrong["sessions"]
+    assert s["tls"]["sni"] == "wrong.x.test"
+    assert s["mail_from"] is None
+    assert s["outcome"] == "tls-then-left"
+    assert s["correlated_by_client_ip"] is True
+    assert "127.0.0.1" in body["verdict"]["summary"]
+
+
+def test_refusal_by_closing_without_quit(serve: Serve) -> None:
+    t = serve.new_test()
+    raw = socket.create_connection(("127.0.0.1", serve.smtp_port))
+    f = raw.makefile("rb")
+    f.readline()
+    raw.sendall(b"EHLO closer.example\r\n")
+    while not f.readline().startswith(b"250 "):
+        pass
+    raw.sendall(b"STARTTLS\r\n")
+    assert f.readline().startswith(b"220")
+    tls = insecure_context().wrap_socket(raw, server_hostname="wrong.x.test")
+    tls.close()
+    send(serve.smtp_port, [t["addresses"]["do"], t["addresses"]["dont"]], sni="do.x.test")
+    body = serve.wait_for(t["alias"], lambda b: b["probes"]["wrong"]["status"] == "refused")
+    assert body["probes"]["wrong"]["sessions"][0]["helo"] == "closer.example"
+
+
+def test_handshake_aborted_by_the_client_is_recorded(serve: Serve) -> None:
+    """A client that verifies inside the handshake sends a fatal alert (bad certificate)."""
+    t = serve.new_test()
+    raw = socket.create_connection(("127.0.0.1", serve.smtp_port))
+    f = raw.makefile("rb")
+    f.readline()
+    raw.sendall(b"EHLO strict.example\r\nSTARTTLS\r\n")
+    while not f.readline().startswith(b"220"):
+        pass
+    strict = ssl.create_default_context()  # verifies: our CA is unknown to it
+    with pytest.raises(ssl.SSLCertVerificationError):
+        strict.wrap_socket(raw, server_hostname="wrong.x.test")
+    raw.close()
+    send(serve.smtp_port, [t["addresses"]["do"], t["addresses"]["dont"]], sni="do.x.test")
+    body = serve.wait_for(t["alias"], lambda b: b["probes"]["wrong"]["status"] == "refused")
+    (s,) = body["probes"]["wrong"]["sessions"]
+    assert s["outcome"] == "handshake-failed"
+    assert s["tls"] is None
+    # and the receiver still serves the next client
+    assert send(serve.smtp_port, [t["addresses"]["wrong"]]) == {}
+
+
+def test_plaintext_delivery_to_do_is_no_tls(serve: Serve) -> None:
+    t = serve.new_test()
+    a = t["addresses"]
+    send(serve.smtp_port, [a["do"], a["dont"], a["wrong"]], tls=False)
+    body = serve.wait_for(t["alias"], lambda b: b["verdict"]["code"] != "pending")
+    assert body["verdict"]["code"] == "no-tls"
+    assert body["probes"]["do"]["deliveries"][0]["tls"] is None
+
+
+def test_grace_period_turns_missing_wrong_into_validates(serve: Serve) -> None:
+    t = serve.new_test()
+    a = t["addresses"]
+    send(serve.smtp_port, [a["do"], a["dont"]], sni="do.x.test")
+    assert serve.result(t["alias"])["verdict"]["code"] == "pending"
+    body = serve.wait_for(t["alias"], lambda b: b["verdict"]["code"] != "pending", timeout=6)
+    assert body["verdict"]["code"] == "validates"
+    assert body["probes"]["wrong"]["status"] == "not-delivered"
+
+
+def test_malformed_commands_get_smtp_errors_and_the_session_goes_on(serve: Serve) -> None:
+    with smtp(serve.smtp_port, tls=False) as c:
+        assert c.docmd("MAIL FROM:<broken")[0] == 553
+        assert c.docmd("RCPT TO:<a@do.x.test>")[0] == 503
+        assert c.docmd("BOGUS")[0] == 500
+        assert c.docmd("DATA")[0] == 503
+        assert c.docmd("STARTTLS extra")[0] == 501
+        assert c.noop()[0] == 250
+
+
+def test_sigterm_stops_cleanly(serve: Serve) -> None:
+    assert serve.stop() == 0
+    assert "Traceback" not in "".join(serve.output)
