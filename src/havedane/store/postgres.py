@@ -1,0 +1,364 @@
+"""The store for several hosts: PostgreSQL through psycopg 3 and its connection pool.
+
+Same semantics as the SQLite store. Every write is one transaction that also
+NOTIFYs the alias it touched (store/notify.py): PostgreSQL delivers a notification
+only when its transaction commits, so a listener never hears of a row it cannot
+read yet. Each call commits before it returns: the receiver's `250` follows the
+COMMIT (with the default synchronous_commit=on, after the WAL is flushed).
+
+The schema is versioned in `schema_version` and migrated by `havedane db upgrade`
+(`upgrade`), never implicitly: with several hosts the operator chooses when. A
+process checks the version at open and refuses a schema it does not know.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import psycopg.conninfo
+from psycopg_pool import AsyncConnectionPool
+
+from havedane.store import notify
+from havedane.store.base import Delivery, Outcome, Session, Store, StoreError, Test, Tls, TooManyTests
+from havedane.store.sqlite import SchemaTooNew
+
+SCHEMA_VERSION = 1
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE tests (
+            alias text PRIMARY KEY,
+            created double precision NOT NULL,
+            client_ip text
+        )""",
+        "CREATE INDEX tests_created ON tests (created)",
+        "CREATE INDEX tests_client ON tests (client_ip, created)",
+        """CREATE TABLE sessions (
+            id text PRIMARY KEY,
+            started double precision NOT NULL,
+            ended double precision,
+            client_ip text NOT NULL,
+            client_port integer NOT NULL,
+            local_ip text NOT NULL,
+            local_port integer NOT NULL,
+            helo text,
+            starttls boolean NOT NULL,
+            tls_version text,
+            tls_cipher text,
+            sni text,
+            mail_from text,
+            rcpts text[] NOT NULL,
+            probe text,
+            alias text,
+            outcome text NOT NULL,
+            error text,
+            chain text
+        )""",
+        "CREATE INDEX sessions_alias ON sessions (alias)",
+        "CREATE INDEX sessions_client ON sessions (client_ip, started)",
+        "CREATE INDEX sessions_started ON sessions (started)",
+        """CREATE TABLE deliveries (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            alias text NOT NULL,
+            probe text NOT NULL,
+            received_at double precision NOT NULL,
+            client_ip text NOT NULL,
+            helo text,
+            mail_from text NOT NULL,
+            rcpt text NOT NULL,
+            tls_version text,
+            tls_cipher text,
+            sni text,
+            session_id text,
+            size integer NOT NULL,
+            message_id text
+        )""",
+        "CREATE INDEX deliveries_alias ON deliveries (alias, id)",
+    ),
+}
+
+# Advisory lock keys (any constants; they only have to differ from each other).
+MIGRATION_LOCK = 0x68617665_64616E01
+TESTS_LOCK = 0x68617665_64616E02
+PRUNE_LOCK = 0x68617665_64616E03
+
+SESSION_COLUMNS = (
+    "id, started, ended, client_ip, client_port, local_ip, local_port, helo, starttls, tls_version, "
+    "tls_cipher, sni, mail_from, rcpts, probe, alias, outcome, error, chain"
+)
+DELIVERY_COLUMNS = (
+    "alias, probe, received_at, client_ip, helo, mail_from, rcpt, tls_version, tls_cipher, sni, "
+    "session_id, size, message_id"
+)
+UPSERT_SESSION = (
+    f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ({', '.join(['%s'] * 19)}) ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in SESSION_COLUMNS.split(", ")[1:])
+)
+INSERT_DELIVERY = f"INSERT INTO deliveries ({DELIVERY_COLUMNS}) VALUES ({', '.join(['%s'] * 13)})"
+NOTIFY = f"SELECT pg_notify('{notify.CHANNEL}', %s)"
+
+
+def where(url: str) -> str:
+    """host:port/dbname of a conninfo, for messages: never the password."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "(unparsable url)"
+    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+
+
+def _failure(url: str, e: psycopg.Error) -> StoreError:
+    return StoreError(f"PostgreSQL {where(url)}: {notify.first_line(e)}")
+
+
+def _text(value: str | None) -> str | None:
+    """SMTP text as PostgreSQL can hold it: no NUL, valid UTF-8 (aiosmtpd keeps
+    undecodable bytes as surrogate escapes)."""
+    if value is None:
+        return None
+    if value.isascii() and "\x00" not in value:
+        return value
+    raw = value.encode("utf-8", "surrogateescape")
+    return raw.decode("utf-8", "replace").replace("\x00", "\ufffd")
+
+
+def _schema_message(url: str, found: int) -> StoreError:
+    if found > SCHEMA_VERSION:
+        return SchemaTooNew(
+            f"PostgreSQL {where(url)} has schema version {found}, newer than this havedane knows "
+            f"({SCHEMA_VERSION}): upgrade havedane"
+        )
+    return StoreError(
+        f"PostgreSQL {where(url)} has schema version {found}, this havedane needs {SCHEMA_VERSION}: "
+        "run `havedane db upgrade`"
+    )
+
+
+def _version_sync(conn: psycopg.Connection[Any]) -> int:
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
+    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def upgrade(url: str) -> tuple[int, int]:
+    """Apply pending migrations in one transaction; returns (from, to).
+    Refuses a schema newer than this code knows. Concurrent upgrades wait for each other."""
+    try:
+        with psycopg.connect(url, connect_timeout=10) as conn:  # one transaction, committed on leaving
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            current = _version_sync(conn)
+            if current > SCHEMA_VERSION:
+                raise _schema_message(url, current)
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[version]:
+                    conn.execute(statement)
+            conn.execute("DELETE FROM schema_version")
+            conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
+    except psycopg.Error as e:
+        raise _failure(url, e) from e
+    return current, SCHEMA_VERSION
+
+
+def _tls(version: str | None, cipher: str | None, sni: str | None) -> Tls | None:
+    return Tls(version, cipher or "", sni) if version else None
+
+
+def _session(row: tuple[Any, ...]) -> Session:
+    return Session(
+        id=row[0],
+        started=row[1],
+        ended=row[2],
+        client_ip=row[3],
+        client_port=row[4],
+        local_ip=row[5],
+        local_port=row[6],
+        helo=row[7],
+        starttls=row[8],
+        tls=_tls(row[9], row[10], row[11]),
+        mail_from=row[12],
+        rcpts=list(row[13]),
+        probe=row[14],
+        alias=row[15],
+        outcome=Outcome(row[16]),
+        error=row[17],
+        chain=row[18],
+    )
+
+
+def _session_row(s: Session) -> tuple[Any, ...]:
+    t = s.tls
+    return (
+        s.id, s.started, s.ended, _text(s.client_ip), s.client_port, _text(s.local_ip), s.local_port, _text(s.helo),
+        s.starttls, t and _text(t.version), t and _text(t.cipher), t and _text(t.sni), _text(s.mail_from),
+        [_text(r) for r in s.rcpts], s.probe, s.alias, s.outcome.value, _text(s.error), s.chain,
+    )  # fmt: skip
+
+
+def _delivery(row: tuple[Any, ...]) -> Delivery:
+    return Delivery(
+        id=row[0],
+        alias=row[1],
+        probe=row[2],
+        received_at=row[3],
+        client_ip=row[4],
+        helo=row[5],
+        mail_from=row[6],
+        rcpt=row[7],
+        tls=_tls(row[8], row[9], row[10]),
+        session_id=row[11],
+        size=row[12],
+        message_id=row[13],
+    )
+
+
+def _delivery_row(d: Delivery) -> tuple[Any, ...]:
+    t = d.tls
+    return (
+        d.alias, d.probe, d.received_at, _text(d.client_ip), _text(d.helo), _text(d.mail_from), _text(d.rcpt),
+        t and _text(t.version), t and _text(t.cipher), t and _text(t.sni), d.session_id, d.size, _text(d.message_id),
+    )  # fmt: skip
+
+
+Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+
+
+class PostgresStore(Store):
+    def __init__(self, url: str, min_size: int = 1, max_size: int = 10) -> None:
+        super().__init__()
+        self.url = url
+        self.feed = notify.Feed(lambda changes: notify.listen(notify.with_keepalive(url), changes))
+        self.changes = self.feed
+        self._min_size = min_size
+        self._max_size = max_size
+        self._pool: AsyncConnectionPool[Conn] | None = None
+
+    async def open(self) -> None:
+        # One plain connection first: its error says why (the pool's would only say "timeout").
+        try:
+            async with await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+                found = await self._version(conn)
+        except psycopg.Error as e:
+            raise _failure(self.url, e) from e
+        if found != SCHEMA_VERSION:
+            raise _schema_message(self.url, found)
+        pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            notify.with_keepalive(self.url),
+            min_size=self._min_size,
+            max_size=self._max_size,
+            kwargs={"autocommit": True},
+            timeout=10,
+            name="havedane",
+            open=False,
+        )
+        try:
+            await pool.open(wait=True, timeout=10)
+        except psycopg.Error as e:
+            await pool.close()
+            raise _failure(self.url, e) from e
+        self._pool = pool
+
+    async def close(self) -> None:
+        await self.feed.close()
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @staticmethod
+    async def _version(conn: Conn) -> int:
+        try:
+            cur = await conn.execute("SELECT max(version) FROM schema_version")
+        except psycopg.errors.UndefinedTable:
+            return 0
+        row = await cur.fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Conn]:
+        if self._pool is None:
+            raise StoreError("store is closed")
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except psycopg.Error as e:
+            raise _failure(self.url, e) from e
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, changed: set[str] | None) -> AsyncIterator[psycopg.AsyncCursor[tuple[Any, ...]]]:
+        """One transaction that NOTIFYs `changed` (None: every test) when it commits."""
+        async with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
+            yield cur
+            for payload in sorted(changed) if changed is not None else [notify.EVERYONE]:
+                await cur.execute(NOTIFY, (payload,))
+
+    async def _rows(self, query: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        async with self._connection() as conn:
+            cur = await conn.execute(query, params)
+            return await cur.fetchall()
+
+    # -- the interface -----------------------------------------------------
+
+    async def create_test(self, test: Test, max_tests: int | None = None) -> None:
+        async with self._transaction({test.alias}) as cur:
+            if max_tests is not None:
+                # Serialise creations across processes, so that the bound holds exactly.
+                await cur.execute("SELECT pg_advisory_xact_lock(%s)", (TESTS_LOCK,))
+                await cur.execute("SELECT count(*) FROM tests")
+                row = await cur.fetchone()
+                count = int(row[0]) if row else 0
+                if count >= max_tests:
+                    raise TooManyTests(f"{count} tests stored, the limit is {max_tests}")
+            await cur.execute(
+                "INSERT INTO tests (alias, created, client_ip) VALUES (%s, %s, %s)",
+                (test.alias, test.created, _text(test.client_ip)),
+            )
+
+    async def get_test(self, alias: str) -> Test | None:
+        rows = await self._rows("SELECT alias, created, client_ip FROM tests WHERE alias = %s", (alias,))
+        return Test(*rows[0]) if rows else None
+
+    async def add_deliveries(self, deliveries: list[Delivery]) -> None:
+        if not deliveries:
+            return
+        async with self._transaction({d.alias for d in deliveries}) as cur:
+            await cur.executemany(INSERT_DELIVERY, [_delivery_row(d) for d in deliveries])
+
+    async def save_session(self, session: Session) -> None:
+        async with self._transaction({session.alias} if session.alias else None) as cur:
+            await cur.execute(UPSERT_SESSION, _session_row(session))
+
+    async def deliveries_for(self, alias: str) -> list[Delivery]:
+        rows = await self._rows(f"SELECT id, {DELIVERY_COLUMNS} FROM deliveries WHERE alias = %s ORDER BY id", (alias,))
+        return [_delivery(r) for r in rows]
+
+    async def sessions_for(self, alias: str, client_ips: list[str], since: float) -> list[Session]:
+        rows = await self._rows(
+            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE alias = %s"
+            " OR (alias IS NULL AND client_ip = ANY(%s) AND started >= %s) ORDER BY started",
+            (alias, client_ips, since),
+        )
+        return [_session(r) for r in rows]
+
+    async def recent_tests_from(self, client_ip: str, since: float) -> int:
+        rows = await self._rows(
+            "SELECT count(*) FROM tests WHERE client_ip = %s AND created >= %s", (_text(client_ip), since)
+        )
+        return int(rows[0][0])
+
+    async def prune(self, older_than: float, orphan_sessions_older_than: float) -> int:
+        async with self._transaction(set()) as cur:
+            # Every process prunes on its own schedule; one at a time is enough.
+            await cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (PRUNE_LOCK,))
+            row = await cur.fetchone()
+            if not row or not row[0]:
+                return 0
+            old = "SELECT alias FROM tests WHERE created < %s"
+            await cur.execute(f"DELETE FROM deliveries WHERE alias IN ({old})", (older_than,))
+            await cur.execute(f"DELETE FROM sessions WHERE alias IN ({old})", (older_than,))
+            await cur.execute(
+                "DELETE FROM sessions WHERE alias IS NULL AND started < %s", (orphan_sessions_older_than,)
+            )
+            await cur.execute("DELETE FROM tests WHERE created < %s", (older_than,))
+            return cur.rowcount
