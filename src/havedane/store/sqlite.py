@@ -24,6 +24,7 @@ from typing import Any
 from havedane.store.base import Delivery, Outcome, Session, Store, StoreError, Test, Tls, TooManyTests
 
 SCHEMA_VERSION = 1
+OTHERS_POLL = 0.1  # seconds between checks for commits by other processes (PRAGMA data_version)
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -221,8 +222,13 @@ class SQLiteStore(Store):
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
         try:
+            seen = self._others_wrote(conn, None)
             while True:
-                first = self._jobs.get()
+                try:
+                    first = self._jobs.get(timeout=OTHERS_POLL)
+                except queue.Empty:
+                    seen = self._others_wrote(conn, seen)
+                    continue
                 if first is None:
                     return
                 batch = [first]
@@ -236,8 +242,22 @@ class SQLiteStore(Store):
                         break
                     batch.append(item)
                 self._commit(conn, batch)
+                seen = self._others_wrote(conn, seen)
         finally:
             conn.close()
+
+    def _others_wrote(self, conn: sqlite3.Connection, seen: int | None) -> int | None:
+        """Wake every live page when another process committed. `data_version` of the
+        writer's own connection changes only for commits by other connections, and in
+        this process no other connection writes: its own writes (already notified by
+        alias) do not count, so one process alone never pays for this."""
+        try:
+            version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error:
+            return seen
+        if seen is not None and version != seen and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.changes.notify, None)
+        return version
 
     def _commit(self, conn: sqlite3.Connection, batch: list[tuple[Job, asyncio.Future[Any], set[str] | None]]) -> None:
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
