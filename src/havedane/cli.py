@@ -120,7 +120,16 @@ def _listen(value: str) -> Listen:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-async def serve(config: Config, smtp: tuple[Listen, ...], web: Listen, ready: Callable[[str], None] = print) -> None:
+ROLES = ("all", "smtp", "web")
+
+
+async def _until(stop: asyncio.Event) -> None:
+    await stop.wait()
+
+
+async def serve(
+    config: Config, smtp: tuple[Listen, ...], web: Listen, ready: Callable[[str], None] = print, role: str = "all"
+) -> None:
     from havedane.receiver import Receiver, tls_context
     from havedane.store.sqlite import open_store
     from havedane.web.app import create_app, serve_forever
@@ -140,12 +149,19 @@ async def serve(config: Config, smtp: tuple[Listen, ...], web: Listen, ready: Ca
         loop.add_signal_handler(sig, stop.set)
     receiver = Receiver(config, store, tls_context(chains))
     try:
-        try:
-            await receiver.start(smtp)
-        except OSError as e:
-            raise Failure(f"cannot listen for SMTP on {', '.join(map(str, smtp))}: {e.strerror or e}") from None
+        if role != "web":
+            try:
+                await receiver.start(smtp)
+            except OSError as e:
+                raise Failure(f"cannot listen for SMTP on {', '.join(map(str, smtp))}: {e.strerror or e}") from None
         web_ready = asyncio.Event()
-        web_task = asyncio.create_task(serve_forever(create_app(config, store), web.host, web.port, stop, web_ready))
+        if role == "smtp":  # a receiver only: runs until stopped
+            web_ready.set()
+            web_task = asyncio.create_task(_until(stop))
+        else:
+            web_task = asyncio.create_task(
+                serve_forever(create_app(config, store), web.host, web.port, stop, web_ready)
+            )
         prune_task = asyncio.create_task(prune_forever(config, store))
         ready_wait = asyncio.create_task(web_ready.wait())
         await asyncio.wait({web_task, ready_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -155,8 +171,10 @@ async def serve(config: Config, smtp: tuple[Listen, ...], web: Listen, ready: Ca
             exc = web_task.exception()
             raise Failure(f"cannot listen for HTTP on {web}: {getattr(exc, 'strerror', None) or exc}")
         smtp_at = ", ".join(f"{h}:{p}" for h, p in receiver.bound())
-        where = f"domain {config.domain}; SMTP on {smtp_at}; web on http://{web}"
-        ready(f"havedane {__version__}: {where} (open it in a browser)")
+        parts = [f"domain {config.domain}"]
+        parts += [f"SMTP on {smtp_at}"] if role != "web" else []
+        parts += [f"web on http://{web} (open it in a browser)"] if role != "smtp" else []
+        ready(f"havedane {__version__}: {'; '.join(parts)}")
         await web_task
         prune_task.cancel()
     finally:
@@ -200,7 +218,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def ready(line: str) -> None:
         print(line, flush=True)
 
-    asyncio.run(serve(config, smtp, web, ready))
+    asyncio.run(serve(config, smtp, web, ready, args.role))
     return 0
 
 
@@ -262,15 +280,20 @@ def cmd_zone(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from havedane.store.base import StoreError
+
     config = load_config(args.config)
-    if not config.store_url.startswith("sqlite:///"):
-        from havedane.store import postgres  # type: ignore[attr-defined,unused-ignore]
+    try:
+        if not config.store_url.startswith("sqlite:///"):
+            from havedane.store import postgres
 
-        before, after = postgres.upgrade(config.store_url)
-    else:
-        from havedane.store import sqlite
+            before, after = postgres.upgrade(config.store_url)
+        else:
+            from havedane.store import sqlite
 
-        before, after = sqlite.upgrade(Path(config.store_url.removeprefix("sqlite:///")))
+            before, after = sqlite.upgrade(Path(config.store_url.removeprefix("sqlite:///")))
+    except StoreError as e:
+        raise Failure(str(e)) from None
     print(f"schema version {before} -> {after}" if before != after else f"schema is current (version {after})")
     return 0
 
@@ -300,6 +323,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--smtp-listen", action="append", type=_listen, metavar="ADDR:PORT",
                    help="SMTP listener (repeat for several; overrides [smtp] listen)")  # fmt: skip
     c.add_argument("--web-listen", type=_listen, metavar="ADDR:PORT", help="web listener (overrides [web] listen)")
+    c.add_argument("--role", choices=ROLES, default="all",
+                   help="all (default): receiver and web; smtp: the receiver only; web: the web app only "
+                        "(processes with different roles share one database: docs/scaling.md)")  # fmt: skip
 
     c = command("records", "print the DNS records to publish (TLSA computed from the certificates)", cmd_records)
     c.add_argument("--format", choices=["zone", "json"], default="zone", help="output format (default zone)")
