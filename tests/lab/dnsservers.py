@@ -1,0 +1,172 @@
+"""Knot (authoritative, serving a zone signed elsewhere) and Unbound (validating
+resolver whose only trust anchor is that zone's DS), configured for the lab."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+
+from .netns import Netns, stop, wait_until
+
+KNOT_CONF = """\
+server:
+    rundir: "{dir}"
+    listen: {address}@53
+log:
+  - target: stderr
+    any: info
+database:
+    storage: "{dir}"
+template:
+  - id: default
+    storage: "{dir}"
+    # Serve the file exactly as written: no signing, no journal, never write it back.
+    dnssec-signing: off
+    zonefile-load: whole
+    journal-content: none
+    zonefile-sync: -1
+zone:
+  - domain: {zone}
+    file: "{zone_file}"
+    # on: Knot checks every signature and the NSEC chain on load and refuses a zone
+    # that fails, an independent validator in front of Unbound. Off only for a zone
+    # that is broken on purpose.
+    dnssec-validation: {validation}
+"""
+
+UNBOUND_CONF = """\
+server:
+    interface: {address}
+    port: 53
+    outgoing-interface: {address}
+    do-ip6: no
+    # The lab's servers are on 127/8, which Unbound otherwise never asks.
+    do-not-query-localhost: no
+    access-control: 127.0.0.0/8 allow
+    chroot: ""
+    username: ""
+    directory: "{dir}"
+    pidfile: "{dir}/unbound.pid"
+    use-syslog: no
+    logfile: ""
+    verbosity: 1
+    val-log-level: 2
+    num-threads: 1
+    module-config: "validator iterator"
+    # Our DS is the only trust anchor; nothing outside the lab zone is ever asked.
+    trust-anchor-file: "{dir}/anchor.ds"
+    local-zone: "." refuse
+    local-zone: "{zone}." transparent
+    qname-minimisation: no
+    prefetch: no
+stub-zone:
+    name: "{zone}."
+    stub-addr: {authoritative}
+    stub-prime: no
+remote-control:
+    control-enable: no
+"""
+
+
+@dataclass(frozen=True)
+class Answer:
+    rcode: str
+    ad: bool
+    rrsets: list[str]
+
+
+def query(
+    ns: Netns,
+    server: str,
+    name: str,
+    rdtype: str,
+    checking_disabled: bool = False,
+    timeout: float = 3,
+    tcp: bool = False,
+) -> Answer:
+    """One DNSSEC-OK query from inside the namespace (UDP, or TCP)."""
+    msg = dns.message.make_query(name, dns.rdatatype.from_text(rdtype), want_dnssec=True)
+    if checking_disabled:
+        msg.flags |= dns.flags.CD
+
+    def ask() -> dns.message.Message:
+        if tcp:
+            return dns.query.tcp(msg, server, timeout=timeout)
+        return dns.query.udp(msg, server, timeout=timeout)
+
+    reply = ns.call(ask, timeout=timeout + 2)
+    return Answer(
+        dns.rcode.to_text(reply.rcode()),
+        bool(reply.flags & dns.flags.AD),
+        [rrset.to_text() for rrset in reply.answer],
+    )
+
+
+def _answers(ns: Netns, server: str, name: str, rdtype: str, want_ad: bool) -> bool:
+    # TCP: until the server listens the connection is refused at once, where a UDP
+    # query would wait out its whole timeout.
+    try:
+        a = query(ns, server, name, rdtype, timeout=1, tcp=True)
+    except (OSError, TimeoutError, dns.exception.Timeout):
+        return False
+    return a.rcode == "NOERROR" and bool(a.rrsets) and (a.ad or not want_ad)
+
+
+@contextlib.contextmanager
+def knot(ns: Netns, directory: Path, address: str, zone: str, zone_text: str, validation: bool) -> Iterator[None]:
+    directory.mkdir(parents=True, exist_ok=True)
+    zone_file = directory / f"{zone}.zone"
+    zone_file.write_text(zone_text)
+    conf = directory / "knot.conf"
+    conf.write_text(
+        KNOT_CONF.format(
+            dir=directory, address=address, zone=zone, zone_file=zone_file, validation="on" if validation else "off"
+        )
+    )
+    proc = ns.popen(["knotd", "-c", str(conf)], directory / "knotd.log")
+    try:
+        # Ready when the zone is loaded: the SOA answer carries its RRSIG.
+        wait_until(
+            lambda: _alive(proc, directory / "knotd.log") and _answers(ns, address, zone, "SOA", want_ad=False),
+            10,
+            f"knotd answering for {zone} at {address}",
+        )
+        yield
+    finally:
+        stop(proc)
+
+
+@contextlib.contextmanager
+def unbound(
+    ns: Netns, directory: Path, address: str, zone: str, ds: list[str], authoritative: str, ready_name: str
+) -> Iterator[None]:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "anchor.ds").write_text("\n".join(ds) + "\n")
+    conf = directory / "unbound.conf"
+    conf.write_text(UNBOUND_CONF.format(dir=directory, address=address, zone=zone, authoritative=authoritative))
+    proc = ns.popen(["unbound", "-d", "-c", str(conf)], directory / "unbound.log")
+    try:
+        wait_until(
+            lambda: _alive(proc, directory / "unbound.log") and _answers(ns, address, ready_name, "A", want_ad=True),
+            10,
+            f"unbound at {address} validating {ready_name}",
+        )
+        yield
+    finally:
+        stop(proc)
+
+
+def _alive(proc: subprocess.Popen[bytes], log: Path) -> bool:
+    if proc.poll() is not None:
+        raise RuntimeError(f"lab: {proc.args[-3:]} exited {proc.returncode}:\n{log.read_text()[-2000:]}")
+    return True

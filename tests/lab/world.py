@@ -1,0 +1,151 @@
+"""The whole lab, brought up in order and torn down in reverse, whatever happens.
+
+    127.0.0.20  Knot: serves the zone `havedane zone --sign` wrote, as written
+    127.0.0.21  Unbound: validates, trusting only the DS `havedane zone --sign` printed
+    127.0.0.25  `havedane serve`: the receiver on port 25 (web app on 127.0.0.1:8080)
+    127.0.0.30  Postfix that validates DANE (dnssec + dane)
+    127.0.0.31  Postfix that does not (enabled + may)
+
+All in a network namespace of its own: nothing reaches or comes from the host's network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from . import dnsservers
+from .netns import Netns, stop, wait_until
+from .postfix import Postfix
+
+ZONE = "havedane.test"  # RFC 6761 §6.2: .test never leaves a lab
+AUTHORITATIVE = "127.0.0.20"
+RESOLVER = "127.0.0.21"
+ALT_AUTHORITATIVE = "127.0.0.22"  # a variant of the zone, for one test at a time
+ALT_RESOLVER = "127.0.0.23"
+RECEIVER = "127.0.0.25"
+DANE_SENDER = "127.0.0.30"
+PLAIN_SENDER = "127.0.0.31"
+WEB = ("127.0.0.1", 8080)
+GRACE = "5"  # seconds; the verdict's default of 60 would dominate the lab's run time
+
+
+@dataclass
+class World:
+    ns: Netns
+    dir: Path
+    zone: str
+    zone_text: str
+    ds: list[str]
+    config: Path
+    dane: Postfix
+    plain: Postfix
+    receiver_log: Path
+
+    def api(self, method: str, path: str, json: Any = None) -> httpx.Response:
+        """A request to the web app, made from inside the namespace."""
+
+        def request() -> httpx.Response:
+            with httpx.Client(base_url=f"http://{WEB[0]}:{WEB[1]}", trust_env=False, timeout=10) as client:
+                return client.request(method, path, json=json)
+
+        return self.ns.call(request)
+
+    def query(self, name: str, rdtype: str, checking_disabled: bool = False) -> dnsservers.Answer:
+        return dnsservers.query(self.ns, RESOLVER, name, rdtype, checking_disabled)
+
+
+def havedane(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real command line, as an operator runs it."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "havedane", *args], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"lab: havedane {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def make_zone(directory: Path) -> tuple[Path, str, list[str]]:
+    """`havedane init` then `havedane zone --sign`: the config, the signed zone, the DS."""
+    havedane("init", "--domain", ZONE, "--dir", str(directory))
+    config = directory / "havedane.toml"
+    zone_file = directory / f"{ZONE}.zone"
+    proc = havedane("zone", "--config", str(config), "--sign", "--address", RECEIVER, "--out", str(zone_file))
+    ds = [line for line in proc.stderr.splitlines() if " DS " in line]
+    assert ds, f"havedane zone --sign printed no DS: {proc.stderr!r}"
+    return config, zone_file.read_text(), ds
+
+
+@contextlib.contextmanager
+def receiver(ns: Netns, config: Path, log: Path) -> Iterator[None]:
+    argv = [
+        sys.executable, "-m", "havedane", "serve", "--config", str(config),
+        "--smtp-listen", f"{RECEIVER}:25", "--web-listen", f"{WEB[0]}:{WEB[1]}",
+    ]  # fmt: skip
+    proc = ns.popen(argv, log, env={"HAVEDANE_VERDICT_GRACE": GRACE})
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"lab: havedane serve exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        return ns.call(lambda: _listening(RECEIVER, 25) and _listening(*WEB))
+
+    try:
+        wait_until(up, 20, "havedane serve listening")
+        yield
+    finally:
+        stop(proc, timeout=10)
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def build(directory: Path) -> Iterator[World]:
+    with contextlib.ExitStack() as stack:
+        ns = Netns()
+        stack.callback(ns.delete)  # registered first: runs last, after every process is gone
+        ns.create(RESOLVER)
+        config, zone_text, ds = make_zone(directory / "havedane")
+        stack.enter_context(dnsservers.knot(ns, directory / "knot", AUTHORITATIVE, ZONE, zone_text, validation=True))
+        stack.enter_context(
+            dnsservers.unbound(ns, directory / "unbound", RESOLVER, ZONE, ds, AUTHORITATIVE, f"do.{ZONE}")
+        )
+        receiver_log = directory / "havedane-serve.log"
+        stack.enter_context(receiver(ns, config, receiver_log))
+        dane = stack.enter_context(Postfix(ns, directory / "postfix-dane", "dane", DANE_SENDER, ZONE, True).running())
+        plain = stack.enter_context(
+            Postfix(ns, directory / "postfix-plain", "plain", PLAIN_SENDER, ZONE, False).running()
+        )
+        yield World(ns, directory, ZONE, zone_text, ds, config, dane, plain, receiver_log)
+
+
+@contextlib.contextmanager
+def alternate_dns(world: World, tag: str, zone_text: str, validation: bool) -> Iterator[Path]:
+    """A second Knot + Unbound pair in the lab (127.0.0.22/23) serving a variant of the
+    zone under the same trust anchor; yields a resolv.conf that points at it."""
+    base = world.dir / f"dns-{tag}"
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(
+            dnsservers.knot(world.ns, base / "knot", ALT_AUTHORITATIVE, world.zone, zone_text, validation)
+        )
+        stack.enter_context(
+            dnsservers.unbound(
+                world.ns, base / "unbound", ALT_RESOLVER, world.zone, world.ds, ALT_AUTHORITATIVE, world.zone
+            )
+        )
+        resolv = base / "resolv.conf"
+        resolv.write_text(f"nameserver {ALT_RESOLVER}\noptions trust-ad\n")
+        yield resolv
