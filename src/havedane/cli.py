@@ -218,7 +218,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def ready(line: str) -> None:
         print(line, flush=True)
 
-    asyncio.run(serve(config, smtp, web, ready, args.role))
+    try:
+        import uvloop  # installed with uvicorn[standard]: a faster event loop for SMTP and HTTP alike
+    except ImportError:
+        asyncio.run(serve(config, smtp, web, ready, args.role))
+    else:
+        uvloop.run(serve(config, smtp, web, ready, args.role))
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -143,8 +144,11 @@ class Changes:
 
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self.listeners: list[Callable[[set[str] | None], None]] = []  # e.g. the web app's response cache
 
     def notify(self, aliases: set[str] | None) -> None:
+        for listener in self.listeners:
+            listener(aliases)
         keys = list(self._waiters) if aliases is None else [a for a in aliases if a in self._waiters]
         for key in keys:
             for fut in self._waiters.pop(key, set()):
