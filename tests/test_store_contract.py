@@ -1,0 +1,346 @@
+"""The store contract: one suite, run against SQLite and a real PostgreSQL (marker `postgres`).
+
+Both implementations must answer the same calls with the same values, commit before a
+call returns, refuse rather than evict, and wake live pages in their own process and in
+other processes sharing the database (a second store object on the same database
+stands for another process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from havedane.store import postgres, sqlite
+from havedane.store.base import Delivery, Outcome, Session, Store, StoreError, Test, Tls, TooManyTests
+from havedane.store.sqlite import SchemaTooNew, open_store
+from pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.anyio
+
+T0 = 1_700_000_000.123456  # a float with sub-millisecond digits: must come back exactly
+VERSIONS = {"sqlite": sqlite.SCHEMA_VERSION, "postgres": postgres.SCHEMA_VERSION}
+TLS = Tls("TLSv1.3", "TLS_AES_256_GCM_SHA384", "do.x.test")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database of each kind."""
+    if request.param == "sqlite":
+        db = f"sqlite:///{tmp_path / 'havedane.sqlite3'}"
+    else:
+        db = request.getfixturevalue("postgres_url")
+    assert upgrade(db) == (0, VERSIONS[request.param])
+    return db
+
+
+@pytest.fixture
+async def store(url: str) -> AsyncIterator[Store]:
+    s = open_store(url)
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def other(url: str, store: Store) -> AsyncIterator[Store]:
+    """A second store on the same database: what another process sees and does."""
+    s = open_store(url)
+    await s.open()
+    yield s
+    await s.close()
+
+
+def delivery(alias: str, n: int = 0, probe: str = "do", tls: Tls | None = TLS, **kw: object) -> Delivery:
+    fields: dict[str, object] = dict(
+        alias=alias, probe=probe, received_at=T0 + n, client_ip="192.0.2.1", helo="mx.sender.example",
+        mail_from="postmaster@sender.example", rcpt=f"{alias}@{probe}.x.test", tls=tls,
+        session_id=f"s{n}", size=100 + n, message_id=f"<{n}@sender.example>",
+    )  # fmt: skip
+    fields.update(kw)
+    return Delivery(**fields)  # type: ignore[arg-type]
+
+
+def session(sid: str, started: float, alias: str | None = None, client_ip: str = "192.0.2.1") -> Session:
+    return Session(id=sid, started=started, client_ip=client_ip, client_port=40000, local_ip="127.0.0.1",
+                   local_port=25, alias=alias)  # fmt: skip
+
+
+async def woken(store: Store, alias: str, write: Callable[[], object], timeout: float = 5.0) -> bool:
+    """Does `write()` wake a live page of `alias` on `store`?"""
+    await settle(store)
+    waiter = asyncio.ensure_future(store.changes.wait(alias, timeout))
+    await asyncio.sleep(0.01)  # the page is waiting before the write happens
+    result = write()
+    if asyncio.iscoroutine(result):
+        await result
+    return await waiter
+
+
+_settled: set[int] = set()
+
+
+async def settle(store: Store) -> None:
+    """A cross-process feed wakes every page once when it (re)connects (it may have missed
+    something): let that happen before asserting who is woken by what."""
+    if id(store) not in _settled:
+        _settled.add(id(store))
+        await store.changes.wait("settle", 0.3)
+
+
+# -- tests ----------------------------------------------------------------------
+
+
+async def test_create_and_get_test(store: Store) -> None:
+    await store.create_test(Test("a1", T0, "192.0.2.7"))
+    await store.create_test(Test("a2", T0 + 1))
+    assert await store.get_test("a1") == Test("a1", T0, "192.0.2.7")
+    assert await store.get_test("a2") == Test("a2", T0 + 1, None)
+    assert await store.get_test("nope") is None
+
+
+async def test_duplicate_alias_is_refused_and_keeps_the_first(store: Store) -> None:
+    await store.create_test(Test("dup", T0, "192.0.2.7"))
+    with pytest.raises((StoreError, sqlite3.IntegrityError)):
+        await store.create_test(Test("dup", T0 + 5, "192.0.2.8"))
+    assert await store.get_test("dup") == Test("dup", T0, "192.0.2.7")
+
+
+async def test_max_tests_refuses_without_evicting(store: Store) -> None:
+    for i in range(3):
+        await store.create_test(Test(f"m{i}", T0 + i), max_tests=3)
+    with pytest.raises(TooManyTests):
+        await store.create_test(Test("m3", T0 + 3), max_tests=3)
+    assert [await store.get_test(f"m{i}") is not None for i in range(4)] == [True, True, True, False]
+    await store.create_test(Test("m4", T0 + 4))  # no bound given: no bound applied
+
+
+async def test_max_tests_holds_under_concurrent_creations(store: Store, other: Store) -> None:
+    results = await asyncio.gather(
+        *(s.create_test(Test(f"c{i}", T0 + i), max_tests=5) for i, s in enumerate([store, other] * 6)),
+        return_exceptions=True,
+    )
+    assert sum(r is None for r in results) == 5
+    assert all(isinstance(r, TooManyTests) for r in results if r is not None)
+
+
+async def test_deliveries_round_trip_in_insertion_order(store: Store) -> None:
+    await store.create_test(Test("d1", T0))
+    batch = [
+        delivery("d1", 0),
+        delivery("d1", 1, probe="dont", tls=Tls("TLSv1.2", "ECDHE-RSA-AES128-GCM-SHA256", None)),
+    ]
+    await store.add_deliveries(batch)
+    await store.add_deliveries([delivery("d1", 2, probe="wrong", tls=None, helo=None, message_id=None)])
+    await store.add_deliveries([delivery("other", 3)])
+    got = await store.deliveries_for("d1")
+    assert [d.id for d in got] == sorted(d.id for d in got)
+    assert all(isinstance(d.id, int) for d in got)
+    expected = [*batch, delivery("d1", 2, probe="wrong", tls=None, helo=None, message_id=None)]
+    assert [Delivery(**{**d.__dict__, "id": None}) for d in got] == expected
+    assert await store.deliveries_for("nope") == []
+
+
+async def test_one_call_with_several_aliases(store: Store) -> None:
+    await store.add_deliveries([delivery("x1", 0), delivery("x2", 1), delivery("x1", 2)])
+    assert [d.size for d in await store.deliveries_for("x1")] == [100, 102]
+    assert [d.size for d in await store.deliveries_for("x2")] == [101]
+
+
+async def test_concurrent_writes_all_commit(store: Store, other: Store) -> None:
+    await asyncio.gather(*(s.add_deliveries([delivery("cc", i)]) for i, s in enumerate([store, other] * 50)))
+    assert sorted(d.size for d in await store.deliveries_for("cc")) == [100 + i for i in range(100)]
+
+
+async def test_a_returned_write_is_visible_to_another_process(store: Store, other: Store) -> None:
+    await store.create_test(Test("v1", T0))
+    await store.add_deliveries([delivery("v1", 0)])
+    assert await other.get_test("v1") == Test("v1", T0)
+    assert len(await other.deliveries_for("v1")) == 1
+
+
+async def test_session_saved_then_replaced(store: Store) -> None:
+    s = session("sess1", T0, alias=None)
+    await store.save_session(s)
+    assert await store.sessions_for("s1", ["192.0.2.1"], T0) == [s]
+    s.ended = T0 + 2.5
+    s.helo = "mx.sender.example"
+    s.starttls = True
+    s.tls = TLS
+    s.mail_from = "postmaster@sender.example"
+    s.rcpts = ["s1@do.x.test", "s1@dont.x.test"]
+    s.probe, s.alias = "do", "s1"
+    s.outcome = Outcome.DELIVERED
+    s.error = "ConnectionResetError: gone"
+    s.chain = "ecdsa"
+    s.delivered = 2
+    await store.save_session(s)
+    (got,) = await store.sessions_for("s1", [], 0)
+    assert got == Session(**{**s.__dict__, "delivered": 0})  # `delivered` is not stored: deliveries are
+
+
+async def test_sessions_for_correlates_by_client_address(store: Store) -> None:
+    named = session("named", T0 + 5, alias="s2", client_ip="198.51.100.9")
+    early = session("early", T0 - 1)  # before the test: not ours
+    refusal = session("refusal", T0 + 3)  # no alias, same client, after `since`: correlated
+    stranger = session("stranger", T0 + 4, client_ip="203.0.113.5")
+    foreign = session("foreign", T0 + 6, alias="someoneelse")
+    for s in (named, early, refusal, stranger, foreign):
+        await store.save_session(s)
+    assert [s.id for s in await store.sessions_for("s2", ["192.0.2.1"], T0)] == ["refusal", "named"]
+    assert [s.id for s in await store.sessions_for("s2", ["192.0.2.1", "203.0.113.5"], T0)] == [
+        "refusal",
+        "stranger",
+        "named",
+    ]
+    assert [s.id for s in await store.sessions_for("s2", [], T0)] == ["named"]
+
+
+async def test_recent_tests_from(store: Store) -> None:
+    for i, ip in enumerate(["192.0.2.1", "192.0.2.1", "192.0.2.2", "192.0.2.1"]):
+        await store.create_test(Test(f"r{i}", T0 + i * 10, ip))
+    assert await store.recent_tests_from("192.0.2.1", T0) == 3
+    assert await store.recent_tests_from("192.0.2.1", T0 + 5) == 2
+    assert await store.recent_tests_from("192.0.2.2", T0) == 1
+    assert await store.recent_tests_from("192.0.2.9", 0) == 0
+
+
+async def test_prune_removes_old_tests_with_their_rows(store: Store) -> None:
+    await store.create_test(Test("old", T0))
+    await store.create_test(Test("new", T0 + 100))
+    await store.add_deliveries([delivery("old", 0), delivery("new", 1)])
+    for s in (session("o1", T0, "old"), session("n1", T0 + 100, "new"), session("orphan-old", T0 + 10),
+              session("orphan-new", T0 + 90)):  # fmt: skip
+        await store.save_session(s)
+    assert await store.prune(older_than=T0 + 50, orphan_sessions_older_than=T0 + 50) == 1
+    assert await store.get_test("old") is None
+    assert await store.deliveries_for("old") == []
+    assert await store.sessions_for("old", ["192.0.2.1"], 0) == [session("orphan-new", T0 + 90)]
+    assert await store.get_test("new") is not None
+    assert len(await store.deliveries_for("new")) == 1
+    assert await store.prune(older_than=T0 + 50, orphan_sessions_older_than=T0 + 50) == 0
+
+
+async def test_closed_store_raises_store_error(url: str) -> None:
+    s = open_store(url)
+    await s.open()
+    await s.close()
+    with pytest.raises(StoreError):
+        await s.get_test("a")
+
+
+# -- live updates ---------------------------------------------------------------------
+
+
+async def test_writes_wake_pages_of_their_alias(store: Store) -> None:
+    assert await woken(store, "w1", lambda: store.create_test(Test("w1", T0)))
+    assert await woken(store, "w1", lambda: store.add_deliveries([delivery("w1")]))
+    assert await woken(store, "w1", lambda: store.save_session(session("sw1", T0, alias="w1")))
+
+
+async def test_writes_do_not_wake_pages_of_other_aliases(store: Store) -> None:
+    assert not await woken(store, "quiet", lambda: store.add_deliveries([delivery("loud")]), timeout=0.5)
+
+
+async def test_session_without_alias_wakes_every_page(store: Store) -> None:
+    # It may belong to any test by client address.
+    assert await woken(store, "any", lambda: store.save_session(session("anon", T0)))
+
+
+async def test_writes_of_another_process_wake_pages(store: Store, other: Store) -> None:
+    assert await woken(store, "p1", lambda: other.create_test(Test("p1", T0)))
+    assert await woken(store, "p1", lambda: other.add_deliveries([delivery("p1")]))
+    assert await woken(store, "p1", lambda: other.save_session(session("anon2", T0)))
+
+
+async def test_a_waiter_wakes_once_per_burst_and_sees_every_write(store: Store, other: Store) -> None:
+    """A page re-reads after each wake: whatever it wakes for, it then sees all committed rows."""
+    await settle(store)
+    seen: list[int] = []
+
+    async def page() -> None:
+        while len(seen) < 20:
+            await store.changes.wait("b1", 5)
+            seen[:] = [d.size for d in await store.deliveries_for("b1")]
+
+    reader = asyncio.ensure_future(page())
+    for i in range(20):
+        await (store if i % 2 else other).add_deliveries([delivery("b1", i)])
+    await asyncio.wait_for(reader, 10)
+    assert sorted(seen) == [100 + i for i in range(20)]
+
+
+# -- schema -----------------------------------------------------------------------------
+
+
+def upgrade(url: str) -> tuple[int, int]:
+    if url.startswith("sqlite:///"):
+        return sqlite.upgrade(Path(url.removeprefix("sqlite:///")))
+    return postgres.upgrade(url)
+
+
+def set_version(url: str, version: int) -> None:
+    if url.startswith("sqlite:///"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+            conn.execute(f"PRAGMA user_version={version}")
+    else:
+        with psycopg.connect(url) as conn:
+            conn.execute("UPDATE schema_version SET version = %s", (version,))
+
+
+async def test_upgrade_is_idempotent(url: str) -> None:
+    version = VERSIONS["sqlite" if url.startswith("sqlite:") else "postgres"]
+    assert upgrade(url) == (version, version)  # the fixture migrated it already
+
+
+async def test_a_schema_newer_than_known_is_refused_at_open_and_upgrade(url: str) -> None:
+    upgrade(url)
+    set_version(url, 999)
+    s = open_store(url)
+    with pytest.raises(SchemaTooNew, match="999.*upgrade havedane"):
+        await s.open()
+    with pytest.raises(SchemaTooNew):
+        upgrade(url)
+
+
+@pytest.mark.postgres
+async def test_postgres_open_asks_for_db_upgrade_on_a_fresh_database(postgres_url: str) -> None:  # noqa: F811
+    s = open_store(postgres_url)
+    with pytest.raises(StoreError, match=r"schema version 0.*havedane db upgrade"):
+        await s.open()
+    assert postgres.upgrade(postgres_url) == (0, postgres.SCHEMA_VERSION)
+    await s.open()
+    await s.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_unreachable_is_one_line_without_password() -> None:
+    s = open_store("postgresql://havedane:secret@127.0.0.1:1/havedane?connect_timeout=2")
+    with pytest.raises(StoreError) as e:
+        await s.open()
+    assert "\n" not in str(e.value) and "secret" not in str(e.value)
+    assert "127.0.0.1:1/havedane" in str(e.value)
+
+
+@pytest.mark.postgres
+async def test_postgres_stores_hostile_smtp_text(postgres_url: str) -> None:  # noqa: F811
+    """aiosmtpd keeps undecodable bytes as surrogate escapes; NUL is legal in SMTP text but not in PostgreSQL."""
+    postgres.upgrade(postgres_url)
+    s = open_store(postgres_url)
+    await s.open()
+    try:
+        await s.add_deliveries([delivery("h1", helo="a\x00b\udcffc", mail_from="\udce9@x")])
+        (got,) = await s.deliveries_for("h1")
+        assert (got.helo, got.mail_from) == ("a\ufffdb\ufffdc", "\ufffd@x")
+    finally:
+        await s.close()
