@@ -168,5 +168,5 @@ def unbound(
 
 def _alive(proc: subprocess.Popen[bytes], log: Path) -> bool:
     if proc.poll() is not None:
-        raise RuntimeError(f"lab: {proc.args[-3:]} exited {proc.returncode}:\n{log.read_text()[-2000:]}")
+        raise RuntimeError(f"lab: {log.stem} exited {proc.returncode}:\n{log.read_text()[-2000:]}")
     return True

@@ -1,0 +1,227 @@
+"""The complete zone (`havedane zone [--sign]`): its contents, its DNSSEC signatures
+checked by dnspython and, independently, by ldns-verify-zone."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import dns.dnssec
+import dns.dnssectypes
+import dns.name
+import dns.rdata
+import dns.rdataclass
+import dns.rdataset
+import dns.rdatatype
+import dns.rrset
+import dns.zone
+import pytest
+from cryptography import x509
+
+from havedane import pki, probes
+from havedane.dns import sign, zone
+
+DOMAIN = "x.test"
+ORIGIN = dns.name.from_text(DOMAIN)
+ADDRESSES = ["192.0.2.25", "2001:db8::25"]
+
+
+def require(tool: str) -> str:
+    """The tool's path; a missing tool skips locally but fails in CI."""
+    path = shutil.which(tool)
+    if path is None:
+        message = f"{tool} not installed (scripts/system-packages installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[x509.Certificate], x509.Certificate]:
+    directory = tmp_path_factory.mktemp("tls")
+    pki.create(directory, DOMAIN, [p.host(DOMAIN) for p in probes.CLASSIC])
+    return [c.leaf for c in pki.load_chains(directory)], pki.load_ca(directory)
+
+
+def build(
+    certs: tuple[list[x509.Certificate], x509.Certificate], key_dir: Path, signed: bool, serial: int | None = 7
+) -> zone.ZoneOutput:
+    leaves, ca = certs
+    return zone.build_zone(DOMAIN, probes.CLASSIC, leaves, ca, ADDRESSES, key_dir, signed, serial=serial)
+
+
+def parse(text: str) -> dns.zone.Zone:
+    return dns.zone.from_text(text, origin=ORIGIN, relativize=False)
+
+
+def texts(z: dns.zone.Zone, name: str, rdtype: str) -> set[str]:
+    return {r.to_text() for r in z.get_rdataset(name, rdtype) or []}
+
+
+def nsec_types(nsec: dns.rdata.Rdata) -> set[int]:
+    """The types in an NSEC type bitmap (RFC 4034 §4.1.2: window, then bits, high bit first)."""
+    return {
+        window * 256 + i * 8 + bit
+        for window, bits in nsec.windows
+        for i, byte in enumerate(bits)
+        for bit in range(8)
+        if byte & (0x80 >> bit)
+    }
+
+
+def ldns_verify(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [require("ldns-verify-zone"), str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_unsigned_zone_is_complete(certs: tuple[list[x509.Certificate], x509.Certificate], tmp_path: Path) -> None:
+    out = build(certs, tmp_path / "dnssec", signed=False, serial=2024010101)
+    z = parse(out.text)  # from_text checks SOA and NS at the apex
+    assert out.ds == []
+    assert not (tmp_path / "dnssec").exists(), "an unsigned zone must not make keys"
+    soa = z.get_rdataset(ORIGIN, "SOA")[0]
+    assert (soa.mname.to_text(), soa.serial) == (f"ns.{DOMAIN}.", 2024010101)
+    assert texts(z, f"{DOMAIN}.", "NS") == {f"ns.{DOMAIN}."}
+    for name in (f"{DOMAIN}.", f"ns.{DOMAIN}."):
+        assert texts(z, name, "A") == {"192.0.2.25"} and texts(z, name, "AAAA") == {"2001:db8::25"}
+    leaves, ca = certs
+    for rec in zone.records(DOMAIN, probes.CLASSIC, leaves, ca, ADDRESSES):
+        assert rec.rdata in texts(z, rec.name, rec.type), rec
+    types = {rds.rdtype for _, node in z.items() for rds in node}
+    assert not types & {dns.rdatatype.DNSKEY, dns.rdatatype.RRSIG, dns.rdatatype.NSEC}
+
+
+def test_zone_needs_an_address(certs: tuple[list[x509.Certificate], x509.Certificate], tmp_path: Path) -> None:
+    leaves, ca = certs
+    with pytest.raises(ValueError, match="--address"):
+        zone.build_zone(DOMAIN, probes.CLASSIC, leaves, ca, [], tmp_path, sign=False)
+
+
+def test_signed_zone_validates_with_dnspython(
+    certs: tuple[list[x509.Certificate], x509.Certificate], tmp_path: Path
+) -> None:
+    out = build(certs, tmp_path / "dnssec", signed=True)
+    z = parse(out.text)
+    [dnskey] = z.get_rdataset(ORIGIN, "DNSKEY")
+    assert (dnskey.flags, dnskey.algorithm) == (257, dns.dnssectypes.Algorithm.ECDSAP256SHA256)
+    keys = {ORIGIN: z.get_rdataset(ORIGIN, "DNSKEY")}
+    now = datetime.datetime.now(datetime.UTC).timestamp()
+    signed = 0
+    for name, node in z.items():
+        for rds in node:
+            if rds.rdtype == dns.rdatatype.RRSIG:
+                continue
+            sigs = node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.RRSIG, rds.rdtype)
+            assert sigs is not None, f"{name} {dns.rdatatype.to_text(rds.rdtype)} is not signed"
+            dns.dnssec.validate((name, rds), (name, sigs), keys, origin=ORIGIN, now=now)
+            for sig in sigs:
+                # Valid from a little before now to 30 days ahead.
+                assert sig.inception <= now - 3000 and sig.expiration >= now + 29 * 86400
+            signed += 1
+    assert signed > 10
+    # The DS printed for the parent is the digest of the zone's own key (RFC 4034 §5.1.4).
+    ds = dns.dnssec.make_ds(ORIGIN, dnskey, "SHA256")
+    assert out.ds == [f"{DOMAIN}. {zone.TTL} IN DS {ds.to_text()}"]
+
+
+def test_nsec_chain_covers_every_name_in_canonical_order(
+    certs: tuple[list[x509.Certificate], x509.Certificate], tmp_path: Path
+) -> None:
+    z = parse(build(certs, tmp_path / "dnssec", signed=True).text)
+    names = sorted(name for name, _ in z.items())
+    # RFC 4034 §4.1.1: each NSEC names the next owner in canonical order; the last, the apex.
+    for name, following in zip(names, [*names[1:], names[0]], strict=True):
+        [nsec] = z.get_rdataset(name, "NSEC")
+        assert nsec.next == following
+        # ... and lists exactly the types present there (RFC 4034 §4.1.2).
+        assert nsec_types(nsec) == {rds.rdtype for rds in z.find_node(name)}, name
+    # An empty non-terminal (_tcp.do.x.test) has no NSEC of its own (RFC 4035 §2.3).
+    assert z.get_node(f"_tcp.do.{DOMAIN}.") is None
+
+
+def test_ldns_verify_zone_accepts_the_signed_zone(
+    certs: tuple[list[x509.Certificate], x509.Certificate], tmp_path: Path
+) -> None:
+    path = tmp_path / "zone"
+    path.write_text(build(certs, tmp_path / "dnssec", signed=True).text)
+    proc = ldns_verify(path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Zone is verified and complete" in proc.stdout
+
+
+def test_a_corrupted_signature_is_caught(
+    certs: tuple[list[x509.Certificate], x509.Certificate], tmp_path: Path
+) -> None:
+    """Both checkers must fail on a zone with one bad bit: else they prove nothing above."""
+    z = parse(build(certs, tmp_path / "dnssec", signed=True).text)
+    owner = dns.name.from_text(f"_25._tcp.do.{DOMAIN}.")
+    node = z.find_node(owner)
+    sigs = node.find_rdataset(dns.rdataclass.IN, dns.rdatatype.RRSIG, dns.rdatatype.TLSA)
+    [sig] = sigs
+    bad = dns.rdataset.from_rdata(sigs.ttl, sig.replace(signature=sig.signature[:-1] + bytes([sig.signature[-1] ^ 1])))
+    node.replace_rdataset(bad)
+    keys = {ORIGIN: z.get_rdataset(ORIGIN, "DNSKEY")}
+    with pytest.raises(dns.dnssec.ValidationFailure):
+        dns.dnssec.validate(
+            (owner, node.find_rdataset(dns.rdataclass.IN, dns.rdatatype.TLSA)), (owner, bad), keys, origin=ORIGIN
+        )
+    path = tmp_path / "zone"
+    path.write_text(zone.zone_text(z))
+    assert ldns_verify(path).returncode != 0
+
+
+def test_key_is_kept_private_and_reused(certs: tuple[list[x509.Certificate], x509.Certificate], tmp_path: Path) -> None:
+    key_dir = tmp_path / "dnssec"
+    first = build(certs, key_dir, signed=True, serial=1)
+    [key_file] = key_dir.iterdir()
+    assert stat.S_IMODE(key_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    second = build(certs, key_dir, signed=True, serial=2)
+    assert second.ds == first.ds, "the DS at the parent must stay valid from run to run"
+    assert list(key_dir.iterdir()) == [key_file]
+    assert parse(second.text).get_rdataset(ORIGIN, "SOA")[0].serial == 2
+
+
+def test_serial_defaults_to_unix_time(certs: tuple[list[x509.Certificate], x509.Certificate], tmp_path: Path) -> None:
+    before = int(datetime.datetime.now(datetime.UTC).timestamp())
+    out = build(certs, tmp_path, signed=False, serial=None)
+    assert parse(out.text).get_rdataset(ORIGIN, "SOA")[0].serial >= before
+
+
+def test_an_unusable_key_file_is_a_clear_error(tmp_path: Path) -> None:
+    key_dir = tmp_path / "dnssec"
+    key_dir.mkdir()
+    sign.key_path(key_dir, DOMAIN).write_text("not a key\n")
+    with pytest.raises(sign.SigningKeyError, match="not an unencrypted PEM private key"):
+        sign.load_or_create_key(key_dir, DOMAIN)
+    pki.write_key(sign.key_path(key_dir, DOMAIN), pki.new_key("rsa"))
+    with pytest.raises(sign.SigningKeyError, match="ECDSA P-256"):
+        sign.load_or_create_key(key_dir, DOMAIN)
+
+
+def test_havedane_zone_sign_cli(tmp_path: Path) -> None:
+    """The command an operator runs: zone file out, DS on standard error, and the
+    file passes ldns-verify-zone."""
+    require("ldns-verify-zone")
+    subprocess.run(
+        [sys.executable, "-m", "havedane", "init", "--domain", DOMAIN, "--dir", str(tmp_path)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    out = tmp_path / "zone"
+    argv = [sys.executable, "-m", "havedane", "zone", "--config", str(tmp_path / "havedane.toml"), "--sign"]
+    proc = subprocess.run(
+        [*argv, "--address", "192.0.2.25", "--out", str(out)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    [ds] = [line for line in proc.stderr.splitlines() if " DS " in line]
+    assert ds.startswith(f"{DOMAIN}. ") and " 13 2 " in ds
+    assert (tmp_path / "dnssec").is_dir()
+    check = ldns_verify(out)
+    assert check.returncode == 0, check.stdout + check.stderr
