@@ -16,17 +16,12 @@ from __future__ import annotations
 import datetime
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import dns.dnssec
 import dns.dnssectypes
 import dns.name
-import dns.rdataclass
-import dns.rdatatype
 import dns.rdtypes.ANY.DNSKEY
-import dns.rrset
-import dns.transaction
 import dns.zone
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -40,8 +35,6 @@ CSK_FLAGS = 257  # ZONE | SEP: the key the parent's DS points at, and the one th
 # again before then, e.g. by a weekly `havedane zone --sign` from cron.
 INCEPTION_SKEW = datetime.timedelta(hours=1)
 LIFETIME = datetime.timedelta(days=30)
-
-RRsetSigner = Callable[[dns.transaction.Transaction, dns.rrset.RRset], None]
 
 
 class SigningKeyError(ValueError):
@@ -90,44 +83,12 @@ def dnskey(key: ec.EllipticCurvePrivateKey) -> dns.rdtypes.ANY.DNSKEY.DNSKEY:
     return dns.dnssec.make_dnskey(key.public_key(), ALGORITHM, flags=CSK_FLAGS)
 
 
-def sign(
-    zone: dns.zone.Zone,
-    key: ec.EllipticCurvePrivateKey,
-    now: datetime.datetime | None = None,
-    rrset_signer: RRsetSigner | None = None,
-) -> None:
-    """Add the DNSKEY, an RRSIG for every authoritative RRset, and the NSEC chain.
-
-    `rrset_signer` replaces the per-RRset signer (the tests use one that corrupts a
-    chosen signature); by default every RRset is signed with the one key.
-    """
+def sign(zone: dns.zone.Zone, key: ec.EllipticCurvePrivateKey, now: datetime.datetime | None = None) -> None:
+    """Add the DNSKEY, an RRSIG by the CSK over every authoritative RRset, and the NSEC
+    chain (sign_zone leaves out glue and what lies below a delegation, RFC 4035 §2.2).
+    With the SEP key as the only key, sign_zone signs every RRset with it."""
     now = now or datetime.datetime.now(datetime.UTC)
-    dnssec_key = dnskey(key)
-    if rrset_signer is None:
-        rrset_signer = signer(zone, key, now)
-    dns.dnssec.sign_zone(zone, keys=[(key, dnssec_key)], rrset_signer=rrset_signer)
-
-
-def signer(zone: dns.zone.Zone, key: ec.EllipticCurvePrivateKey, now: datetime.datetime) -> RRsetSigner:
-    """The per-RRset signer sign_zone calls: one RRSIG by the CSK, valid from now - skew
-    to now + LIFETIME."""
-    assert zone.origin is not None
-    origin = zone.origin
-    dnssec_key = dnskey(key)
-
-    def sign_rrset(txn: dns.transaction.Transaction, rrset: dns.rrset.RRset) -> None:
-        rrsig = dns.dnssec.sign(
-            rrset,
-            key,
-            signer=origin,
-            dnskey=dnssec_key,
-            inception=now - INCEPTION_SKEW,
-            expiration=now + LIFETIME,
-            origin=origin,
-        )
-        txn.add(rrset.name, rrset.ttl, rrsig)
-
-    return sign_rrset
+    dns.dnssec.sign_zone(zone, keys=[(key, dnskey(key))], inception=now - INCEPTION_SKEW, expiration=now + LIFETIME)
 
 
 def ds_lines(domain: str, key: ec.EllipticCurvePrivateKey, ttl: int) -> list[str]:

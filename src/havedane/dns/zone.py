@@ -37,6 +37,11 @@ class Record:
         return f"{self.name:<40} {self.ttl:<6} IN {self.type:<5} {self.rdata}"
 
 
+def address_records(name: str, addresses: list[str]) -> list[Record]:
+    """A or AAAA for each address (ValueError for one that is not an IP address)."""
+    return [Record(name, "AAAA" if ipaddress.ip_address(a).version == 6 else "A", a) for a in addresses]
+
+
 def records(
     domain: str,
     enabled: tuple[probes.Probe, ...],
@@ -49,9 +54,7 @@ def records(
     out: list[Record] = []
     for probe in enabled:
         host = probe.host(domain) + "."
-        for addr in addresses:
-            rtype = "AAAA" if ipaddress.ip_address(addr).version == 6 else "A"
-            out.append(Record(host, rtype, addr))
+        out.extend(address_records(host, addresses))
         out.append(Record(host, "MX", f"10 {host}"))
         for rec in tlsa.for_probe(probe, leaves, ca):
             out.append(Record(f"_25._tcp.{host}", "TLSA", rec.rdata()))
@@ -72,14 +75,6 @@ class ZoneOutput:
     ds: list[str] = field(default_factory=list)  # DS lines for the parent; empty when unsigned
 
 
-def _address_records(name: str, addresses: list[str]) -> list[Record]:
-    out = []
-    for addr in addresses:
-        rtype = "AAAA" if ipaddress.ip_address(addr).version == 6 else "A"
-        out.append(Record(name, rtype, addr))
-    return out
-
-
 def apex_records(domain: str, addresses: list[str], serial: int) -> list[Record]:
     """SOA and NS of the base domain, the name server's addresses, and the base
     domain's own addresses (the web site). The name server is ns.<domain>, served
@@ -89,8 +84,8 @@ def apex_records(domain: str, addresses: list[str], serial: int) -> list[Record]
     return [
         Record(apex, "SOA", f"{ns} hostmaster.{apex} {serial} {SOA_TIMERS}"),
         Record(apex, "NS", ns),
-        *_address_records(apex, addresses),
-        *_address_records(ns, addresses),
+        *address_records(apex, addresses),
+        *address_records(ns, addresses),
     ]
 
 
