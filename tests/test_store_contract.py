@@ -263,6 +263,21 @@ async def test_writes_of_another_process_wake_pages(store: Store, other: Store) 
     assert await woken(store, "p1", lambda: other.save_session(session("anon2", T0)))
 
 
+async def test_listeners_hear_another_process_without_any_live_page(store: Store, other: Store) -> None:
+    """The web app's response cache listens to `changes` even when no SSE stream is open."""
+    heard: list[set[str] | None] = []
+    store.changes.listeners.append(heard.append)
+    await settle(store)
+    heard.clear()
+    await other.add_deliveries([delivery("l1")])
+    for _ in range(100):
+        if any(aliases is None or "l1" in aliases for aliases in heard):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"no listener call for l1: {heard}")
+
+
 async def test_a_waiter_wakes_once_per_burst_and_sees_every_write(store: Store, other: Store) -> None:
     """A page re-reads after each wake: whatever it wakes for, it then sees all committed rows."""
     await settle(store)

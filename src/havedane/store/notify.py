@@ -6,8 +6,10 @@ database when receivers and web frontends run apart (`havedane serve --role`):
 - PostgreSQL: every write NOTIFYs the channel `havedane` with the alias it touched
   ('*' for a session without alias) in the same transaction, so the notification is
   delivered only once the rows are committed and readable. `listen` holds ONE
-  connection per process on that channel and feeds `Changes`; `Feed` starts it with
-  the first waiter, so a receiver-only process never opens it.
+  connection per process on that channel and feeds `Changes`, from which every live
+  page (SSE) of the process and the web app's response cache hear of changes. It runs
+  from open() in every process, receivers too: an idle connection is cheaper than a
+  second way of knowing which processes need it.
 - SQLite (one host): the writer thread polls `PRAGMA data_version` (store/sqlite.py).
 """
 
@@ -53,29 +55,24 @@ def payload_aliases(payload: str) -> set[str] | None:
 
 
 class Feed(Changes):
-    """`Changes` also fed by other processes through `watch`, one task per process,
-    started by the first waiter. A watcher calls `notify(None)` whenever it (re)connects:
-    changes made while it was not watching are then re-read by every live page."""
+    """`Changes` also fed by other processes through `watch`, one task per process.
+    A watcher calls `notify(None)` whenever it (re)connects: changes made while it was
+    not watching are then re-read by every live page."""
 
     def __init__(self, watch: Callable[[Changes], Awaitable[None]]) -> None:
         super().__init__()
         self._watch = watch
         self._task: asyncio.Task[None] | None = None
 
-    async def wait(self, alias: str, timeout: float) -> bool:
+    def start(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
-        return await super().wait(alias, timeout)
 
     async def _run(self) -> None:
         try:
             await self._watch(self)
         except Exception:  # a bug, not an outage (`listen` retries those): pages fall back to their timeout
             log.exception("change feed stopped")
-
-    @property
-    def watching(self) -> bool:
-        return self._task is not None and not self._task.done()
 
     async def close(self) -> None:
         if self._task is not None:

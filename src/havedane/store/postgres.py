@@ -259,6 +259,7 @@ class PostgresStore(Store):
             await pool.close()
             raise _failure(self.url, e) from e
         self._pool = pool
+        self.feed.start()
 
     async def close(self) -> None:
         await self.feed.close()
