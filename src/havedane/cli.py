@@ -14,6 +14,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -138,7 +139,7 @@ async def serve(
         chains = pki.load_chains(config.tls_dir)
     except FileNotFoundError as e:
         raise Failure(f"certificates missing ({e.filename}): run `havedane init` first") from None
-    store = open_store(config.store_url)
+    store = open_store(config.store_url, config.store_busy_timeout)
     try:
         await store.open()
     except Exception as e:  # noqa: BLE001 - reported as one line
@@ -284,6 +285,50 @@ def cmd_zone(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- check / deliver / postfix-config ---------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from havedane.dns import check
+
+    config = load_config(args.config)
+    resolver = args.resolver or check.system_resolver()
+    failed = 0
+    print(f"checking {config.domain} through the validating resolver {resolver}")
+    for result in check.check(config, resolver, args.smtp_port):
+        print(result.line(), flush=True)
+        failed += not result.ok
+    print("all checks passed" if not failed else f"{failed} check(s) failed")
+    return 0 if not failed else 1
+
+
+def cmd_deliver(args: argparse.Namespace) -> int:
+    from havedane import postfix
+    from havedane.store.sqlite import open_store
+
+    try:
+        config = load_config(args.config)
+    except Failure as e:
+        print(f"havedane deliver: {e}", file=sys.stderr)
+        return postfix.EX_CONFIG
+    store = open_store(config.store_url, config.store_busy_timeout)
+    code, reason = postfix.deliver(
+        config, store, args.sender, args.recipient, args.client_address, args.client_helo, sys.stdin.buffer
+    )
+    # pipe(8) shows what a failed command printed in the bounce or the log.
+    print(f"havedane deliver: {reason}", file=sys.stderr if code else sys.stdout)
+    return code
+
+
+def cmd_postfix_config(args: argparse.Namespace) -> int:
+    from havedane import postfix
+
+    config = load_config(args.config)
+    assert config.path is not None
+    sys.stdout.write(postfix.snippets(config, args.havedane, config.path.resolve(), args.user))
+    return 0
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from havedane.store.base import StoreError
 
@@ -340,6 +385,29 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--sign", action="store_true", help="sign the zone (ECDSA P-256, NSEC) with keys kept in DIR/dnssec")
     c.add_argument("--address", action="append", metavar="IP", help="the receiver's public address (repeatable)")
     c.add_argument("--out", metavar="FILE", help="write the zone here instead of standard output")
+
+    c = command(
+        "check", "verify the live deployment from outside: DNSSEC, TLSA vs served certificates, SMTP, web", cmd_check
+    )
+    c.add_argument(
+        "--resolver", metavar="IP", help="validating resolver to ask (default: the first in /etc/resolv.conf)"
+    )
+    c.add_argument(
+        "--smtp-port", type=int, default=25, metavar="PORT", help="SMTP port of the probe hosts (default 25)"
+    )
+
+    c = command("deliver", "Postfix pipe mode: record one message from stdin, envelope from argv", cmd_deliver)
+    c.add_argument("--sender", required=True, help="Postfix ${sender}")
+    c.add_argument("--recipient", required=True, help="Postfix ${recipient} (one per call)")
+    c.add_argument("--client-address", help="Postfix ${client_address}")
+    c.add_argument("--client-helo", help="Postfix ${client_helo}")
+
+    c = command(
+        "postfix-config", "print main.cf/master.cf/transport snippets for the Postfix bridge", cmd_postfix_config
+    )
+    c.add_argument("--havedane", default=shutil.which("havedane") or "/usr/local/bin/havedane",
+                   help="path of the havedane command Postfix runs")  # fmt: skip
+    c.add_argument("--user", default="havedane", help="user the pipe runs as (default havedane)")
 
     db = sub.add_parser("db", help="database maintenance", description="database maintenance")
     dbsub = db.add_subparsers(dest="db_command", metavar="COMMAND", required=True)

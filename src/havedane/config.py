@@ -59,6 +59,7 @@ class Config:
     public_url: str
     trusted_proxies: tuple[str, ...]
     store_url: str
+    store_busy_timeout: float
     tls_dir: Path
     grace: float
     retention_days: float
@@ -154,7 +155,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "public_url": (_str, None),
         "trusted_proxies": (_networks, []),
     },
-    "store": {"url": (_str, None)},
+    "store": {"url": (_str, None), "busy_timeout": (_positive_float, 10.0)},
     "tls": {"dir": (_str, "tls")},
     "verdict": {"grace": (_positive_float, 60.0)},
     "retention": {"days": (_positive_float, 7.0), "max_tests": (_positive_int, 100_000)},
@@ -248,6 +249,7 @@ def load(path: Path | None, env: Mapping[str, str] | None = None, default_domain
         public_url=(web["public_url"] or f"http://{web['listen']}").rstrip("/"),
         trusted_proxies=tuple(web["trusted_proxies"]),
         store_url=store_url,
+        store_busy_timeout=parsed["store"]["busy_timeout"],
         tls_dir=tls_dir if tls_dir.is_absolute() else base / tls_dir,
         grace=parsed["verdict"]["grace"],
         retention_days=parsed["retention"]["days"],
@@ -284,6 +286,7 @@ trusted_proxies = []            # networks whose X-Forwarded-For is believed
 
 [store]
 url = "sqlite:///havedane.sqlite3"
+busy_timeout = 10               # seconds a writer waits for another (SQLite)
 
 [tls]
 dir = "tls"

@@ -95,11 +95,11 @@ class SchemaTooNew(StoreError):
     pass
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+def connect(path: Path, busy_timeout: float = 10.0) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
+    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")  # first: WAL setup may wait for a lock
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=10000")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
 
@@ -108,11 +108,13 @@ def schema_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
-def upgrade(path: Path) -> tuple[int, int]:
+def upgrade(path: Path, busy_timeout: float = 10.0) -> tuple[int, int]:
     """Apply pending migrations; returns (from, to). Refuses a schema newer than this code knows."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = connect(path)
+    conn = connect(path, busy_timeout)
     try:
+        if schema_version(conn) == SCHEMA_VERSION:  # the usual case: no write lock needed
+            return SCHEMA_VERSION, SCHEMA_VERSION
         conn.execute("BEGIN IMMEDIATE")
         current = schema_version(conn)
         if current > SCHEMA_VERSION:
@@ -193,9 +195,10 @@ def _delivery_row(d: Delivery) -> tuple[Any, ...]:
 
 
 class SQLiteStore(Store):
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, busy_timeout: float = 10.0) -> None:
         super().__init__()
         self.path = path
+        self.busy_timeout = busy_timeout
         self._jobs: queue.SimpleQueue[tuple[Job, asyncio.Future[Any], set[str] | None] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._read: sqlite3.Connection | None = None
@@ -203,9 +206,12 @@ class SQLiteStore(Store):
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
-        await asyncio.to_thread(upgrade, self.path)
-        self._read = connect(self.path)
-        write = connect(self.path)
+        try:
+            await asyncio.to_thread(upgrade, self.path, self.busy_timeout)
+            self._read = connect(self.path, self.busy_timeout)
+            write = connect(self.path, self.busy_timeout)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open {self.path}: {e}") from e
         self._writer = threading.Thread(target=self._write_loop, args=(write,), name="sqlite-writer", daemon=True)
         self._writer.start()
 
@@ -381,10 +387,10 @@ class SQLiteStore(Store):
         return result
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, busy_timeout: float = 10.0) -> Store:
     """A store for `url`: sqlite:///path or postgresql://…"""
     if url.startswith("sqlite:///"):
-        return SQLiteStore(Path(url.removeprefix("sqlite:///")))
+        return SQLiteStore(Path(url.removeprefix("sqlite:///")), busy_timeout)
     if url.startswith(("postgresql://", "postgres://")):
         from havedane.store import postgres  # type: ignore[attr-defined,unused-ignore]
 

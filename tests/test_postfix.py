@@ -1,0 +1,153 @@
+"""The Postfix bridge: `havedane deliver` as pipe(8) runs it, and the Received header parser."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from havedane import cli, postfix
+
+RECEIVED = (
+    "from mail.sender.example (mail.sender.example [192.0.2.44])\r\n"
+    "\t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)\r\n"
+    "\t key-exchange X25519 server-signature ECDSA (P-256) server-digest SHA256)\r\n"
+    "\t(No client certificate requested)\r\n"
+    "\tby mx.x.test (Postfix) with ESMTPS id 4ABC; Tue, 24 Nov 2026 23:00:00 +0000 (UTC)"
+)
+
+
+def deliver(config: Path, rcpt: str, message: bytes, *extra: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "havedane", "deliver", "--config", str(config), "--sender", "a@sender.example",
+         "--recipient", rcpt, *extra],
+        input=message, capture_output=True, timeout=60, env=os.environ,
+    )  # fmt: skip
+
+
+def new_alias(config: Path) -> str:
+    import asyncio
+    import time
+
+    from havedane import config as configmod
+    from havedane.store.base import Test
+    from havedane.store.sqlite import open_store
+
+    alias = "bridgetest" + os.urandom(4).hex()
+
+    async def create() -> None:
+        store = open_store(configmod.load(config, env={}).store_url)
+        await store.open()
+        await store.create_test(Test(alias, time.time(), "127.0.0.1"))
+        await store.close()
+
+    asyncio.run(create())
+    return alias
+
+
+def stored(config: Path, alias: str) -> list[tuple[str, ...]]:
+    db = sqlite3.connect(config.parent / "havedane.sqlite3")
+    return db.execute(
+        "SELECT probe, client_ip, helo, mail_from, tls_version, tls_cipher, message_id FROM deliveries WHERE alias = ?",
+        (alias,),
+    ).fetchall()
+
+
+def test_parse_received_with_tls() -> None:
+    r = postfix.parse_received(RECEIVED)
+    assert r.client_ip == "192.0.2.44"
+    assert r.helo == "mail.sender.example"
+    assert r.tls is not None and (r.tls.version, r.tls.cipher) == ("TLSv1.3", "TLS_AES_256_GCM_SHA384")
+
+
+def test_parse_received_plaintext_and_ipv6() -> None:
+    r = postfix.parse_received("from [IPv6:2001:db8::1] (unknown [IPv6:2001:db8::1]) by mx.x.test (Postfix) with ESMTP")
+    assert r.client_ip == "2001:db8::1" and r.tls is None
+
+
+@pytest.mark.parametrize("garbage", ["", "(((", "from", "from x (y [not-an-ip]) (using TLSv9 with cipher)", "\udcff"])
+def test_parse_received_never_raises(garbage: str) -> None:
+    assert postfix.parse_received(garbage).tls is None
+
+
+def test_deliver_records_8bit_and_broken_headers(setup_dir: Path) -> None:
+    alias = new_alias(setup_dir)
+    message = (
+        b"Received: " + RECEIVED.encode() + b"\r\n"
+        b"Subject: \xe4\xf6\xfc caf\xc3\xa9 =?utf-8?q?broken\r\n"
+        b"From: \xff\xfe <nobody@\xc0\xc1>\r\n"
+        b"X-Broken header without colon\r\n"
+        b"Message-ID: <8bit@sender.example>\r\n"
+        b"\r\n"
+        b"body \xff\xfe\x00 binary\r\n"
+    )
+    r = deliver(setup_dir, f"{alias}@do.x.test", message, "--client-address", "192.0.2.44", "--client-helo", "helo.x")
+    assert r.returncode == 0, r.stderr
+    assert b"Traceback" not in r.stderr
+    rows = stored(setup_dir, alias)
+    assert rows == [("do", "192.0.2.44", "helo.x", "a@sender.example", "TLSv1.3", "TLS_AES_256_GCM_SHA384",
+                     "<8bit@sender.example>")]  # fmt: skip
+    # the body is not stored anywhere
+    assert b"binary" not in (setup_dir.parent / "havedane.sqlite3").read_bytes()
+
+
+def test_deliver_takes_the_client_from_received_when_postfix_says_unknown(setup_dir: Path) -> None:
+    alias = new_alias(setup_dir)
+    msg = b"Received: " + RECEIVED.encode() + b"\r\n\r\nx\r\n"
+    r = deliver(setup_dir, f"{alias}@wrong.x.test", msg, "--client-address", "unknown")
+    assert r.returncode == 0, r.stderr
+    assert stored(setup_dir, alias)[0][:3] == ("wrong", "192.0.2.44", "mail.sender.example")
+
+
+def test_deliver_unknown_alias_is_ex_nouser(setup_dir: Path) -> None:
+    r = deliver(setup_dir, "nosuchtest123@do.x.test", b"Subject: x\r\n\r\nx\r\n")
+    assert r.returncode == postfix.EX_NOUSER == 67
+    assert b"no such test" in r.stderr and b"Traceback" not in r.stderr
+    r = deliver(setup_dir, "someone@elsewhere.example", b"x")
+    assert r.returncode == 67
+
+
+def test_deliver_with_a_locked_database_is_ex_tempfail(setup_dir: Path) -> None:
+    alias = new_alias(setup_dir)
+    cfg = setup_dir.read_text()
+    db = sqlite3.connect(setup_dir.parent / "havedane.sqlite3", isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")  # another writer holds the database
+    try:
+        env = {**os.environ, "HAVEDANE_STORE_BUSY_TIMEOUT": "0.3"}
+        r = subprocess.run(
+            [sys.executable, "-m", "havedane", "deliver", "--config", str(setup_dir), "--sender", "a@b.example",
+             "--recipient", f"{alias}@do.x.test"],
+            input=b"x", capture_output=True, timeout=60, env=env,
+        )  # fmt: skip
+    finally:
+        db.execute("ROLLBACK")
+    assert r.returncode == postfix.EX_TEMPFAIL == 75, r.stderr
+    assert setup_dir.read_text() == cfg
+
+
+def test_deliver_bad_config_is_ex_config(tmp_path: Path) -> None:
+    (tmp_path / "havedane.toml").write_text("domain = 1\n")
+    r = deliver(tmp_path / "havedane.toml", "a@do.x.test", b"x")
+    assert r.returncode == postfix.EX_CONFIG
+
+
+def test_postfix_config_snippets(setup_dir: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "havedane", "postfix-config", "--config", str(setup_dir), "--havedane", "/usr/bin/hd"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "smtpd_tls_received_header = yes" in out
+    assert "argv=/usr/bin/hd deliver --config" in out
+    for probe in ("do", "dont", "wrong"):
+        assert f"{probe}.x.test" in out
+    assert json.dumps(out)  # printable
+
+
+def test_cli_lists_bridge_commands() -> None:
+    sub = next(a for a in cli.parser()._actions if a.dest == "command")
+    assert {"deliver", "postfix-config", "check"} <= set(sub.choices)  # type: ignore[arg-type]
