@@ -155,6 +155,16 @@ class Receiver:
             record.alias, record.probe = alias, probe.name
         return "250 2.1.5 OK"
 
+    async def handle_PROXY(self, server: ReceiverSMTP, session: SMTPSession, proxy: Any) -> bool:
+        """Behind a TCP load balancer ([smtp] proxy_protocol): the client is the one the
+        PROXY header names. (The connection caps counted the balancer's address.)"""
+        if not proxy or not proxy.valid:
+            return False
+        if proxy.src_addr is not None:
+            server.record.client_ip = _ip(str(proxy.src_addr))
+            server.record.client_port = int(proxy.src_port or 0)
+        return True
+
     async def handle_MAIL(
         self, server: ReceiverSMTP, session: SMTPSession, envelope: Envelope, address: str, options: list[str]
     ) -> str:

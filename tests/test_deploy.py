@@ -1,0 +1,73 @@
+"""The shipped deployment files are valid for the tools that read them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from havedane import pki
+
+ROOT = Path(__file__).parent.parent
+DEPLOY = ROOT / "deploy"
+
+
+def need(tool: str) -> str:
+    path = shutil.which(tool) or (f"/usr/sbin/{tool}" if os.path.exists(f"/usr/sbin/{tool}") else None)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{tool} missing: scripts/system-packages installs it")
+        pytest.skip(f"{tool} not installed")
+    return path
+
+
+def test_systemd_unit_verifies_cleanly(tmp_path: Path) -> None:
+    tool = need("systemd-analyze")
+    havedane = shutil.which("havedane", path=str(ROOT / ".venv" / "bin")) or shutil.which("havedane")
+    assert havedane, "havedane is installed in the venv"
+    unit = (DEPLOY / "havedane.service").read_text()
+    assert "AmbientCapabilities=CAP_NET_BIND_SERVICE" in unit and "User=havedane" in unit
+    # Verify the unit as shipped, with the one path that differs on this machine.
+    (tmp_path / "havedane.service").write_text(unit.replace("/usr/local/bin/havedane", havedane))
+    r = subprocess.run([tool, "verify", str(tmp_path / "havedane.service")], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
+
+
+def test_systemd_verify_does_catch_a_broken_unit(tmp_path: Path) -> None:
+    tool = need("systemd-analyze")
+    (tmp_path / "broken.service").write_text("[Service]\nExecStart=/nonexistent/x\nRestart=whenever\n")
+    r = subprocess.run([tool, "verify", str(tmp_path / "broken.service")], capture_output=True, text=True)
+    assert r.returncode != 0 or r.stderr.strip()
+
+
+def nginx_test(tmp_path: Path, site: str) -> subprocess.CompletedProcess[str]:
+    tool = need("nginx")
+    # Test certificates in place of the real ones the sample names.
+    key = pki.new_key("ecdsa")
+    cert = pki.make_ca("havedane.example", key)
+    pki.write_key(tmp_path / "privkey.pem", key)
+    (tmp_path / "fullchain.pem").write_bytes(pki.pem(cert))
+    site = site.replace("/etc/letsencrypt/live/havedane.example", str(tmp_path))
+    (tmp_path / "site.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{ access_log off; include {tmp_path}/site.conf; }}\n"
+    )
+    return subprocess.run([tool, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+                          capture_output=True, text=True)  # fmt: skip
+
+
+def test_nginx_sample_is_valid(tmp_path: Path) -> None:
+    site = (DEPLOY / "nginx-havedane.conf").read_text()
+    assert "proxy_buffering off" in site and "X-Forwarded-For $remote_addr" in site
+    r = nginx_test(tmp_path, site)
+    assert r.returncode == 0, r.stderr
+    assert "syntax is ok" in r.stderr
+
+
+def test_nginx_test_does_catch_a_broken_config(tmp_path: Path) -> None:
+    r = nginx_test(tmp_path, (DEPLOY / "nginx-havedane.conf").read_text().replace("proxy_pass", "proxy_passs", 1))
+    assert r.returncode != 0
