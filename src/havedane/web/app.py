@@ -25,10 +25,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from havedane import report
 from havedane.config import Config
 from havedane.store.base import Store, StoreError, Test, TooManyTests
+from havedane.web import page
 
 HERE = Path(__file__).parent
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 ALIAS_LENGTH = 16  # 16 * log2(36) = 82.7 bits from the CSPRNG: not guessable
+EXPECT_WORDS = {"deliver": "deliver", "refuse": "refuse to send", "never-connect": "not connect at all"}
+NOSCRIPT_REFRESH = 15  # seconds: a pending page without JavaScript reloads itself this often
+KEEPALIVE = 15.0  # seconds between SSE comments on a quiet stream (proxies drop idle connections)
 
 SECURITY_HEADERS = [
     (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -37,6 +41,25 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
 ]  # fmt: skip
+
+
+def static_url() -> Callable[[str], str]:
+    """`static("app.js")` -> "/static/app.js?v=<digest>": a changed file gets a new URL, so no stale cache."""
+    versions = {
+        f.name: hashlib.sha256(f.read_bytes()).hexdigest()[:10] for f in (HERE / "static").iterdir() if f.is_file()
+    }
+
+    def static(name: str) -> str:
+        return f"/static/{name}?v={versions[name]}"
+
+    return static
+
+
+def state_id(body: dict[str, Any]) -> tuple[str, str]:
+    """The JSON text of a test's state and its digest: the SSE event id, also written into the
+    page, so a page that already shows a state does not fetch it again."""
+    payload = json.dumps(body, separators=(",", ":"))
+    return payload, hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def new_alias() -> str:
@@ -101,7 +124,10 @@ class Web:
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, trim_blocks=True, lstrip_blocks=True
         )
-        self.templates.globals["domain"] = config.domain
+        self.templates.globals.update(page.GLOBALS)
+        self.templates.globals.update(domain=config.domain, probes=config.probes, static=static_url())
+        self.templates.globals["noscript_refresh"] = NOSCRIPT_REFRESH
+        self.templates.filters.update(page.FILTERS)
         self.templates.filters["iso"] = report.iso
 
     # -- creating tests -------------------------------------------------------
@@ -173,11 +199,12 @@ class Web:
             )
             return HTMLResponse(page, status_code=404)
         name = "result.html" if request.query_params.get("fragment") == "1" else "test.html"
-        html = self.templates.get_template(name).render(r=report.to_json(self.config, rep))
+        body = report.to_json(self.config, rep)
+        html = self.templates.get_template(name).render(r=body, state=state_id(body)[1])
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     async def index(self, request: Request) -> Response:
-        return HTMLResponse(self.templates.get_template("index.html").render())
+        return HTMLResponse(self.templates.get_template("index.html").render(expect_words=EXPECT_WORDS))
 
     async def events(self, request: Request) -> Response:
         alias = request.path_params["alias"]
@@ -195,23 +222,36 @@ class Web:
         """One `update` event per change of the test's state; the id is a digest of the
         state, so a reconnecting client (Last-Event-ID) gets only what it has not seen."""
         yield "retry: 2000\n\n"
-        while True:
-            rep = await self._report(alias)
-            if rep is None:
-                yield "event: gone\ndata: {}\n\n"
-                return
-            payload = json.dumps(report.to_json(self.config, rep), separators=(",", ":"))
-            event_id = hashlib.sha256(payload.encode()).hexdigest()[:16]
-            if event_id != last_id:
-                yield f"id: {event_id}\nevent: update\ndata: {payload}\n\n"
-                last_id = event_id
-            # Wake on a change, or when the grace period ends (the verdict moves with time).
-            timeout = 15.0
-            grace_ends = rep.verdict.grace_ends
-            if grace_ends is not None and grace_ends > rep.now:
-                timeout = min(timeout, grace_ends - rep.now + 0.05)
-            if not await self.store.changes.wait(alias, timeout):
-                yield ": keep-alive\n\n"
+        changed = await self._watch(alias)
+        try:
+            while True:
+                rep = await self._report(alias)
+                if rep is None:
+                    yield "event: gone\ndata: {}\n\n"
+                    return
+                payload, event_id = state_id(report.to_json(self.config, rep))
+                if event_id != last_id:
+                    yield f"id: {event_id}\nevent: update\ndata: {payload}\n\n"
+                    last_id = event_id
+                # Wake on a change, or when the grace period ends (the verdict moves with time).
+                timeout = KEEPALIVE
+                grace_ends = rep.verdict.grace_ends
+                if grace_ends is not None and grace_ends > rep.now:
+                    timeout = min(timeout, grace_ends - rep.now + 0.05)
+                done, _ = await asyncio.wait({changed}, timeout=timeout)
+                if done:
+                    changed = await self._watch(alias)
+                else:
+                    yield ": keep-alive\n\n"
+        finally:
+            changed.cancel()
+
+    async def _watch(self, alias: str) -> asyncio.Task[bool]:
+        """A waiter for the next change of `alias`, registered before the caller reads the
+        state: a change that lands between the read and the wait is not lost."""
+        task = asyncio.create_task(self.store.changes.wait(alias, 3600))
+        await asyncio.sleep(0)  # let the task run up to its wait: it is registered from here on
+        return task
 
     async def not_found(self, request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500

@@ -1,73 +1,205 @@
-// Live updates for a result page: Server-Sent Events, with polling as the fallback.
-// The server renders the result; this file only fetches the fresh fragment and
-// shows times in the visitor's own time zone. Nothing from the network is
-// inserted as markup except the server-rendered (escaped) fragment.
+// The result page, live: Server-Sent Events tell us the test changed, and we fetch the
+// server-rendered fragment (/t/<alias>?fragment=1) and swap it in. When the stream is
+// unavailable we poll the same fragment. Without JavaScript the page is complete as
+// served. Strings from the network are never turned into markup here: the only markup
+// inserted is the fragment that the server rendered (and escaped) itself; everything
+// else is set with textContent or as a property.
 "use strict";
 (function () {
+  document.documentElement.classList.add("js");
+
+  const announcer = document.getElementById("announce");
+  function announce(text) {
+    if (announcer) announcer.textContent = text;
+  }
+
+  // -- copy buttons (delegated: the result is re-rendered on every update) ----------
+  function fallbackCopy(text) {
+    const area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.className = "offscreen";
+    document.body.appendChild(area);
+    area.select();
+    let ok = false;
+    try {
+      ok = document.execCommand("copy");
+    } catch (e) {
+      ok = false;
+    }
+    area.remove();
+    return ok;
+  }
+
+  document.addEventListener("click", async function (ev) {
+    const button = ev.target instanceof Element ? ev.target.closest("button.copy") : null;
+    if (!button) return;
+    const text = button.dataset.copy || "";
+    let ok = false;
+    try {
+      await navigator.clipboard.writeText(text);
+      ok = true;
+    } catch (e) {
+      ok = fallbackCopy(text);
+    }
+    const label = button.dataset.label || button.textContent;
+    button.dataset.label = label;
+    button.textContent = ok ? "Copied" : "Select and copy by hand";
+    button.classList.toggle("copied", ok);
+    announce(ok ? "Copied to the clipboard." : "Could not copy: select the text and copy it by hand.");
+    setTimeout(function () {
+      button.textContent = label;
+      button.classList.remove("copied");
+    }, 2000);
+  });
+
+  // -- times in the visitor's own time zone ----------------------------------------------
+  const formats = {
+    datetime: new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "long" }),
+    time: new Intl.DateTimeFormat(undefined, { timeStyle: "medium" }),
+  };
+  function localTimes(root) {
+    root.querySelectorAll("time[datetime]").forEach(function (t) {
+      const d = new Date(t.dateTime);
+      const format = formats[t.dataset.format] || formats.datetime;
+      if (isNaN(d)) return;
+      t.title = t.dateTime;
+      t.textContent = format.format(d);
+    });
+  }
+
+  // -- live updates ------------------------------------------------------------------------
   const result = document.getElementById("result");
   if (!result) return;
   const alias = result.dataset.alias;
   const live = document.getElementById("live-status");
 
-  function localTimes(root) {
-    root.querySelectorAll("time[datetime]").forEach(function (t) {
-      const d = new Date(t.getAttribute("datetime"));
-      if (!isNaN(d)) t.textContent = d.toLocaleString();
+  function stateId() {
+    const verdict = result.querySelector("#verdict");
+    return verdict ? verdict.dataset.state : null;
+  }
+
+  // What a person would notice changing: the verdict and each probe's status.
+  function snapshot() {
+    const title = result.querySelector("#verdict-title");
+    const probes = {};
+    result.querySelectorAll("article.probe").forEach(function (card) {
+      const host = card.querySelector("h3");
+      const label = card.querySelector(".badge .label");
+      probes[card.id] = [host ? host.textContent : card.id, label ? label.textContent : ""];
     });
+    return { verdict: title ? title.textContent.trim() : "", probes: probes };
   }
 
-  let fetching = null;
-  async function refresh() {
-    if (fetching) return fetching;
-    fetching = (async function () {
-      try {
-        const r = await fetch("/t/" + alias + "?fragment=1", { cache: "no-store" });
-        if (r.ok) {
-          const html = await r.text();
-          const tpl = document.createElement("template");
-          tpl.innerHTML = html;
-          localTimes(tpl.content);
-          result.replaceChildren(tpl.content);
-        }
-      } finally {
-        fetching = null;
-      }
-    })();
-    return fetching;
-  }
-
-  function poll() {
-    live.textContent = "Checking for new mail every few seconds.";
-    setInterval(refresh, 3000);
-  }
-
-  function listen() {
-    if (!window.EventSource) return poll();
-    let failures = 0;
-    const es = new EventSource("/api/tests/" + alias + "/events");
-    es.addEventListener("update", function () {
-      failures = 0;
-      live.textContent = "Live: updates appear here as mail arrives.";
-      refresh();
+  function render(fragment) {
+    const before = snapshot();
+    const open = new Set();
+    result.querySelectorAll("details[id][open]").forEach(function (d) {
+      open.add(d.id);
     });
-    es.onerror = function () {
-      failures += 1;
-      live.textContent = "Connection lost, reconnecting…";
-      if (failures >= 5) { es.close(); poll(); }
-    };
-  }
-
-  const copy = document.getElementById("copy");
-  if (copy) copy.addEventListener("click", async function () {
-    const status = document.getElementById("copied");
-    try {
-      await navigator.clipboard.writeText(copy.dataset.copy);
-      status.textContent = "Copied.";
-    } catch (e) {
-      status.textContent = "Select the addresses above and copy them.";
+    localTimes(fragment);
+    result.replaceChildren(fragment);
+    open.forEach(function (id) {
+      const d = document.getElementById(id);
+      if (d) d.open = true;
+    });
+    const after = snapshot();
+    const news = [];
+    Object.keys(after.probes).forEach(function (id) {
+      const was = before.probes[id];
+      const now = after.probes[id];
+      if (!was || was[1] !== now[1]) news.push(now[0] + ": " + now[1] + ".");
+    });
+    if (after.verdict !== before.verdict) {
+      news.push(after.verdict + ".");
+      document.title = after.verdict + " · havedane test " + alias;
     }
+    if (news.length) announce(news.join(" "));
+    result.dispatchEvent(new CustomEvent("havedane:update", { bubbles: true }));
+  }
+
+  let fetching = false;
+  let again = false;
+  async function refresh() {
+    if (fetching) {
+      again = true; // a change arrived while fetching: fetch once more when this one is done
+      return;
+    }
+    fetching = true;
+    try {
+      do {
+        again = false;
+        const response = await fetch("/t/" + encodeURIComponent(alias) + "?fragment=1", { cache: "no-store" });
+        if (response.status === 404) return gone();
+        if (!response.ok) break;
+        const tpl = document.createElement("template");
+        tpl.innerHTML = await response.text(); // the server's own escaped rendering (see the top of this file)
+        const verdict = tpl.content.querySelector("#verdict");
+        if (!verdict || verdict.dataset.state !== stateId()) render(tpl.content);
+      } while (again);
+    } catch (e) {
+      // offline for a moment: the next event or poll tries again
+    } finally {
+      fetching = false;
+    }
+  }
+
+  function setLive(state, text) {
+    if (!live) return;
+    live.dataset.state = state;
+    live.textContent = text;
+  }
+
+  let pollTimer = null;
+  let source = null;
+  let retryTimer = null;
+
+  function poll(every) {
+    if (pollTimer) clearInterval(pollTimer);
+    pollTimer = setInterval(refresh, every);
+  }
+
+  function gone() {
+    if (pollTimer) clearInterval(pollTimer);
+    if (retryTimer) clearTimeout(retryTimer);
+    if (source) source.close();
+    setLive("gone", "This test no longer exists (tests are kept for a limited time).");
+  }
+
+  function connect() {
+    if (!window.EventSource) {
+      setLive("polling", "Checking for new mail every few seconds.");
+      poll(3000);
+      return;
+    }
+    setLive("connecting", "Connecting for live updates…");
+    source = new EventSource("/api/tests/" + encodeURIComponent(alias) + "/events");
+    source.addEventListener("open", function () {
+      setLive("live", "Live: this page updates by itself as mail arrives.");
+      poll(30000); // a safety net for proxies that hold the stream back
+    });
+    source.addEventListener("update", function (ev) {
+      if (ev.lastEventId !== stateId()) refresh();
+    });
+    source.addEventListener("gone", gone);
+    source.addEventListener("error", function () {
+      poll(3000);
+      if (source.readyState === EventSource.CLOSED) {
+        // The server turned the stream down: poll, and try the stream again later.
+        setLive("polling", "Live updates are unavailable; checking for new mail every few seconds.");
+        if (retryTimer) clearTimeout(retryTimer);
+        retryTimer = setTimeout(connect, 30000);
+      } else {
+        // The browser reconnects by itself, sending Last-Event-ID: only news comes back.
+        setLive("reconnecting", "Connection lost; reconnecting (checking every few seconds meanwhile).");
+      }
+    });
+  }
+
+  document.addEventListener("visibilitychange", function () {
+    if (document.visibilityState === "visible") refresh();
   });
 
   localTimes(document);
-  listen();
+  connect();
 })();

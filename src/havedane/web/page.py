@@ -1,0 +1,247 @@
+"""What the result page says, derived from the report's JSON (`report.to_json`).
+
+The templates render these values; every string from the network (HELO, MAIL FROM,
+SNI, addresses) stays a plain value here and is escaped by Jinja, never joined
+into markup.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from typing import Any
+
+# How a session ended, in the visitor's words (keys: store.base.Outcome values).
+OUTCOMES = {
+    "open": "is still connected",
+    "delivered": "delivered and closed the connection",
+    "tls-then-left": "completed TLS, saw our certificate and left without sending mail",
+    "handshake-failed": "aborted the TLS handshake after seeing our certificate",
+    "left": "left without sending mail",
+    "rejected": "tried to send, but every recipient was refused",
+    "timeout": "went silent; we closed the connection",
+    "refused-busy": "was turned away: too many connections at that moment",
+}
+REFUSALS = {"tls-then-left", "handshake-failed"}
+
+VERDICTS = {
+    "validates": ("ok", "Your server validates DANE"),
+    "does-not-validate": ("bad", "Your server does not validate DANE"),
+    "no-tls": ("bad", "Your server sent mail without TLS"),
+    "incomplete": ("warn", "The test could not conclude"),
+    "pending": ("wait", "Waiting for your mail"),
+}
+
+TIMELINE_LIMIT = 80  # beyond this, the middle of a long retry history is summarised
+
+
+@dataclass(frozen=True)
+class ProbeState:
+    tone: str  # ok | bad | wait: drives the icon and the colour (never the only signal)
+    label: str  # what happened, in two or three words
+    judgement: str  # whether that is what a DANE-validating sender does
+    proves: str | None
+
+
+@dataclass(frozen=True)
+class Event:
+    at: str  # ISO 8601, UTC
+    after: str  # time since the test was created, e.g. "+12 s"
+    host: str | None  # the probe host, None for the test itself
+    tone: str  # ok | bad | info
+    text: str  # our own words
+    facts: list[tuple[str, str]] = field(default_factory=list)  # (label, value from the network)
+
+
+@dataclass(frozen=True)
+class Timeline:
+    events: list[Event]
+    omitted: int  # events left out of the middle (see the JSON API)
+    omitted_at: int  # index in `events` where they were left out
+
+
+def timestamp(iso: str) -> float:
+    return datetime.datetime.fromisoformat(iso).timestamp()
+
+
+def when(iso: str | None) -> str:
+    """Server-side rendering of a time (the page's script shows it in local time)."""
+    if iso is None:
+        return ""
+    return datetime.datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def clock(iso: str | None) -> str:
+    if iso is None:
+        return ""
+    return datetime.datetime.fromisoformat(iso).strftime("%H:%M:%S")
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    return f"{hours // 24} d {hours % 24} h"
+
+
+def expected(p: dict[str, Any]) -> str:
+    """What a DANE-validating sender must do with this probe, as a sentence ending."""
+    if p["expect"] == "deliver":
+        return "deliver the message over TLS" if p["tlsa"] == "match" else "deliver the message"
+    if p["expect"] == "refuse":
+        return "connect, check our certificate against the TLSA records, and refuse to send"
+    return "not connect at all"
+
+
+def plaintext(p: dict[str, Any]) -> bool:
+    """Delivered without TLS although signed TLSA records make TLS mandatory (RFC 7672 §2.2)."""
+    return p["tlsa"] == "match" and any(d["tls"] is None for d in p["deliveries"])
+
+
+def probe_state(p: dict[str, Any]) -> ProbeState:
+    status, must_deliver = p["status"], p["expect"] == "deliver"
+    if status == "pending":
+        return ProbeState("wait", "Waiting", "Nothing has arrived yet.", None)
+    if status == "delivered":
+        if not must_deliver:
+            return ProbeState("bad", "Delivered", "A DANE-validating server would not have sent this.", p["proves"])
+        if plaintext(p):
+            return ProbeState(
+                "bad",
+                "Delivered without TLS",
+                "A DANE-validating server must use TLS here.",
+                "Your server sent mail in plaintext to a domain whose signed TLSA records require TLS: "
+                "it does not validate DANE, and anyone on the path could read that mail.",
+            )
+        return ProbeState("ok", "Delivered", "As expected.", p["proves"])
+    if status == "refused":
+        if must_deliver:
+            return ProbeState("bad", "Refused", "Every server should deliver here.", p["proves"])
+        return ProbeState("ok", "Refused", "As expected.", p["proves"])
+    # not-delivered: the grace period is over and nothing arrived
+    if must_deliver:
+        return ProbeState("bad", "Not delivered", "Every server should deliver here.", p["proves"])
+    return ProbeState("ok", "Not delivered", "As expected.", p["proves"])
+
+
+def refusals(p: dict[str, Any]) -> list[dict[str, Any]]:
+    """Sessions that reached the probe, asked for TLS and left without MAIL, oldest first."""
+    found = [s for s in p["sessions"] if s["starttls"] and s["mail_from"] is None and s["outcome"] in REFUSALS]
+    return sorted(found, key=lambda s: s["started"])
+
+
+def other_sessions(p: dict[str, Any]) -> list[dict[str, Any]]:
+    """Connections that neither delivered nor refused (e.g. left before TLS), oldest first."""
+    found = [s for s in p["sessions"] if s["outcome"] != "delivered" and s not in refusals(p)]
+    return sorted(found, key=lambda s: s["started"])
+
+
+def tls_text(tls: dict[str, Any] | None) -> str:
+    return "none (plaintext)" if tls is None else tls["version"]
+
+
+def facts(item: dict[str, Any]) -> list[tuple[str, str]]:
+    """The connection details of a delivery or a session, as (label, value) pairs."""
+    tls = item.get("tls")
+    rows = [("Client IP", item["client_ip"]), ("HELO", item["helo"] or "(none)")]
+    if "starttls" in item and not item["starttls"]:
+        rows.append(("TLS", "not requested (no STARTTLS)"))
+    else:
+        rows.append(("TLS", tls_text(tls)))
+    if tls is not None:
+        rows.append(("Cipher", tls["cipher"]))
+        rows.append(("SNI", tls["sni"] or "(none sent)"))
+    if item.get("mail_from") is not None:
+        rows.append(("MAIL FROM", item["mail_from"] or "<>"))
+    return rows
+
+
+def timeline(r: dict[str, Any]) -> Timeline:
+    """Sessions and deliveries of every probe, in time order, starting with the test itself."""
+    created = timestamp(r["created"])
+    rows: list[tuple[str, int, Event]] = []
+
+    def add(at: str, order: int, host: str | None, tone: str, text: str, details: list[tuple[str, str]]) -> None:
+        rows.append((at, order, Event(at, "+" + duration(timestamp(at) - created), host, tone, text, details)))
+
+    add(r["created"], 0, None, "info", "Test created", [])
+    seen: set[str] = set()
+    for p in r["probes"].values():
+        must_deliver = p["expect"] == "deliver"
+        for s in p["sessions"]:
+            if s["id"] in seen:
+                continue
+            seen.add(s["id"])
+            details = [("from", s["client_ip"]), ("HELO", s["helo"] or "(none)")]
+            if s["tls"] is not None:
+                tls = s["tls"]
+                details += [("TLS", f"{tls['version']} {tls['cipher']}"), ("SNI", tls["sni"] or "(none)")]
+            elif s["starttls"]:
+                details.append(("TLS", "handshake not completed"))
+            else:
+                details.append(("TLS", "not requested"))
+            add(s["started"], 1, p["host"], "info", "Connection", details)
+            if s["ended"] is not None and s["outcome"] != "delivered":
+                refused = s["outcome"] in REFUSALS and s["mail_from"] is None
+                tone = "info" if not refused else ("bad" if must_deliver else "ok")
+                text = "The server " + OUTCOMES.get(s["outcome"], s["outcome"])
+                if refused and s["correlated_by_client_ip"]:
+                    text += " (tied to this test by its client address)"
+                add(s["ended"], 3, p["host"], tone, text, [])
+        for d in p["deliveries"]:
+            if not must_deliver:
+                tone, text = "bad", "Message accepted: a DANE-validating server would not have sent it"
+            elif p["tlsa"] == "match" and d["tls"] is None:
+                tone, text = "bad", "Message accepted without TLS, although the TLSA records require it"
+            else:
+                tone, text = "ok", "Message accepted"
+            details = [("MAIL FROM", d["mail_from"] or "<>"), ("to", d["rcpt"]), ("TLS", tls_text(d["tls"]))]
+            add(d["received_at"], 2, p["host"], tone, text, details)
+    rows.sort(key=lambda row: (row[0], row[1]))
+    events = [e for _, _, e in rows]
+    if len(events) <= TIMELINE_LIMIT:
+        return Timeline(events, 0, len(events))
+    half = TIMELINE_LIMIT // 2
+    return Timeline(events[:half] + events[-half:], len(events) - 2 * half, half)
+
+
+def refuse_hosts(r: dict[str, Any]) -> list[str]:
+    return [p["host"] for p in r["probes"].values() if p["expect"] != "deliver"]
+
+
+def dane_host(r: dict[str, Any]) -> str:
+    """A probe host with signed, matching TLSA records: the one to check a resolver against."""
+    for p in r["probes"].values():
+        if p["tlsa"] == "match":
+            return str(p["host"])
+    return str(next(iter(r["probes"].values()))["host"])
+
+
+def join_names(names: list[str]) -> str:
+    if len(names) <= 1:
+        return "".join(names)
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
+GLOBALS = {
+    "verdicts": VERDICTS,
+    "probe_state": probe_state,
+    "expected": expected,
+    "refusals": refusals,
+    "other_sessions": other_sessions,
+    "facts": facts,
+    "timeline": timeline,
+    "refuse_hosts": refuse_hosts,
+    "dane_host": dane_host,
+    "join_names": join_names,
+    "outcomes": OUTCOMES,
+}
+FILTERS = {"when": when, "clock": clock}
