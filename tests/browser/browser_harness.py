@@ -143,10 +143,15 @@ def deliver(
     helo: str = "mail.sender.test",
     mail_from: str = "postmaster@sender.test",
     sni: str | None = None,
+    tls: bool = True,
 ) -> float:
-    """Deliver one message over STARTTLS; returns the time.time() at which the 250 to DATA arrived."""
-    sni = sni or rcpt.rpartition("@")[2]
-    client = connect(port, helo, sni)
+    """Deliver one message (over STARTTLS unless `tls` is false); returns the time.time()
+    at which the 250 to DATA arrived."""
+    if tls:
+        client = connect(port, helo, sni or rcpt.rpartition("@")[2])
+    else:
+        client = smtplib.SMTP("127.0.0.1", port, local_hostname=helo, timeout=10)
+        client.ehlo(helo)
     try:
         code, reply = client.mail(mail_from)
         assert code == 250, reply

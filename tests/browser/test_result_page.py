@@ -105,13 +105,29 @@ def test_non_validating_sender_gets_next_steps(page: Page, server: Server, artif
     )
     expect(steps.locator("#conf-exim")).to_contain_text("dnssec_request_domains = *")
     expect(steps.locator("#conf-exim")).to_contain_text("hosts_try_dane = *")
+    expect(steps.locator("#conf-postfix")).to_be_hidden()  # one <details> per mail server, closed
+    steps.get_by_text("Postfix", exact=True).click()
+    expect(steps.locator("#conf-postfix")).to_be_visible()
     expect(steps).to_contain_text("Exchange Online")
-    expect(steps.get_by_role("link", name="How SMTP DANE works")).to_have_count(1)
+    expect(steps.locator('a[href="https://learn.microsoft.com/en-us/purview/how-smtp-dane-works"]')).to_have_count(1)
     expect(steps).to_contain_text(f"will then not deliver to wrong.{DOMAIN}")
     expect(steps).to_contain_text("delay notice")
     expect(steps).to_contain_text(f"dig +dnssec TLSA _25._tcp.do.{DOMAIN}")
     not_reloaded(page)
     page.screenshot(path=str(artifacts / "result-does-not-validate.png"), full_page=True)
+
+
+def test_plaintext_sender_is_told_it_does_not_encrypt(page: Page, server: Server) -> None:
+    addresses = start_test(page, server)
+    deliver(server.smtp_port, addresses["do"], tls=False)
+    expect(page.locator("#verdict")).to_have_attribute("data-code", "no-tls")
+    expect(page.locator("#verdict-title")).to_have_text("Your server sent mail without TLS")
+    do_card = page.locator("#probe-do")
+    expect(do_card.locator(".badge")).to_contain_text("Delivered without TLS")
+    expect(do_card.locator("dl.facts")).to_contain_text("none (plaintext)")
+    expect(do_card.locator(".proves")).to_contain_text("plaintext")
+    expect(page.locator("section.next")).to_contain_text("smtp_tls_security_level")
+    not_reloaded(page)
 
 
 def test_verdict_moves_with_time_when_a_probe_never_arrives(page: Page, server: Server) -> None:

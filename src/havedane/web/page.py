@@ -92,10 +92,18 @@ def duration(seconds: float) -> str:
     return f"{hours // 24} d {hours % 24} h"
 
 
+# TLSA shapes that a DANE sender can use (RFC 7672 §3.1): with them, TLS is mandatory (§2.2).
+USABLE_TLSA = {"match", "ee", "ta"}
+
+
+def requires_tls(p: dict[str, Any]) -> bool:
+    return p["tlsa"] in USABLE_TLSA
+
+
 def expected(p: dict[str, Any]) -> str:
     """What a DANE-validating sender must do with this probe, as a sentence ending."""
     if p["expect"] == "deliver":
-        return "deliver the message over TLS" if p["tlsa"] == "match" else "deliver the message"
+        return "deliver the message over TLS" if requires_tls(p) else "deliver the message"
     if p["expect"] == "refuse":
         return "connect, check our certificate against the TLSA records, and refuse to send"
     return "not connect at all"
@@ -103,7 +111,7 @@ def expected(p: dict[str, Any]) -> str:
 
 def plaintext(p: dict[str, Any]) -> bool:
     """Delivered without TLS although signed TLSA records make TLS mandatory (RFC 7672 §2.2)."""
-    return p["tlsa"] == "match" and any(d["tls"] is None for d in p["deliveries"])
+    return requires_tls(p) and any(d["tls"] is None for d in p["deliveries"])
 
 
 def probe_state(p: dict[str, Any]) -> ProbeState:
@@ -199,7 +207,7 @@ def timeline(r: dict[str, Any]) -> Timeline:
         for d in p["deliveries"]:
             if not must_deliver:
                 tone, text = "bad", "Message accepted: a DANE-validating server would not have sent it"
-            elif p["tlsa"] == "match" and d["tls"] is None:
+            elif requires_tls(p) and d["tls"] is None:
                 tone, text = "bad", "Message accepted without TLS, although the TLSA records require it"
             else:
                 tone, text = "ok", "Message accepted"
