@@ -34,7 +34,7 @@ def require(tool: str) -> str:
 @pytest.fixture(scope="module")
 def tls_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("tls")
-    pki.create(directory, DOMAIN, [p.host(DOMAIN) for p in probes.CLASSIC])
+    pki.create(directory, DOMAIN)
     return directory
 
 

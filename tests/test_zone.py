@@ -45,7 +45,7 @@ def require(tool: str) -> str:
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[x509.Certificate], x509.Certificate]:
     directory = tmp_path_factory.mktemp("tls")
-    pki.create(directory, DOMAIN, [p.host(DOMAIN) for p in probes.CLASSIC])
+    pki.create(directory, DOMAIN)
     return [c.leaf for c in pki.load_chains(directory)], pki.load_ca(directory)
 
 

@@ -80,7 +80,7 @@ def init(
     directory.mkdir(parents=True, exist_ok=True)
     path.write_text(configmod.render(domain, smtp_listen or ["127.0.0.1:2525"], web_listen or "127.0.0.1:8080"))
     config = configmod.load(path, env={})
-    pki.create(config.tls_dir, domain, [p.host(domain) for p in config.probes])
+    pki.create(config.tls_dir, domain)
     if config.store_url.startswith("sqlite:///"):
         from havedane.store import sqlite
 
@@ -131,12 +131,12 @@ async def _until(stop: asyncio.Event) -> None:
 async def serve(
     config: Config, smtp: tuple[Listen, ...], web: Listen, ready: Callable[[str], None] = print, role: str = "all"
 ) -> None:
-    from havedane.receiver import Receiver, tls_context
+    from havedane.receiver import Receiver, probe_contexts
     from havedane.store.sqlite import open_store
     from havedane.web.app import create_app, serve_forever
 
     try:
-        chains = pki.load_chains(config.tls_dir)
+        pki.load_chains(config.tls_dir)  # before anything starts: a missing file is one clear line
     except FileNotFoundError as e:
         raise Failure(f"certificates missing ({e.filename}): run `havedane init` first") from None
     store = open_store(config.store_url, config.store_busy_timeout)
@@ -148,7 +148,13 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    receiver = Receiver(config, store, tls_context(chains))
+    try:
+        context = probe_contexts(config)
+    except FileNotFoundError as e:
+        raise Failure(
+            f"certificate {e.filename} missing: run `havedane init --force` to make the probes' chains"
+        ) from None
+    receiver = Receiver(config, store, context)
     try:
         if role != "web":
             try:

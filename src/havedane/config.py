@@ -47,6 +47,7 @@ class Config:
     domain: str
     path: Path | None  # the file it came from; relative paths are resolved against its folder
     probes: tuple[probes.Probe, ...]
+    probe_addresses: dict[str, str]  # probe -> listener address of its own
     smtp_listen: tuple[Listen, ...]
     smtp_hostname: str
     max_message_size: int
@@ -128,6 +129,22 @@ def _networks(v: Any) -> list[str]:
     return nets
 
 
+def _addresses(v: Any) -> dict[str, str]:
+    """{probe: IP}; in the environment "notls=192.0.2.8,unusable-notls=192.0.2.9"."""
+    if isinstance(v, str):
+        pairs = [p.partition("=") for p in v.split(",") if p.strip()]
+        v = {name.strip(): addr.strip() for name, _, addr in pairs}
+    if not isinstance(v, dict):
+        raise ValueError('must be a table of probe = "IP address"')
+    for name, addr in v.items():
+        if name not in probes.CATALOGUE:
+            raise ValueError(f"unknown probe {name}")
+        if not isinstance(addr, str):
+            raise ValueError(f"{name}: must be an IP address")
+        ipaddress.ip_address(addr)
+    return dict(v)
+
+
 def _domain(v: Any) -> str:
     d = _str(v).lower().rstrip(".")
     labels = d.split(".")
@@ -139,7 +156,7 @@ def _domain(v: Any) -> str:
 # section -> key -> (parser, default). "" is the top level.
 SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
     "": {"domain": (_domain, None)},
-    "probes": {"enabled": (_str_list, None)},
+    "probes": {"enabled": (_str_list, None), "matrix": (_bool, False), "addresses": (_addresses, {})},
     "smtp": {
         "listen": (_listen_list, ["127.0.0.1:2525"]),
         "hostname": (_str, None),
@@ -220,9 +237,15 @@ def load(path: Path | None, env: Mapping[str, str] | None = None, default_domain
     if not domain:
         raise ConfigError('domain: missing (set domain = "havedane.example" or HAVEDANE_DOMAIN)')
     try:
-        enabled = probes.enabled(parsed["probes"]["enabled"])
+        enabled = probes.enabled(parsed["probes"]["enabled"], parsed["probes"]["matrix"])
     except KeyError as e:
         raise ConfigError(f"probes.enabled: unknown probe {e.args[0]} (known: {', '.join(probes.CATALOGUE)})") from None
+    probe_addresses: dict[str, str] = parsed["probes"]["addresses"]
+    homeless = [p.name for p in enabled if not p.starttls and p.name not in probe_addresses]
+    if homeless:
+        # Whether STARTTLS is offered is decided at EHLO, before the client names a
+        # domain: such probes are told apart by the address the client connected to.
+        raise ConfigError(f"probes.addresses: {', '.join(homeless)} need(s) a listener address of its own")
 
     base = path.parent if path else Path.cwd()
     store_url = parsed["store"]["url"] or f"sqlite:///{base / 'havedane.sqlite3'}"
@@ -237,6 +260,7 @@ def load(path: Path | None, env: Mapping[str, str] | None = None, default_domain
         domain=domain,
         path=path,
         probes=enabled,
+        probe_addresses=probe_addresses,
         smtp_listen=tuple(parsed["smtp"]["listen"]),
         smtp_hostname=parsed["smtp"]["hostname"] or f"mx.{domain}",
         max_message_size=parsed["smtp"]["max_message_size"],
@@ -266,8 +290,11 @@ def render(domain: str, smtp_listen: list[str], web_listen: str) -> str:
 domain = "{domain}"
 
 [probes]
-# The classic three; the conformance matrix adds more (see README).
+# The classic three; `matrix = true` adds the RFC 7672 conformance probes (see README).
 enabled = ["do", "dont", "wrong"]
+matrix = false
+# Probes without STARTTLS need a listener address of their own, e.g.
+# addresses = {{ notls = "192.0.2.8", "unusable-notls" = "192.0.2.9" }}
 
 [smtp]
 listen = [{listen}]

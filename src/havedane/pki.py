@@ -7,6 +7,8 @@ Layout of the TLS directory (written by `havedane init`):
     leaf-rsa.pem, leaf-rsa.key      RSA 2048 leaf, same names, for senders without ECDSA
     chain-ecdsa.pem, chain-rsa.pem  leaf + CA: DANE-TA (2 1 1) needs the CA in the chain
                                     (RFC 7671 §5.2.2)
+    chain-<name>.pem, leaf-<name>.* the conformance probes' chains (probes.Chain), served
+                                    only to senders that name such a probe in SNI
 
 Both leaves are served side by side; TLSA 3 1 1 is published for each.
 """
@@ -22,6 +24,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from havedane import probes
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 LEAF_KINDS = ("ecdsa", "rsa")
@@ -78,12 +82,13 @@ def make_leaf(
     ca_key: PrivateKey,
     days: int = 3650,
     not_before: datetime.datetime | None = None,
+    self_signed: bool = False,
 ) -> x509.Certificate:
     start = not_before or _now() - datetime.timedelta(days=1)
     return (
         x509.CertificateBuilder()
         .subject_name(_name(names[0]))
-        .issuer_name(ca.subject)
+        .issuer_name(_name(names[0]) if self_signed else ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
@@ -114,8 +119,15 @@ def write_key(path: Path, key: PrivateKey) -> None:
     os.chmod(path, 0o600)
 
 
-def create(tls_dir: Path, domain: str, hosts: list[str]) -> None:
-    """Write the CA and both leaves (every probe host in the SANs) into tls_dir."""
+def default_names(domain: str) -> list[str]:
+    """Names on the default leaves: the TLS host of every probe served the default
+    chain. Probes with a chain of their own are left out, so that a sender that asks
+    for them by SNI can only be satisfied by that chain."""
+    return [p.tls_host(domain) for p in probes.CATALOGUE.values() if p.chain is None]
+
+
+def create(tls_dir: Path, domain: str) -> None:
+    """Write the CA, both default leaves and the conformance probes' chains into tls_dir."""
     tls_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(tls_dir, 0o700)
     ca_key = new_key("ecdsa")
@@ -124,20 +136,63 @@ def create(tls_dir: Path, domain: str, hosts: list[str]) -> None:
     (tls_dir / "ca.pem").write_bytes(pem(ca))
     for kind in LEAF_KINDS:
         key = new_key(kind)
-        leaf = make_leaf(hosts, key, ca, ca_key)
-        write_key(tls_dir / f"leaf-{kind}.key", key)
-        (tls_dir / f"leaf-{kind}.pem").write_bytes(pem(leaf))
-        (tls_dir / f"chain-{kind}.pem").write_bytes(pem(leaf) + pem(ca))
+        leaf = make_leaf(default_names(domain), key, ca, ca_key)
+        _write_chain(tls_dir, kind, key, [leaf, ca])
+    create_probe_chains(tls_dir, domain, ca, ca_key)
+
+
+def _write_chain(tls_dir: Path, name: str, key: PrivateKey, chain: list[x509.Certificate]) -> None:
+    write_key(tls_dir / f"leaf-{name}.key", key)
+    (tls_dir / f"leaf-{name}.pem").write_bytes(pem(chain[0]))
+    (tls_dir / f"chain-{name}.pem").write_bytes(b"".join(pem(c) for c in chain))
+
+
+def create_probe_chains(tls_dir: Path, domain: str, ca: x509.Certificate, ca_key: PrivateKey) -> None:
+    """The chains the conformance probes serve to senders that name them in SNI."""
+    long_ago = _now() - datetime.timedelta(days=400)
+    hosts = {c: [p.tls_host(domain) for p in probes.CATALOGUE.values() if p.chain is c] for c in probes.Chain}
+    elsewhere = f"elsewhere.{domain}"  # a name no probe answers to
+
+    # DANE-EE: self-signed, expired, naming another host (RFC 7672 §3.1.1 ignores all three).
+    key = new_key("ecdsa")
+    ee = make_leaf(["elsewhere.invalid"], key, ca, key, days=30, not_before=long_ago, self_signed=True)
+    _write_chain(tls_dir, probes.Chain.EE, key, [ee])
+    # DANE-TA with a leaf naming another host, and with an expired leaf.
+    key = new_key("ecdsa")
+    _write_chain(tls_dir, probes.Chain.BADNAME, key, [make_leaf([elsewhere], key, ca, ca_key), ca])
+    key = new_key("ecdsa")
+    expired = make_leaf(hosts[probes.Chain.EXPIRED], key, ca, ca_key, days=30, not_before=long_ago)
+    _write_chain(tls_dir, probes.Chain.EXPIRED, key, [expired, ca])
+    # A leaf from an unrelated CA, sent with that CA and our genuine (public) CA: the
+    # genuine CA is in the chain, but the leaf does not chain to it (RFC 7671 §5.2.2).
+    rogue_key = new_key("ecdsa")
+    rogue_ca = make_ca(f"havedane rogue CA for {domain}", rogue_key)
+    key = new_key("ecdsa")
+    rogue = make_leaf(hosts[probes.Chain.ROGUE], key, rogue_ca, rogue_key)
+    _write_chain(tls_dir, probes.Chain.ROGUE, key, [rogue, rogue_ca, ca])
+
+
+def load_chain(tls_dir: Path, name: str) -> Chain:
+    chain_file = tls_dir / f"chain-{name}.pem"
+    certs = x509.load_pem_x509_certificates(chain_file.read_bytes())
+    return Chain(name, chain_file, tls_dir / f"leaf-{name}.key", certs[0], tuple(certs[1:]))
+
+
+def load_probe_chains(tls_dir: Path) -> dict[str, Chain]:
+    """The conformance probes' chains, by name; raises FileNotFoundError when missing."""
+    return {c.value: load_chain(tls_dir, c.value) for c in probes.Chain}
+
+
+def leaves_for(probe: probes.Probe, tls_dir: Path) -> list[x509.Certificate]:
+    """The leaf certificates a sender that names `probe` in SNI is served."""
+    if probe.chain is not None:
+        return [load_chain(tls_dir, probe.chain.value).leaf]
+    return [c.leaf for c in load_chains(tls_dir)]
 
 
 def load_chains(tls_dir: Path) -> list[Chain]:
-    """The chains to serve; raises FileNotFoundError when `havedane init` has not run."""
-    chains = []
-    for kind in LEAF_KINDS:
-        chain_file = tls_dir / f"chain-{kind}.pem"
-        certs = x509.load_pem_x509_certificates(chain_file.read_bytes())
-        chains.append(Chain(kind, chain_file, tls_dir / f"leaf-{kind}.key", certs[0], tuple(certs[1:])))
-    return chains
+    """The default chains; raises FileNotFoundError when `havedane init` has not run."""
+    return [load_chain(tls_dir, kind) for kind in LEAF_KINDS]
 
 
 def load_ca(tls_dir: Path) -> x509.Certificate:

@@ -89,21 +89,19 @@ def to_json(config: Config, report: Report) -> dict[str, Any]:
                 "tests": r.probe.tests,
                 "rfc": r.probe.rfc,
                 "status": r.status.value,
-                "proves": r.probe.proves_pass if _as_expected(r.probe.expect.value, r.status.value) else (
-                    r.probe.proves_fail if r.status.value != "pending" else None),
+                "classic": r.probe.classic,
+                "tls_host": r.probe.tls_host(config.domain),
+                "grade": {"grade": v.grades[name].grade.value, "reason": v.grades[name].reason},
+                "proves": r.probe.proves_pass if v.grades[name].grade.value == "pass" else (
+                    r.probe.proves_fail if v.grades[name].grade.value == "fail" else None),
                 "deliveries": [delivery_json(d) for d in r.deliveries],
                 "sessions": [session_json(s) for s in r.sessions],
             }
             for name, r in v.probes.items()
         },
         "verdict": {"code": v.code.value, "summary": v.summary, "grace_ends": iso(v.grace_ends)},
+        "conformance": v.conformance,
     }  # fmt: skip
-
-
-def _as_expected(expect: str, status: str) -> bool:
-    if expect == "deliver":
-        return status == "delivered"
-    return status in ("refused", "not-delivered")
 
 
 def addresses(config: Config, alias: str) -> dict[str, str]:

@@ -63,10 +63,31 @@ class Verdict:
     probes: dict[str, ProbeResult]
     first_delivery: float | None
     grace_ends: float | None
+    grades: dict[str, Graded]
+    conformance: str  # "Conforms on N of M probes." and each failure's consequence
 
 
-def is_refusal(session: Session) -> bool:
-    return session.starttls and session.mail_from is None and session.outcome in REFUSAL_OUTCOMES
+class Grade(enum.StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+    PENDING = "pending"
+
+
+@dataclass(frozen=True)
+class Graded:
+    grade: Grade
+    reason: str
+
+
+def is_refusal(session: Session, probe: Probe) -> bool:
+    """Left without MAIL: after completing (or aborting) TLS where STARTTLS is offered;
+    right after EHLO where it is not (TLS required but not offered, RFC 7672 §2.2)."""
+    if session.mail_from is not None:
+        return False
+    if probe.starttls:
+        return session.starttls and session.outcome in REFUSAL_OUTCOMES
+    return session.outcome is Outcome.LEFT
 
 
 def reached(session: Session, probe: Probe, domain: str) -> bool:
@@ -80,7 +101,7 @@ def probe_result(
 ) -> ProbeResult:
     mine = tuple(s for s in sessions if reached(s, probe, domain))
     delivered = tuple(d for d in deliveries if d.probe == probe.name)
-    refusal = next((s for s in mine if is_refusal(s)), None)
+    refusal = next((s for s in mine if is_refusal(s, probe)), None)
     if delivered:
         status = Status.DELIVERED
     elif refusal is not None:
@@ -195,4 +216,60 @@ def evaluate(
                 "first delivery."
             )
         code = Code.PENDING
-    return Verdict(code, summary, results, first, grace_ends)
+    grades = {name: grade(r, results, grace_over, domain) for name, r in results.items()}
+    return Verdict(code, summary, results, first, grace_ends, grades, conformance(grades, results, domain))
+
+
+def saw_its_chain(result: ProbeResult, domain: str) -> bool:
+    """Whether the evidence for a probe with a chain of its own came from connections
+    that were shown that chain (they named the probe's TLS host in SNI)."""
+    if result.probe.chain is None:
+        return True
+    host = result.probe.tls_host(domain)
+    evidence = [d.tls.sni if d.tls else None for d in result.deliveries]
+    if result.refusal is not None:
+        evidence.append(result.refusal.tls.sni if result.refusal.tls else result.refusal.chain)
+    return any(e == host or e == result.probe.chain for e in evidence)
+
+
+def grade(result: ProbeResult, results: dict[str, ProbeResult], grace_over: bool, domain: str) -> Graded:
+    """One probe against what a correct DANE sender does there (the catalogue's `expect`)."""
+    probe, status = result.probe, result.status
+    if status is Status.DELIVERED and probe.tls_required and not result.over_tls:
+        return Graded(Grade.FAIL, "delivered without TLS, where TLS is mandatory")
+    if status in (Status.DELIVERED, Status.REFUSED) and not saw_its_chain(result, domain):
+        return Graded(Grade.INCONCLUSIVE, f"your server did not name {probe.tls_host(domain)} in SNI, so it was "
+                      "shown our default certificate, not the one this probe is about")  # fmt: skip
+    control = results.get(probe.control) if probe.control else None
+    if control is not None and control.status is not Status.DELIVERED and status is not Status.DELIVERED:
+        if grace_over:
+            return Graded(Grade.INCONCLUSIVE, f"no positive control: nothing arrived for {control.probe.host(domain)} "
+                          "either, so staying away from here proves nothing")  # fmt: skip
+        return Graded(Grade.PENDING, "waiting for mail")
+    if probe.expect is Expect.DELIVER:
+        if status is Status.DELIVERED:
+            return Graded(Grade.PASS, "delivered" + (" over TLS" if result.over_tls else ""))
+        if status is Status.REFUSED:
+            return Graded(Grade.FAIL, "connected and refused to deliver")
+        if status is Status.NOT_DELIVERED:
+            return Graded(Grade.FAIL, "nothing arrived within the grace period")
+        return Graded(Grade.PENDING, "waiting for mail")
+    if status is Status.DELIVERED:
+        return Graded(Grade.FAIL, "delivered")
+    if status is Status.REFUSED:
+        return Graded(Grade.PASS, "connected and refused to deliver")
+    if status is Status.NOT_DELIVERED:
+        return Graded(Grade.PASS, "did not deliver" + (" (and never connected)" if not result.sessions else ""))
+    return Graded(Grade.PENDING, "waiting for mail")
+
+
+def conformance(grades: dict[str, Graded], results: dict[str, ProbeResult], domain: str) -> str:
+    passed = sum(g.grade is Grade.PASS for g in grades.values())
+    parts = [f"Conforms on {passed} of {len(grades)} probes."]
+    for name, g in grades.items():
+        if g.grade is Grade.FAIL:
+            parts.append(f"{results[name].probe.host(domain)}: {g.reason}. {results[name].probe.proves_fail}")
+    undecided = [results[n].probe.host(domain) for n, g in grades.items() if g.grade is Grade.INCONCLUSIVE]
+    if undecided:
+        parts.append(f"Inconclusive: {', '.join(undecided)}.")
+    return " ".join(parts)

@@ -50,13 +50,25 @@ def mismatch(rec: TlsaRecord) -> TlsaRecord:
     return TlsaRecord(rec.usage, rec.selector, rec.mtype, hashlib.sha256(b"havedane mismatch:" + rec.data).digest())
 
 
+PKIX_TA = 0
+PKIX_EE = 1
+
+
 def for_probe(probe: probes.Probe, leaves: list[x509.Certificate], ca: x509.Certificate) -> list[TlsaRecord]:
-    """The TLSA RRset at _25._tcp.<probe host>: 3 1 1 per served leaf, 2 1 1 of the CA."""
+    """The TLSA RRset at _25._tcp.<probe's TLS host>, for the leaves served to it."""
     matching = [record(DANE_EE, leaf) for leaf in leaves] + [record(DANE_TA, ca)]
-    if probe.tlsa is probes.Tlsa.MATCH:
+    shape = probe.tlsa
+    if shape is probes.Tlsa.MATCH:
         return matching
-    if probe.tlsa is probes.Tlsa.MISMATCH:
+    if shape is probes.Tlsa.MISMATCH:
         return [mismatch(r) for r in matching]
+    if shape is probes.Tlsa.EE:
+        return [record(DANE_EE, leaf) for leaf in leaves]
+    if shape is probes.Tlsa.TA:
+        return [record(DANE_TA, ca)]
+    if shape is probes.Tlsa.UNUSABLE:
+        # Records that would match under PKIX usages, which SMTP must ignore (RFC 7672 §3.1.3).
+        return [record(PKIX_TA, ca)] + [record(PKIX_EE, leaf) for leaf in leaves]
     return []
 
 

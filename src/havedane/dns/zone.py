@@ -48,16 +48,23 @@ def records(
     leaves: list[x509.Certificate],
     ca: x509.Certificate,
     addresses: list[str],
+    probe_leaves: dict[str, list[x509.Certificate]] | None = None,
+    probe_addresses: dict[str, str] | None = None,
 ) -> list[Record]:
-    """A/AAAA and a self-referencing MX for every probe host, and its TLSA RRset
-    at _25._tcp.<host> (RFC 7672 §2.2: TLSA is looked up at the MX host's name)."""
+    """For every probe: its TLS host's A/AAAA, an MX (to itself, or to the probe's MX
+    host), and the TLSA RRset at _25._tcp.<TLS host> (RFC 7672 §2.2: TLSA is looked up
+    at the MX host's name). `probe_leaves` gives the leaves served to a probe with a
+    chain of its own; `probe_addresses` a probe's own listener address."""
     out: list[Record] = []
     for probe in enabled:
         host = probe.host(domain) + "."
-        out.extend(address_records(host, addresses))
-        out.append(Record(host, "MX", f"10 {host}"))
-        for rec in tlsa.for_probe(probe, leaves, ca):
-            out.append(Record(f"_25._tcp.{host}", "TLSA", rec.rdata()))
+        tls_host = probe.tls_host(domain) + "."
+        own = (probe_addresses or {}).get(probe.name)
+        out.extend(address_records(tls_host, [own] if own else addresses))
+        out.append(Record(host, "MX", f"10 {tls_host}"))
+        served = (probe_leaves or {}).get(probe.name, leaves)
+        for rec in tlsa.for_probe(probe, served, ca):
+            out.append(Record(f"_25._tcp.{tls_host}", "TLSA", rec.rdata()))
     return out
 
 

@@ -1,0 +1,126 @@
+"""Grading of every probe of the conformance matrix against every observation."""
+
+from __future__ import annotations
+
+import pytest
+
+from havedane import probes
+from havedane.probes import Expect
+from havedane.store.base import Delivery, Outcome, Session, Test, Tls
+from havedane.verdict import Grade, evaluate
+
+DOMAIN = "x.test"
+T0 = 1_700_000_000.0
+GRACE = 60.0
+ALL = probes.CLASSIC + probes.MATRIX
+CLIENT = "192.0.2.1"
+
+
+def delivery(probe: probes.Probe, tls: bool = True, sni: str | None = "tls-host") -> Delivery:
+    name = probe.tls_host(DOMAIN) if sni == "tls-host" else sni
+    return Delivery("abc", probe.name, T0 + 1, CLIENT, "mx.sender.example", "a@sender.example",
+                    probe.address("abc", DOMAIN), Tls("TLSv1.3", "X", name) if tls else None)  # fmt: skip
+
+
+def refusal(probe: probes.Probe, sni: bool = True) -> Session:
+    tls = Tls("TLSv1.3", "X", probe.tls_host(DOMAIN) if sni else None) if probe.starttls else None
+    chain = (probe.chain.value if probe.chain and sni else "default") if probe.starttls else None
+    return Session(
+        id="s", started=T0 + 2, ended=T0 + 3, client_ip=CLIENT, client_port=1, local_ip="198.51.100.1", local_port=25,
+        helo="mx.sender.example", starttls=probe.starttls, tls=tls, probe=probe.name, alias=None,
+        outcome=Outcome.TLS_THEN_LEFT if probe.starttls else Outcome.LEFT, chain=chain,
+    )  # fmt: skip
+
+
+def control_for(probe: probes.Probe) -> Delivery:
+    other = probes.CATALOGUE["dont" if probe.name == "do" else "do"]
+    return delivery(other)
+
+
+def graded(probe: probes.Probe, deliveries: list[Delivery], sessions: list[Session], after_grace: bool) -> Grade:
+    now = T0 + 1 + (GRACE + 1 if after_grace else 1)
+    v = evaluate(ALL, Test("abc", T0), sessions, deliveries, now, GRACE, DOMAIN)
+    assert "Conforms on" in v.conformance
+    return v.grades[probe.name].grade
+
+
+def must_deliver(p: probes.Probe) -> bool:
+    return p.expect is Expect.DELIVER
+
+
+@pytest.mark.parametrize("probe", ALL, ids=lambda p: p.name)
+def test_delivered_over_tls_with_sni(probe: probes.Probe) -> None:
+    got = graded(probe, [control_for(probe), delivery(probe)], [], after_grace=False)
+    assert got == (Grade.PASS if must_deliver(probe) else Grade.FAIL)
+
+
+@pytest.mark.parametrize("probe", ALL, ids=lambda p: p.name)
+def test_delivered_in_plaintext(probe: probes.Probe) -> None:
+    got = graded(probe, [control_for(probe), delivery(probe, tls=False)], [], after_grace=False)
+    if must_deliver(probe):
+        # TLS is mandatory wherever signed TLSA exist, usable or not (RFC 7672 §2.2, §3.1.3).
+        assert got == (Grade.FAIL if probe.tls_required else Grade.PASS)
+    else:
+        assert got == Grade.FAIL
+
+
+@pytest.mark.parametrize("probe", ALL, ids=lambda p: p.name)
+def test_delivered_over_tls_without_sni(probe: probes.Probe) -> None:
+    got = graded(probe, [control_for(probe), delivery(probe, sni=None)], [], after_grace=False)
+    if probe.chain is not None:
+        assert got == Grade.INCONCLUSIVE  # it was never shown the chain this probe is about
+    else:
+        assert got == (Grade.PASS if must_deliver(probe) else Grade.FAIL)
+
+
+@pytest.mark.parametrize("sni", [True, False], ids=["sni", "no-sni"])
+@pytest.mark.parametrize("probe", ALL, ids=lambda p: p.name)
+def test_refused(probe: probes.Probe, sni: bool) -> None:
+    got = graded(probe, [control_for(probe)], [refusal(probe, sni)], after_grace=False)
+    if probe.chain is not None and not sni and probe.starttls:
+        assert got == Grade.INCONCLUSIVE
+    else:
+        assert got == (Grade.FAIL if must_deliver(probe) else Grade.PASS)
+
+
+@pytest.mark.parametrize("probe", ALL, ids=lambda p: p.name)
+def test_nothing_within_grace_is_pending(probe: probes.Probe) -> None:
+    assert graded(probe, [control_for(probe)], [], after_grace=False) == Grade.PENDING
+
+
+@pytest.mark.parametrize("probe", ALL, ids=lambda p: p.name)
+def test_nothing_after_grace_with_positive_control(probe: probes.Probe) -> None:
+    got = graded(probe, [control_for(probe)], [], after_grace=True)
+    assert got == (Grade.FAIL if must_deliver(probe) else Grade.PASS)
+
+
+def test_bogus_without_positive_control_is_inconclusive() -> None:
+    bogus = probes.CATALOGUE["bogus"]
+    # Only dont arrived: the sender may not do DNSSEC at all, so staying away from
+    # bogus proves nothing.
+    assert graded(bogus, [delivery(probes.CATALOGUE["dont"])], [], after_grace=True) == Grade.INCONCLUSIVE
+    assert graded(bogus, [delivery(probes.CATALOGUE["dont"])], [], after_grace=False) == Grade.PENDING
+    assert graded(bogus, [], [], after_grace=True) == Grade.PENDING  # no delivery at all: grace never starts
+    assert graded(bogus, [delivery(bogus), delivery(probes.CATALOGUE["dont"])], [], after_grace=True) == Grade.FAIL
+
+
+def test_conformance_names_each_failure_with_its_consequence() -> None:
+    rogue, do = probes.CATALOGUE["ta-rogue"], probes.CATALOGUE["do"]
+    v = evaluate(ALL, Test("abc", T0), [], [delivery(do), delivery(rogue)], T0 + 2, GRACE, DOMAIN)
+    assert "ta-rogue.x.test: delivered." in v.conformance
+    assert "an attacker on the path can read your mail" in v.conformance
+    assert v.conformance.startswith("Conforms on 1 of 14 probes.")
+
+
+def test_validating_sender_passes_everything() -> None:
+    """What LAB-NOTES.md records a DANE-validating Postfix 3.7 doing, probe by probe."""
+    deliveries, sessions = [], []
+    for p in ALL:
+        if p.expect is Expect.DELIVER:
+            deliveries.append(delivery(p, sni=p.tls_host(DOMAIN) if p.tls_required else None))
+        elif p.expect is Expect.REFUSE:
+            sessions.append(refusal(p))
+    v = evaluate(ALL, Test("abc", T0), sessions, deliveries, T0 + 1 + GRACE + 1, GRACE, DOMAIN)
+    assert {n: g.grade for n, g in v.grades.items()} == {p.name: Grade.PASS for p in ALL}
+    assert v.conformance == "Conforms on 14 of 14 probes."
+    assert v.code.value == "validates"
