@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import jinja2
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -30,8 +29,6 @@ from havedane.web import page
 HERE = Path(__file__).parent
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 ALIAS_LENGTH = 16  # 16 * log2(36) = 82.7 bits from the CSPRNG: not guessable
-EXPECT_WORDS = {"deliver": "deliver", "refuse": "refuse to send", "never-connect": "not connect at all"}
-NOSCRIPT_REFRESH = 15  # seconds: a pending page without JavaScript reloads itself this often
 KEEPALIVE = 15.0  # seconds between SSE comments on a quiet stream (proxies drop idle connections)
 
 SECURITY_HEADERS = [
@@ -41,18 +38,6 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
 ]  # fmt: skip
-
-
-def static_url() -> Callable[[str], str]:
-    """`static("app.js")` -> "/static/app.js?v=<digest>": a changed file gets a new URL, so no stale cache."""
-    versions = {
-        f.name: hashlib.sha256(f.read_bytes()).hexdigest()[:10] for f in (HERE / "static").iterdir() if f.is_file()
-    }
-
-    def static(name: str) -> str:
-        return f"/static/{name}?v={versions[name]}"
-
-    return static
 
 
 def state_id(body: dict[str, Any]) -> tuple[str, str]:
@@ -121,14 +106,7 @@ class Web:
         # Creations under way per client address: counted with the committed ones, so that a
         # burst of concurrent requests cannot all pass the per-minute check before any commits.
         self._creating: dict[str, int] = {}
-        self.templates = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, trim_blocks=True, lstrip_blocks=True
-        )
-        self.templates.globals.update(page.GLOBALS)
-        self.templates.globals.update(domain=config.domain, probes=config.probes, static=static_url())
-        self.templates.globals["noscript_refresh"] = NOSCRIPT_REFRESH
-        self.templates.filters.update(page.FILTERS)
-        self.templates.filters["iso"] = report.iso
+        self.templates = page.environment(config)
 
     # -- creating tests -------------------------------------------------------
 
@@ -204,7 +182,7 @@ class Web:
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     async def index(self, request: Request) -> Response:
-        return HTMLResponse(self.templates.get_template("index.html").render(expect_words=EXPECT_WORDS))
+        return HTMLResponse(self.templates.get_template("index.html").render())
 
     async def events(self, request: Request) -> Response:
         alias = request.path_params["alias"]

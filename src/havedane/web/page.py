@@ -8,8 +8,20 @@ into markup.
 from __future__ import annotations
 
 import datetime
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import jinja2
+
+from havedane import report
+from havedane.config import Config
+
+HERE = Path(__file__).parent
+NOSCRIPT_REFRESH = 15  # seconds: a pending page without JavaScript reloads itself this often
+EXPECT_WORDS = {"deliver": "deliver", "refuse": "refuse to send", "never-connect": "not connect at all"}
 
 # How a session ended, in the visitor's words (keys: store.base.Outcome values).
 OUTCOMES = {
@@ -239,17 +251,40 @@ def join_names(names: list[str]) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1]
 
 
-GLOBALS = {
-    "verdicts": VERDICTS,
-    "probe_state": probe_state,
-    "expected": expected,
-    "refusals": refusals,
-    "other_sessions": other_sessions,
-    "facts": facts,
-    "timeline": timeline,
-    "refuse_hosts": refuse_hosts,
-    "dane_host": dane_host,
-    "join_names": join_names,
-    "outcomes": OUTCOMES,
-}
-FILTERS = {"when": when, "clock": clock}
+def static_url() -> Callable[[str], str]:
+    """`static("app.js")` -> "/static/app.js?v=<digest>": a changed file gets a new URL, so no stale cache."""
+    versions = {
+        f.name: hashlib.sha256(f.read_bytes()).hexdigest()[:10] for f in (HERE / "static").iterdir() if f.is_file()
+    }
+
+    def static(name: str) -> str:
+        return f"/static/{name}?v={versions[name]}"
+
+    return static
+
+
+def environment(config: Config) -> jinja2.Environment:
+    """The templates, with autoescaping on and the helpers above."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, trim_blocks=True, lstrip_blocks=True
+    )
+    env.globals.update(
+        verdicts=VERDICTS,
+        probe_state=probe_state,
+        expected=expected,
+        refusals=refusals,
+        other_sessions=other_sessions,
+        facts=facts,
+        timeline=timeline,
+        refuse_hosts=refuse_hosts,
+        dane_host=dane_host,
+        join_names=join_names,
+        outcomes=OUTCOMES,
+        expect_words=EXPECT_WORDS,
+        noscript_refresh=NOSCRIPT_REFRESH,
+        domain=config.domain,
+        probes=config.probes,
+        static=static_url(),
+    )
+    env.filters.update(when=when, clock=clock, iso=report.iso)
+    return env

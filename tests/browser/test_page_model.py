@@ -1,0 +1,128 @@
+"""The result page's words and structure, rendered from real verdicts (no browser needed)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from havedane import config as configmod
+from havedane import report
+from havedane.store.base import Delivery, Outcome, Session, Test, Tls
+from havedane.verdict import evaluate
+from havedane.web import page
+
+DOMAIN = "x.test"
+T0 = 1_800_000_000.0
+CLIENT = "192.0.2.25"
+TLS = Tls("TLSv1.3", "TLS_AES_256_GCM_SHA384", None)
+CONFIG = configmod.load(None, env={"HAVEDANE_DOMAIN": DOMAIN, "HAVEDANE_VERDICT_GRACE": "60"})
+ENV = page.environment(CONFIG)
+
+
+def delivery(probe: str, at: float, helo: str = "mx.sender.example", tls: Tls | None = TLS) -> Delivery:
+    sni = Tls(tls.version, tls.cipher, f"{probe}.{DOMAIN}") if tls else None
+    return Delivery("abc", probe, at, CLIENT, helo, "a@sender.example", f"abc@{probe}.{DOMAIN}", sni)
+
+
+def refusal(n: int, at: float, outcome: Outcome = Outcome.TLS_THEN_LEFT) -> Session:
+    tls = Tls("TLSv1.3", "TLS_AES_256_GCM_SHA384", f"wrong.{DOMAIN}") if outcome is Outcome.TLS_THEN_LEFT else None
+    return Session(
+        f"s{n}", at, CLIENT, 40000 + n, "127.0.0.1", 25, ended=at + 0.2, helo="mx.sender.example",
+        starttls=True, tls=tls, probe="wrong", outcome=outcome,
+    )  # fmt: skip
+
+
+def state(sessions: list[Session], deliveries: list[Delivery], now: float = T0 + 10) -> dict[str, Any]:
+    test = Test("abc", T0, CLIENT)
+    verdict = evaluate(CONFIG.probes, test, sessions, deliveries, now, CONFIG.grace, DOMAIN)
+    return report.to_json(CONFIG, report.Report(test, verdict, now))
+
+
+def render(r: dict[str, Any]) -> str:
+    return ENV.get_template("result.html").render(r=r, state="s")
+
+
+def text(html: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+def test_refusal_evidence_is_tied_by_client_address_and_counts_retries() -> None:
+    r = state([refusal(1, T0 + 3), refusal(2, T0 + 300), refusal(3, T0 + 900)], [
+        delivery("do", T0 + 1), delivery("dont", T0 + 2)])  # fmt: skip
+    assert r["verdict"]["code"] == "validates"
+    words = text(render(r))
+    assert f"Your server at {CLIENT} connected to wrong.{DOMAIN} at" in words
+    assert "saw our certificate, and refused to send" in words
+    assert "It came back 2 more times and refused again" in words
+    assert "Tied to your test by client address" in words and f"we match it by {CLIENT}" in words
+    assert "What happens now" in words and "delay notice" in words
+    assert "What to do next" not in words
+
+
+def test_a_handshake_abort_is_a_refusal_too() -> None:
+    r = state([refusal(1, T0 + 3, Outcome.HANDSHAKE_FAILED)], [delivery("do", T0 + 1), delivery("dont", T0 + 2)])
+    words = text(render(r))
+    assert "aborted the TLS handshake after seeing our certificate, and sent nothing" in words
+    assert "handshake not completed" in words  # the timeline
+
+
+def test_network_strings_are_escaped() -> None:
+    hostile = '<script>alert(1)</script><img src=x onerror="alert(2)">'
+    html = render(state([], [delivery("do", T0 + 1, helo=hostile)]))
+    assert "<script>alert" not in html and "<img" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=&#34;alert(2)&#34;&gt;" in html
+
+
+@pytest.mark.parametrize(
+    ("status", "expect", "tls", "tone", "label"),
+    [
+        ("pending", "deliver", True, "wait", "Waiting"),
+        ("delivered", "deliver", True, "ok", "Delivered"),
+        ("delivered", "deliver", False, "bad", "Delivered without TLS"),
+        ("delivered", "refuse", True, "bad", "Delivered"),
+        ("refused", "refuse", True, "ok", "Refused"),
+        ("refused", "deliver", True, "bad", "Refused"),
+        ("not-delivered", "refuse", True, "ok", "Not delivered"),
+        ("not-delivered", "deliver", True, "bad", "Not delivered"),
+    ],
+)
+def test_probe_state(status: str, expect: str, tls: bool, tone: str, label: str) -> None:
+    deliveries = [{"tls": {"version": "TLSv1.3"} if tls else None}] if status == "delivered" else []
+    p = {"status": status, "expect": expect, "tlsa": "match", "deliveries": deliveries, "proves": "x"}
+    st = page.probe_state(p)
+    assert (st.tone, st.label) == (tone, label)
+
+
+def test_timeline_is_in_time_order_and_summarises_long_retry_histories() -> None:
+    retries = [refusal(n, T0 + 60 * n) for n in range(1, 101)]
+    r = state(retries, [delivery("dont", T0 + 2), delivery("do", T0 + 1)])
+    tl = page.timeline(r)
+    assert tl.omitted == 1 + 2 + 100 * 2 - page.TIMELINE_LIMIT  # created, 2 deliveries, 100 sessions (start, end)
+    assert [e.at for e in tl.events] == sorted(e.at for e in tl.events)
+    assert tl.events[0].text == "Test created"
+    assert tl.events[1].host == f"do.{DOMAIN}" and tl.events[1].text == "Message accepted"
+    assert "more events in between" in text(render(r))
+
+
+@pytest.mark.parametrize(
+    ("seconds", "words"),
+    [(0.04, "0.0 s"), (3.25, "3.2 s"), (42, "42 s"), (60, "1 min"), (125, "2 min 5 s"), (7200, "2 h"),
+     (7500, "2 h 5 min"), (3 * 86400 + 7200, "3 d 2 h")],
+)  # fmt: skip
+def test_duration(seconds: float, words: str) -> None:
+    assert page.duration(seconds) == words
+
+
+def test_every_verdict_renders_its_title() -> None:
+    cases = {
+        "pending": state([], []),
+        "validates": state([refusal(1, T0 + 3)], [delivery("do", T0 + 1), delivery("dont", T0 + 2)]),
+        "does-not-validate": state([], [delivery(p, T0 + 1) for p in ("do", "dont", "wrong")]),
+        "no-tls": state([], [delivery("do", T0 + 1, tls=None)]),
+        "incomplete": state([], [delivery("do", T0 + 1)], now=T0 + 120),
+    }
+    for code, r in cases.items():
+        assert r["verdict"]["code"] == code
+        assert page.VERDICTS[code][1] in text(render(r))
