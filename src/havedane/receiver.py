@@ -32,21 +32,43 @@ log = logging.getLogger("havedane.receiver")
 IDENT = "havedane"
 
 
-def tls_context(chains: list[pki.Chain]) -> ssl.SSLContext:
-    """The server context: every chain loaded (OpenSSL picks by the client's
-    signature algorithms), SNI captured on the SSLObject, and old protocol versions
-    allowed so that old senders can still be measured rather than turned away."""
+DEFAULT_CHAIN = "default"
+
+
+def _context(chains: list[pki.Chain]) -> ssl.SSLContext:
+    """Old protocol versions and every cipher allowed, so that old senders are
+    measured rather than turned away."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1
     ctx.set_ciphers("ALL:@SECLEVEL=0")
     for chain in chains:
         ctx.load_cert_chain(chain.cert_file, chain.key_file)
-
-    def capture_sni(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
-        sslobj.havedane_sni = name  # type: ignore[attr-defined]
-
-    ctx.sni_callback = capture_sni
     return ctx
+
+
+def tls_context(chains: list[pki.Chain], by_sni: dict[str, pki.Chain] | None = None) -> ssl.SSLContext:
+    """The server context: the default chains loaded (OpenSSL picks by the client's
+    signature algorithms), SNI captured on the SSLObject, and for the names in
+    `by_sni` a context serving that chain instead (the conformance probes)."""
+    ctx = _context(chains)
+    special = {name.lower(): (chain.kind, _context([chain])) for name, chain in (by_sni or {}).items()}
+
+    def on_sni(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+        sslobj.havedane_sni = name  # type: ignore[attr-defined]
+        chosen = special.get(name.lower().rstrip(".")) if name else None
+        if chosen is not None:
+            sslobj.havedane_chain, sslobj.context = chosen  # type: ignore[attr-defined]
+
+    ctx.sni_callback = on_sni
+    return ctx
+
+
+def probe_contexts(config: Config) -> ssl.SSLContext:
+    """The TLS context for `config`: default chains plus each enabled probe's own."""
+    by_sni = {
+        p.tls_host(config.domain): pki.load_chain(config.tls_dir, p.chain.value) for p in config.probes if p.chain
+    }
+    return tls_context(pki.load_chains(config.tls_dir), by_sni)
 
 
 def _split(address: str) -> tuple[str, str]:
@@ -71,17 +93,33 @@ class Receiver:
 
     async def start(self, listens: tuple[Listen, ...] | None = None) -> list[asyncio.Server]:
         loop = asyncio.get_running_loop()
-        for listen in listens or self.config.smtp_listen:
+        listens = listens or self.config.smtp_listen
+        for listen in listens:
             server = await loop.create_server(self.protocol, listen.host, listen.port, reuse_address=True)
             self.servers.append(server)
+        # Probes that offer no STARTTLS: decided at EHLO, before the client names a
+        # domain, so they listen on addresses of their own (on the first listener's port).
+        for probe in self.config.probes:
+            address = self.config.probe_addresses.get(probe.name)
+            if address and not probe.starttls:
+                server = await loop.create_server(
+                    lambda: self.protocol(tls=False), address, listens[0].port, reuse_address=True
+                )
+                self.servers.append(server)
         return self.servers
 
-    def protocol(self) -> ReceiverSMTP:
+    def probe_at(self, local_ip: str) -> probes.Probe | None:
+        for probe in self.config.probes:
+            if self.config.probe_addresses.get(probe.name) == local_ip:
+                return probe
+        return None
+
+    def protocol(self, tls: bool = True) -> ReceiverSMTP:
         return ReceiverSMTP(
             self,
             hostname=self.config.smtp_hostname,
             ident=IDENT,
-            tls_context=self.context,
+            tls_context=self.context if tls else None,
             data_size_limit=self.config.max_message_size,
             timeout=self.config.smtp_timeout,
             enable_SMTPUTF8=True,
@@ -309,12 +347,20 @@ class ReceiverSMTP(SMTP):
         if r.probe is None and r.tls is not None and r.tls.sni:
             probe = probes.probe_for_host(self.receiver.config.probes, self.receiver.config.domain, r.tls.sni)
             r.probe = probe.name if probe else None
+        if r.probe is None:
+            probe = self.receiver.probe_at(r.local_ip)
+            r.probe = probe.name if probe else None
         if error is not None and r.error is None and not r.delivered and not isinstance(error, TLSSetupException):
             r.error = f"{type(error).__name__}: {error}"[:200]
         self.receiver.save(r)
 
     def _timeout_cb(self) -> None:
         self._timed_out = True
+        # The timer restarts at every recognised command (aiosmtpd); when it runs out, say why
+        # before closing, as Postfix does (RFC 5321 §4.5.3.2 lets the server give up).
+        transport: Any = self.transport  # TCP, or TLS after STARTTLS: both can write
+        if transport is not None and not transport.is_closing():
+            transport.write(f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode())
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     # -- commands ----------------------------------------------------------------
@@ -345,6 +391,8 @@ class ReceiverSMTP(SMTP):
                 f"{type(e.__cause__).__name__}: {e.__cause__}"[:200] if e.__cause__ else "handshake failed"
             )
             sni = self._sni()
+            raw = getattr(self._tls_protocol, "_sslobj", None)
+            self.record.chain = getattr(raw, "havedane_chain", DEFAULT_CHAIN)
             if sni:
                 self.record.tls = None
                 probe = probes.probe_for_host(self.receiver.config.probes, self.receiver.config.domain, sni)
@@ -354,6 +402,7 @@ class ReceiverSMTP(SMTP):
         if sslobj is not None:
             cipher = sslobj.cipher()
             self.record.tls = Tls(sslobj.version() or "", cipher[0] if cipher else "", self._sni())
+            self.record.chain = getattr(sslobj, "havedane_chain", DEFAULT_CHAIN)
 
     def _ssl_object(self) -> ssl.SSLObject | None:
         if self._tls_protocol is None:
