@@ -1,4 +1,4 @@
-"""The lab fixture: one DANE world per test session, built only when a lab test runs.
+"""The lab fixture: one DANE world per test module, built only when a lab test runs.
 
 Skipped only when not root and not in CI; in CI (CI=true) anything missing fails,
 so the proof on real MTAs cannot silently stop running.
@@ -30,7 +30,7 @@ def _missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lab() -> Iterator[world.World]:
     reason = _missing()
     if reason is not None:

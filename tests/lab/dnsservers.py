@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,11 +135,11 @@ def knot(ns: Netns, directory: Path, address: str, zone: str, zone_text: str, va
     )
     proc = ns.popen(["knotd", "-c", str(conf)], directory / "knotd.log")
     try:
-        # Ready when the zone is loaded: the SOA answer carries its RRSIG.
-        wait_until(
+        # Ready when the zone is loaded (with validation on: only if it validated).
+        _wait(
             lambda: _alive(proc, directory / "knotd.log") and _answers(ns, address, zone, "SOA", want_ad=False),
-            10,
             f"knotd answering for {zone} at {address}",
+            directory / "knotd.log",
         )
         yield
     finally:
@@ -156,14 +156,22 @@ def unbound(
     conf.write_text(UNBOUND_CONF.format(dir=directory, address=address, zone=zone, authoritative=authoritative))
     proc = ns.popen(["unbound", "-d", "-c", str(conf)], directory / "unbound.log")
     try:
-        wait_until(
+        _wait(
             lambda: _alive(proc, directory / "unbound.log") and _answers(ns, address, ready_name, "A", want_ad=True),
-            10,
             f"unbound at {address} validating {ready_name}",
+            directory / "unbound.log",
         )
         yield
     finally:
         stop(proc)
+
+
+def _wait(check: Callable[[], bool], what: str, log: Path) -> None:
+    """Wait for a server; when it does not come, say why in its own words."""
+    try:
+        wait_until(check, 10, what)
+    except TimeoutError as e:
+        raise TimeoutError(f"{e}; its log ends:\n{log.read_text()[-2000:]}") from None
 
 
 def _alive(proc: subprocess.Popen[bytes], log: Path) -> bool:

@@ -159,7 +159,8 @@ class Postfix:
 
     def _accepts(self, proc: subprocess.Popen[bytes]) -> bool:
         if proc.poll() is not None:
-            raise RuntimeError(f"lab: postfix {self.name} master exited {proc.returncode}:\n{self.log()[-2000:]}")
+            master = (self.dir / "master.log").read_text()
+            raise RuntimeError(f"lab: postfix {self.name} exited {proc.returncode}:\n{master}{self.log()[-2000:]}")
 
         def banner() -> bool:
             try:
