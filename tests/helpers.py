@@ -59,17 +59,19 @@ class Serve:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
         )  # fmt: skip
         ready = threading.Event()
+        started = threading.Event()
 
         def pump() -> None:
             assert self.proc is not None and self.proc.stdout is not None
             for line in self.proc.stdout:
                 self.output.append(line)
-                if line.startswith("havedane "):
+                if line.startswith("havedane "):  # the ready line ("havedane: ..." is an error)
+                    started.set()
                     ready.set()
             ready.set()
 
         threading.Thread(target=pump, daemon=True).start()
-        if not ready.wait(timeout) or self.proc.poll() is not None:
+        if not ready.wait(timeout) or not started.is_set() or self.proc.poll() is not None:
             self.stop()
             raise RuntimeError("havedane serve did not start:\n" + "".join(self.output))
         return self

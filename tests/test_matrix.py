@@ -1,0 +1,103 @@
+"""The conformance probes at the receiver: chains by SNI, listeners without STARTTLS."""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from helpers import Serve, insecure_context, send
+
+NOTLS = "127.0.0.28"
+UNUSABLE_NOTLS = "127.0.0.29"
+
+
+@pytest.fixture
+def matrix(setup_dir: Path) -> Iterator[Serve]:
+    env = {
+        "HAVEDANE_PROBES_MATRIX": "true",
+        "HAVEDANE_PROBES_ADDRESSES": f"notls={NOTLS},unusable-notls={UNUSABLE_NOTLS}",
+        "HAVEDANE_VERDICT_GRACE": "2",
+    }
+    server = Serve(setup_dir, env=env).start()
+    yield server
+    server.stop()
+
+
+def served_chain(port: int, sni: str | None) -> list[x509.Certificate]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as c:
+        c._host = sni  # type: ignore[assignment]
+        c.starttls(context=insecure_context())
+        sock = c.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        chain = sock._sslobj.get_unverified_chain()  # type: ignore[attr-defined]
+        return [x509.load_der_x509_certificate(cert.public_bytes(ssl._ssl.ENCODING_DER)) for cert in chain]  # type: ignore[attr-defined]
+
+
+def names(cert: x509.Certificate) -> list[str]:
+    return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+
+
+def test_chain_is_chosen_by_sni(matrix: Serve, setup_dir: Path) -> None:
+    default = served_chain(matrix.smtp_port, None)
+    assert "do.x.test" in names(default[0]) and "ta.x.test" in names(default[0])
+    assert not {"ee.x.test", "ta-badname.x.test", "ta-rogue.x.test"} & set(names(default[0]))
+    ee = served_chain(matrix.smtp_port, "ee.x.test")
+    assert len(ee) == 1 and ee[0].issuer == ee[0].subject and names(ee[0]) == ["elsewhere.invalid"]
+    assert ee[0].not_valid_after_utc.year < 2026 or ee[0].not_valid_after_utc < default[0].not_valid_before_utc
+    badname = served_chain(matrix.smtp_port, "ta-badname.x.test")
+    assert names(badname[0]) == ["elsewhere.x.test"] and badname[1] == default[1]
+    rogue = served_chain(matrix.smtp_port, "ta-rogue.x.test")
+    assert len(rogue) == 3 and rogue[2] == default[1] and rogue[0].issuer == rogue[1].subject != default[1].subject
+    mx = served_chain(matrix.smtp_port, "mxhost.x.test")
+    assert "mxhost.x.test" in names(mx[0])
+
+
+def test_probe_addresses_offer_no_starttls(matrix: Serve) -> None:
+    t = matrix.new_test()
+    for address in (NOTLS, UNUSABLE_NOTLS):
+        with smtplib.SMTP(address, matrix.smtp_port, timeout=10) as c:
+            c.ehlo("sender.example")
+            assert not c.has_extn("starttls")
+            assert c.docmd("STARTTLS")[0] in (454, 502)
+    # A validating sender: EHLO, sees no STARTTLS, leaves (Postfix: 4.7.4 TLS required).
+    with socket.create_connection((NOTLS, matrix.smtp_port)) as s:
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b"EHLO dane.sender.example\r\n")
+        while not f.readline().startswith(b"250 "):
+            pass
+        s.sendall(b"QUIT\r\n")
+        f.readline()
+    # A plain sender delivers in cleartext to unusable-notls.
+    with smtplib.SMTP(UNUSABLE_NOTLS, matrix.smtp_port, timeout=10) as c:
+        c.sendmail("a@sender.example", [t["addresses"]["unusable-notls"]], b"Subject: x\r\n\r\nx\r\n")
+    send(matrix.smtp_port, [t["addresses"]["do"], t["addresses"]["dont"]], sni="do.x.test")
+    body = matrix.wait_for(t["alias"], lambda b: b["probes"]["notls"]["status"] == "refused")
+    assert body["probes"]["notls"]["grade"]["grade"] == "pass"
+    assert body["probes"]["unusable-notls"]["grade"]["grade"] == "fail"
+    assert body["probes"]["unusable-notls"]["deliveries"][0]["tls"] is None
+    assert "Conforms on" in body["conformance"]
+
+
+def test_sessions_record_the_chain_and_grades_follow_sni(matrix: Serve) -> None:
+    t = matrix.new_test()
+    a = t["addresses"]
+    send(matrix.smtp_port, [a["do"], a["dont"]], sni="do.x.test")
+    send(matrix.smtp_port, [a["ta-rogue"]], sni="ta-rogue.x.test")  # a non-validating sender with SNI
+    send(matrix.smtp_port, [a["ta-badname"]], sni=None)  # ... and one without SNI
+    body = matrix.wait_for(t["alias"], lambda b: len(b["probes"]["ta-badname"]["sessions"]) == 1)
+    assert body["probes"]["ta-rogue"]["grade"]["grade"] == "fail"
+    assert body["probes"]["ta-badname"]["grade"]["grade"] == "inconclusive"
+    assert "SNI" in body["probes"]["ta-badname"]["grade"]["reason"]
+    sessions = {s["probe"]: s for p in body["probes"].values() for s in p["sessions"]}
+    assert sessions["ta-rogue"]["tls"]["sni"] == "ta-rogue.x.test"
+
+
+def test_matrix_without_addresses_is_a_config_error(setup_dir: Path) -> None:
+    with pytest.raises(RuntimeError, match="probes.addresses"):
+        Serve(setup_dir, env={"HAVEDANE_PROBES_MATRIX": "true"}).start(timeout=10)
