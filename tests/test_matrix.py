@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+
 from helpers import Serve, insecure_context, send
 
 NOTLS = "127.0.0.28"
