@@ -103,9 +103,10 @@ class Web:
         self.store = store
         self.now = now
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in config.trusted_proxies]
-        # Creations under way per client address: counted with the committed ones, so that a
-        # burst of concurrent requests cannot all pass the per-minute check before any commits.
-        self._creating: dict[str, int] = {}
+        # Creations from one client address run one at a time (a lock per address, dropped when
+        # no request holds or awaits it): a burst of concurrent requests cannot all pass the
+        # per-minute check before any of them commits.
+        self._creating: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self.templates = page.environment(config)
 
     # -- creating tests -------------------------------------------------------
@@ -113,26 +114,26 @@ class Web:
     async def _create(self, request: Request) -> Test | JSONResponse:
         ip = client_ip(request, self.trusted)
         now = self.now()
-        self._creating[ip] = self._creating.get(ip, 0) + 1
+        lock, users = self._creating.setdefault(ip, (asyncio.Lock(), [0]))
+        users[0] += 1
         try:
-            recent = await self.store.recent_tests_from(ip, now - 60)
-            if recent + self._creating[ip] > self.config.tests_per_minute:
-                return json_error(
-                    429, "too many tests created from your address; try again in a minute", {"Retry-After": "60"}
-                )
-            test = Test(new_alias(), now, ip)
-            try:
-                await self.store.create_test(test, self.config.max_tests)
-            except TooManyTests:
-                return json_error(
-                    503, "the service holds as many tests as it can; try again later", {"Retry-After": "300"}
-                )
-            return test
+            async with lock:
+                recent = await self.store.recent_tests_from(ip, now - 60)
+                if recent >= self.config.tests_per_minute:
+                    return json_error(
+                        429, "too many tests created from your address; try again in a minute", {"Retry-After": "60"}
+                    )
+                test = Test(new_alias(), now, ip)
+                try:
+                    await self.store.create_test(test, self.config.max_tests)
+                except TooManyTests:
+                    return json_error(
+                        503, "the service holds as many tests as it can; try again later", {"Retry-After": "300"}
+                    )
+                return test
         finally:
-            left = self._creating[ip] - 1
-            if left:
-                self._creating[ip] = left
-            else:
+            users[0] -= 1
+            if not users[0]:
                 del self._creating[ip]
 
     async def api_create(self, request: Request) -> Response:
