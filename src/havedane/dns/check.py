@@ -14,7 +14,7 @@ import socket
 import ssl
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 
 import dns.exception
@@ -63,13 +63,12 @@ def query(resolver: str, name: str, rdtype: str, timeout: float = 5.0) -> Answer
     return Answer(resp.rcode(), bool(resp.flags & dns.flags.AD), records)
 
 
-def served_chain(address: str, port: int, sni: str, timeout: float = 10.0) -> tuple[list[x509.Certificate], str]:
-    """Connect, EHLO, STARTTLS with SNI; the chain the receiver sent, and its banner."""
+def served_chain(address: str, port: int, sni: str, timeout: float = 10.0) -> list[x509.Certificate]:
+    """Connect, EHLO, STARTTLS with SNI; the chain the receiver sent."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # we compare with TLSA ourselves; PKIX does not apply (RFC 7672 §3.1)
     with smtplib.SMTP(address, port, timeout=timeout, local_hostname="havedane-check.invalid") as smtp:
-        banner = smtp.ehlo_resp.decode(errors="replace") if smtp.ehlo_resp else ""
         smtp.ehlo()
         if not smtp.has_extn("starttls"):
             raise ConnectionError("STARTTLS not offered")
@@ -79,7 +78,7 @@ def served_chain(address: str, port: int, sni: str, timeout: float = 10.0) -> tu
         assert isinstance(sock, ssl.SSLSocket)
         chain = sock._sslobj.get_unverified_chain()  # type: ignore[attr-defined]  # public in 3.13
         der = ssl._ssl.ENCODING_DER  # type: ignore[attr-defined]
-        return [x509.load_der_x509_certificate(c.public_bytes(der)) for c in chain], banner
+        return [x509.load_der_x509_certificate(c.public_bytes(der)) for c in chain]
 
 
 def check(config: Config, resolver: str, smtp_port: int = 25) -> Iterator[Result]:
@@ -89,67 +88,126 @@ def check(config: Config, resolver: str, smtp_port: int = 25) -> Iterator[Result
         f"DNSSEC {domain}", soa, "sign the zone (`havedane zone --sign`) and publish its DS at the parent"
     )
     for probe in config.probes:
-        host = probe.host(domain)
-        addresses: list[str] = []
-        for rdtype in ("A", "AAAA"):
-            ans = query(resolver, host, rdtype)
-            addresses += ans.records
-            if ans.records:
-                yield authenticated(f"{rdtype} {host}", ans, "the answer must be signed (DNSSEC) for DANE to apply")
-        if not addresses:
-            yield Result(f"A/AAAA {host}", False, "no address", f"publish A/AAAA for {host} (`havedane records`)")
-            continue
-        mx = query(resolver, host, "MX")
-        yield authenticated(f"MX {host}", mx, f"publish `{host}. MX 10 {host}.` (signed)", need_records=True)
-        yield from check_tlsa(probe, host, addresses[0], resolver, smtp_port)
+        yield from check_probe(config, probe, resolver, smtp_port)
     yield check_web(config.public_url)
 
 
-def authenticated(name: str, ans: Answer, fix: str, need_records: bool = False) -> Result:
-    if ans.error:
-        return Result(name, False, f"no answer ({ans.error})", "check the resolver address and that it validates")
-    if ans.rcode != dns.rcode.NOERROR:
-        return Result(name, False, f"rcode {dns.rcode.to_text(dns.rcode.Rcode(ans.rcode))}", fix)
-    if need_records and not ans.records:
-        return Result(name, False, "no records", fix)
-    if not ans.ad:
-        return Result(name, False, "answer not authenticated (no AD bit)", fix)
-    return Result(name, True, ", ".join(ans.records[:3]) + " (AD)" if ans.records else "authenticated (AD)")
+def check_probe(config: Config, probe: probes.Probe, resolver: str, port: int) -> Iterator[Result]:
+    """DNS and SMTP of one probe, against the shape the catalogue gives it."""
+    domain = config.domain
+    host, tls_host = probe.host(domain), probe.tls_host(domain)
+    signed = probe.zone is not probes.Zone.UNSIGNED  # an unsigned delegation is provably insecure on purpose
+    mx = query(resolver, host, "MX")
+    want_mx = f"10 {tls_host}."
+    if want_mx not in mx.records:
+        yield Result(
+            f"MX {host}", False, f"got {mx.records or mx.error or 'nothing'}", f"publish `{host}. MX {want_mx}`"
+        )
+    else:
+        yield authenticated(f"MX {host}", mx, "sign the zone", need_records=True, signed=signed)
+    addresses: list[str] = []
+    for rdtype in ("A", "AAAA"):
+        ans = query(resolver, tls_host, rdtype)
+        addresses += ans.records
+        if ans.records:
+            yield authenticated(f"{rdtype} {tls_host}", ans, "the answer must be signed (DNSSEC)", signed=signed)
+    if not addresses:
+        yield Result(f"A/AAAA {tls_host}", False, "no address", f"publish A/AAAA for {tls_host} (`havedane records`)")
+        return
+    own = config.probe_addresses.get(probe.name)
+    if own and own not in addresses:
+        yield Result(f"address {tls_host}", False, f"resolves to {', '.join(addresses)}, not {own}",
+                     f"{tls_host} must point at its own listener address {own} ([probes] addresses)")  # fmt: skip
+    records = yield from check_tlsa_rrset(probe, tls_host, resolver)
+    yield from check_smtp(probe, tls_host, own or addresses[0], port, records)
 
 
-def check_tlsa(probe: probes.Probe, host: str, address: str, resolver: str, port: int) -> Iterator[Result]:
-    name = f"_25._tcp.{host}"
+def check_tlsa_rrset(
+    probe: probes.Probe, tls_host: str, resolver: str
+) -> Generator[Result, None, list[tlsa.TlsaRecord]]:
+    name = f"_25._tcp.{tls_host}"
     ans = query(resolver, name, "TLSA")
     records = [parse_tlsa(r) for r in ans.records]
+    if probe.zone is probes.Zone.BOGUS:
+        # The point of the probe: the TLSA signature does not validate (SERVFAIL), while
+        # the rest of the zone does (RFC 7672 §2.2: a lookup error means defer).
+        ok = ans.rcode == dns.rcode.SERVFAIL
+        detail = "lookup fails validation (SERVFAIL), as intended" if ok else f"rcode {_rcode(ans)}, expected SERVFAIL"
+        yield Result(f"TLSA {name}", ok, detail, "serve the child zone written by `havedane zone --sign` unchanged")
+        return records
     if probe.tlsa is probes.Tlsa.NONE:
         denial = ans.rcode in (dns.rcode.NXDOMAIN, dns.rcode.NOERROR) and not records
         if ans.error or not denial:
-            yield Result(f"TLSA {name}", False, ans.error or "TLSA present", f"{host} must publish no TLSA")
+            yield Result(f"TLSA {name}", False, ans.error or "TLSA present", f"{tls_host} must publish no TLSA")
         elif not ans.ad:
             yield Result(f"TLSA {name}", False, "denial of existence not authenticated", "sign the zone (NSEC)")
         else:
             yield Result(f"TLSA {name}", True, "none, authenticated denial (AD)")
-    else:
-        yield authenticated(f"TLSA {name}", ans, f"publish the TLSA records for {host} (`havedane records`)", True)
+        return records
+    fix = f"publish the TLSA records for {tls_host} (`havedane records`)"
+    yield authenticated(f"TLSA {name}", ans, fix, need_records=True, signed=probe.zone is probes.Zone.PARENT)
+    return records
+
+
+def check_smtp(
+    probe: probes.Probe, tls_host: str, address: str, port: int, records: list[tlsa.TlsaRecord]
+) -> Iterator[Result]:
+    where = f"SMTP {tls_host} [{address}]:{port}"
+    if not probe.starttls:
+        try:
+            offered = starttls_offered(address, port)
+        except (OSError, smtplib.SMTPException) as e:
+            yield Result(where, False, f"{type(e).__name__}: {e}", "start `havedane serve` with [probes] addresses")
+            return
+        detail = "STARTTLS offered, but this probe must not offer it" if offered else "no STARTTLS (as intended)"
+        yield Result(where, not offered, detail, f"listen on {address} without TLS ([probes] addresses)")
+        return
     try:
-        chain, _ = served_chain(address, port, host)
+        chain = served_chain(address, port, tls_host)
     except (OSError, smtplib.SMTPException, ssl.SSLError) as e:
-        yield Result(f"SMTP {host} [{address}]:{port}", False, f"{type(e).__name__}: {e}",
+        yield Result(where, False, f"{type(e).__name__}: {e}",
                      "start `havedane serve` (or Postfix with the bridge) and open port 25")  # fmt: skip
         return
-    yield Result(f"SMTP {host} [{address}]:{port}", True, f"STARTTLS offered, chain of {len(chain)} certificate(s)")
-    if not records:
+    yield Result(where, True, f"STARTTLS offered, chain of {len(chain)} certificate(s) for SNI {tls_host}")
+    if not records or probe.zone is probes.Zone.BOGUS or probe.tlsa is probes.Tlsa.UNUSABLE:
         return
     matched = tlsa.matches(records, chain)
-    if probe.tlsa is probes.Tlsa.MATCH:
+    if probe.tlsa is probes.Tlsa.MISMATCH:
+        detail = "a record matches the served chain" if matched else "served chain does not match (as intended)"
+        yield Result(f"TLSA mismatches {tls_host}", not matched, detail, "publish the records of `havedane records`")
+    else:
         detail = "served chain matches" if matched else "no record matches the served chain"
         fix = "republish TLSA from the certificates served (`havedane records`), or serve the chain they came from"
-        yield Result(f"TLSA matches {host}", matched, detail, fix)
-    elif probe.tlsa is probes.Tlsa.MISMATCH:
-        detail = "a record matches the served chain" if matched else "served chain does not match (as intended)"
-        yield Result(
-            f"TLSA mismatches {host}", not matched, detail, "publish the mismatching records (`havedane records`)"
-        )
+        yield Result(f"TLSA matches {tls_host}", matched, detail, fix)
+
+
+def starttls_offered(address: str, port: int, timeout: float = 10.0) -> bool:
+    with smtplib.SMTP(address, port, timeout=timeout, local_hostname="havedane-check.invalid") as smtp:
+        smtp.ehlo()
+        return smtp.has_extn("starttls")
+
+
+def _rcode(ans: Answer) -> str:
+    return ans.error or dns.rcode.to_text(dns.rcode.Rcode(ans.rcode))
+
+
+def authenticated(name: str, ans: Answer, fix: str, need_records: bool = False, signed: bool = True) -> Result:
+    if ans.error:
+        return Result(name, False, f"no answer ({ans.error})", "check the resolver address and that it validates")
+    if ans.rcode != dns.rcode.NOERROR:
+        return Result(name, False, f"rcode {_rcode(ans)}", fix)
+    if need_records and not ans.records:
+        return Result(name, False, "no records", fix)
+    shown = ", ".join(ans.records[:3])
+    if not signed:
+        # The unsigned probe: an answer without AD is the point (RFC 4035 §4.3, insecure).
+        if ans.ad:
+            return Result(name, False, "authenticated (AD), but this name must be provably insecure",
+                          "delegate the child zone without DS")  # fmt: skip
+        return Result(name, True, f"{shown} (insecure, as intended)")
+    if not ans.ad:
+        return Result(name, False, "answer not authenticated (no AD bit)", fix)
+    return Result(name, True, f"{shown} (AD)" if ans.records else "authenticated (AD)")
 
 
 def parse_tlsa(text: str) -> tlsa.TlsaRecord:
