@@ -9,6 +9,7 @@ The body is never kept.
 from __future__ import annotations
 
 import asyncio
+import collections
 import email.parser
 import email.policy
 import ipaddress
@@ -287,6 +288,9 @@ class ReceiverSMTP(SMTP):
     """One connection. `record` survives STARTTLS (aiosmtpd starts a new Session then)."""
 
     def __init__(self, receiver: Receiver, **kwargs: Any) -> None:
+        # aiosmtpd 1.4.6 keeps command_size_limits on the class: every EHLO raised the MAIL limit
+        # of all connections and every new connection reset it. One per connection here.
+        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         super().__init__(receiver, **kwargs)
         self.receiver = receiver
         self.record: Session = None  # type: ignore[assignment]  # set in connection_made
