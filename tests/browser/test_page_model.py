@@ -126,3 +126,35 @@ def test_every_verdict_renders_its_title() -> None:
     for code, r in cases.items():
         assert r["verdict"]["code"] == code
         assert page.VERDICTS[code][1] in text(render(r))
+
+
+def palettes() -> dict[str, dict[str, str]]:
+    css = (page.HERE / "static" / "style.css").read_text()
+    light, dark = re.findall(r":root \{([^}]*)\}", css)[:2]
+    pattern = r"--([a-z-]+):\s*(#[0-9a-f]{3,6})"
+    return {"light": dict(re.findall(pattern, light)), "dark": dict(re.findall(pattern, dark))}
+
+
+def luminance(colour: str) -> float:
+    digits = colour.lstrip("#")
+    if len(digits) == 3:
+        digits = "".join(c * 2 for c in digits)
+    channels = [int(digits[i : i + 2], 16) / 255 for i in (0, 2, 4)]
+    r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast(a: str, b: str) -> float:
+    la, lb = sorted((luminance(a), luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_text_colours_meet_wcag_aa(scheme: str) -> None:
+    c = palettes()[scheme]
+    pairs = [("fg", "bg"), ("fg", "panel"), ("muted", "bg"), ("muted", "panel")]
+    pairs += [("accent", "bg"), ("accent-fg", "accent")]
+    for tone in ("ok", "bad", "warn", "wait"):
+        pairs += [(tone, f"{tone}-bg"), (tone, "bg"), ("fg", f"{tone}-bg"), ("muted", f"{tone}-bg")]
+    low = {f"{a} on {b}": round(contrast(c[a], c[b]), 2) for a, b in pairs if contrast(c[a], c[b]) < 4.5}
+    assert low == {}

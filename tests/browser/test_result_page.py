@@ -224,6 +224,21 @@ def test_reconnects_after_the_server_restarts(tmp_path: Path, browser: Browser, 
         srv.stop()
 
 
+def test_falls_back_to_polling_when_the_stream_is_blocked(page: Page, server: Server, watch: Watch) -> None:
+    # A proxy that refuses text/event-stream: the page must still update, by polling.
+    page.route("**/events", lambda route: route.fulfill(status=502, body="bad gateway"))
+    test = server.new_test()
+    page.goto(test["url"])
+    page.evaluate(f"{MARKER} = 'still the same page'")
+    expect(page.locator("#live-status")).to_have_attribute("data-state", "polling")
+    deliver(server.smtp_port, test["addresses"]["do"])
+    expect(page.locator("#probe-do")).to_have_attribute("data-status", "delivered", timeout=8000)
+    not_reloaded(page)
+    blocked = [m for m in watch.console if "502" in m]
+    assert blocked  # the browser did report the refused stream
+    watch.console[:] = [m for m in watch.console if m not in blocked]
+
+
 def test_self_contained_labelled_and_copyable(page: Page, server: Server, watch: Watch) -> None:
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.web)
     addresses = start_test(page, server)

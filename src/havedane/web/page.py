@@ -160,7 +160,8 @@ def refusals(p: dict[str, Any]) -> list[dict[str, Any]]:
 
 def other_sessions(p: dict[str, Any]) -> list[dict[str, Any]]:
     """Connections that neither delivered nor refused (e.g. left before TLS), oldest first."""
-    found = [s for s in p["sessions"] if s["outcome"] != "delivered" and s not in refusals(p)]
+    refused = {s["id"] for s in refusals(p)}
+    found = [s for s in p["sessions"] if s["outcome"] != "delivered" and s["id"] not in refused]
     return sorted(found, key=lambda s: s["started"])
 
 
