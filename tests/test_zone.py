@@ -81,6 +81,33 @@ def ldns_verify(path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def validate_all(z: dns.zone.Zone) -> tuple[list[str], int]:
+    """Check every authoritative RRset's RRSIG against the zone's DNSKEY: the RRsets
+    that fail (as "name TYPE"), and how many were checked. NS at a zone cut is the
+    child's and carries no signature in the parent (RFC 4035 §2.2)."""
+    origin = z.origin
+    keys = {origin: z.get_rdataset(origin, "DNSKEY")}
+    now = datetime.datetime.now(datetime.UTC).timestamp()
+    failures, checked = [], 0
+    for name, node in z.items():
+        cut = name != origin and node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.NS) is not None
+        for rds in node:
+            if rds.rdtype == dns.rdatatype.RRSIG or (cut and rds.rdtype == dns.rdatatype.NS):
+                continue
+            label = f"{name} {dns.rdatatype.to_text(rds.rdtype)}"
+            sigs = node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.RRSIG, rds.rdtype)
+            assert sigs is not None, f"{label} is not signed"
+            for sig in sigs:
+                # Valid from a little before now to 30 days ahead.
+                assert sig.inception <= now - 3000 and sig.expiration >= now + 29 * 86400, label
+            try:
+                dns.dnssec.validate((name, rds), (name, sigs), keys, origin=origin, now=now)
+            except dns.dnssec.ValidationFailure:
+                failures.append(label)
+            checked += 1
+    return failures, checked
+
+
 def test_unsigned_zone_is_complete(certs: tuple[list[x509.Certificate], x509.Certificate], tmp_path: Path) -> None:
     out = build(certs, tmp_path / "dnssec", signed=False, serial=2024010101)
     z = parse(out.text)  # from_text checks SOA and NS at the apex
@@ -111,21 +138,8 @@ def test_signed_zone_validates_with_dnspython(
     z = parse(out.text)
     [dnskey] = z.get_rdataset(ORIGIN, "DNSKEY")
     assert (dnskey.flags, dnskey.algorithm) == (257, dns.dnssectypes.Algorithm.ECDSAP256SHA256)
-    keys = {ORIGIN: z.get_rdataset(ORIGIN, "DNSKEY")}
-    now = datetime.datetime.now(datetime.UTC).timestamp()
-    signed = 0
-    for name, node in z.items():
-        for rds in node:
-            if rds.rdtype == dns.rdatatype.RRSIG:
-                continue
-            sigs = node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.RRSIG, rds.rdtype)
-            assert sigs is not None, f"{name} {dns.rdatatype.to_text(rds.rdtype)} is not signed"
-            dns.dnssec.validate((name, rds), (name, sigs), keys, origin=ORIGIN, now=now)
-            for sig in sigs:
-                # Valid from a little before now to 30 days ahead.
-                assert sig.inception <= now - 3000 and sig.expiration >= now + 29 * 86400
-            signed += 1
-    assert signed > 10
+    failures, signed = validate_all(z)
+    assert failures == [] and signed > 10
     # The DS printed for the parent is the digest of the zone's own key (RFC 4034 §5.1.4).
     ds = dns.dnssec.make_ds(ORIGIN, dnskey, "SHA256")
     assert out.ds == [f"{DOMAIN}. {zone.TTL} IN DS {ds.to_text()}"]
@@ -225,3 +239,50 @@ def test_havedane_zone_sign_cli(tmp_path: Path) -> None:
     assert (tmp_path / "dnssec").is_dir()
     check = ldns_verify(out)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_matrix_probes_get_their_zone_cuts(tmp_path: Path) -> None:
+    """bogus: a signed child zone (DS in the parent) whose TLSA alone fails validation;
+    unsigned: a child zone delegated without DS. Everything else stays in the parent."""
+    tls_dir = tmp_path / "tls"
+    pki.create(tls_dir, DOMAIN)
+    enabled = probes.enabled(None, matrix=True)
+    out = zone.build_zone(
+        DOMAIN,
+        enabled,
+        [c.leaf for c in pki.load_chains(tls_dir)],
+        pki.load_ca(tls_dir),
+        ADDRESSES,
+        tmp_path / "dnssec",
+        sign=True,
+        probe_leaves={p.name: pki.leaves_for(p, tls_dir) for p in enabled if p.chain is not None},
+        probe_addresses={"notls": "192.0.2.8", "unusable-notls": "192.0.2.9"},
+    )
+    bogus, unsigned = f"bogus.{DOMAIN}", f"unsigned.{DOMAIN}"
+    assert set(out.children) == {bogus, unsigned}
+    parent = parse(out.text)
+    for cut in (bogus, unsigned):
+        assert texts(parent, f"{cut}.", "NS") == {f"ns.{DOMAIN}."}
+        assert [
+            n for n, _ in parent.items() if n.is_subdomain(dns.name.from_text(cut)) and n.to_text() != f"{cut}."
+        ] == []
+    assert texts(parent, f"{unsigned}.", "DS") == set()
+    assert validate_all(parent)[0] == []
+    assert texts(parent, f"notls.{DOMAIN}.", "A") == {"192.0.2.8"}
+
+    child = dns.zone.from_text(out.children[bogus], origin=f"{bogus}.", relativize=False)
+    [dnskey] = child.get_rdataset(f"{bogus}.", "DNSKEY")
+    assert texts(parent, f"{bogus}.", "DS") == {dns.dnssec.make_ds(f"{bogus}.", dnskey, "SHA256").to_text()}
+    assert child.get_rdataset(f"_25._tcp.{bogus}.", "TLSA") is not None
+    assert validate_all(child)[0] == [f"_25._tcp.{bogus}. TLSA"]
+
+    plain = dns.zone.from_text(out.children[unsigned], origin=f"{unsigned}.", relativize=False)
+    assert plain.get_rdataset(f"_25._tcp.{unsigned}.", "TLSA") is not None
+    assert {rds.rdtype for _, node in plain.items() for rds in node}.isdisjoint(
+        {dns.rdatatype.RRSIG, dns.rdatatype.DNSKEY}
+    )
+
+    for text, valid in ((out.text, True), (out.children[bogus], False)):
+        path = tmp_path / "checked.zone"
+        path.write_text(text)
+        assert (ldns_verify(path).returncode == 0) is valid

@@ -16,12 +16,16 @@ from __future__ import annotations
 import datetime
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import dns.dnssec
 import dns.dnssectypes
 import dns.name
+import dns.rdatatype
 import dns.rdtypes.ANY.DNSKEY
+import dns.rrset
+import dns.transaction
 import dns.zone
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -83,17 +87,58 @@ def dnskey(key: ec.EllipticCurvePrivateKey) -> dns.rdtypes.ANY.DNSKEY.DNSKEY:
     return dns.dnssec.make_dnskey(key.public_key(), ALGORITHM, flags=CSK_FLAGS)
 
 
-def sign(zone: dns.zone.Zone, key: ec.EllipticCurvePrivateKey, now: datetime.datetime | None = None) -> None:
+def sign(
+    zone: dns.zone.Zone,
+    key: ec.EllipticCurvePrivateKey,
+    now: datetime.datetime | None = None,
+    corrupt: frozenset[dns.rdatatype.RdataType] = frozenset(),
+) -> None:
     """Add the DNSKEY, an RRSIG by the CSK over every authoritative RRset, and the NSEC
     chain (sign_zone leaves out glue and what lies below a delegation, RFC 4035 §2.2).
-    With the SEP key as the only key, sign_zone signs every RRset with it."""
+    With the SEP key as the only key, sign_zone signs every RRset with it.
+
+    `corrupt`: RRset types whose signatures are made and then broken on purpose (the
+    `bogus` probe: its TLSA must fail validation, RFC 4035 §5.3.3, and nothing else).
+    """
     now = now or datetime.datetime.now(datetime.UTC)
-    dns.dnssec.sign_zone(zone, keys=[(key, dnskey(key))], inception=now - INCEPTION_SKEW, expiration=now + LIFETIME)
+    inception, expiration = now - INCEPTION_SKEW, now + LIFETIME
+    keys: list[tuple[dns.dnssec.PrivateKey, dns.rdtypes.ANY.DNSKEY.DNSKEY]] = [(key, dnskey(key))]
+    if not corrupt:
+        dns.dnssec.sign_zone(zone, keys=keys, inception=inception, expiration=expiration)
+        return
+    if zone.origin is None:
+        raise ValueError("a zone to sign needs an origin")
+    signer = _corrupting_signer(zone.origin, key, inception, expiration, corrupt)
+    dns.dnssec.sign_zone(zone, keys=keys, rrset_signer=signer)
+
+
+def _corrupting_signer(
+    origin: dns.name.Name,
+    key: ec.EllipticCurvePrivateKey,
+    inception: datetime.datetime,
+    expiration: datetime.datetime,
+    corrupt: frozenset[dns.rdatatype.RdataType],
+) -> Callable[[dns.transaction.Transaction, dns.rrset.RRset], None]:
+    dnssec_key = dnskey(key)
+
+    def sign_rrset(txn: dns.transaction.Transaction, rrset: dns.rrset.RRset) -> None:
+        rrsig = dns.dnssec.sign(
+            rrset, key, signer=origin, dnskey=dnssec_key, inception=inception, expiration=expiration, origin=origin
+        )
+        if rrset.rdtype in corrupt:
+            broken = rrsig.replace(signature=rrsig.signature[:-1] + bytes([rrsig.signature[-1] ^ 0x01]))
+            txn.add(rrset.name, rrset.ttl, broken)
+        else:
+            txn.add(rrset.name, rrset.ttl, rrsig)
+
+    return sign_rrset
+
+
+def ds(domain: str, key: ec.EllipticCurvePrivateKey) -> str:
+    """The DS rdata for the key: SHA-256 digest (type 2), the one RFC 8624 §3.3 says to use."""
+    return dns.dnssec.make_ds(dns.name.from_text(domain), dnskey(key), "SHA256").to_text()
 
 
 def ds_lines(domain: str, key: ec.EllipticCurvePrivateKey, ttl: int) -> list[str]:
-    """The DS record(s) to publish in the parent zone: SHA-256 digest (type 2), the one
-    RFC 8624 §3.3 says to use."""
-    name = dns.name.from_text(domain)
-    ds = dns.dnssec.make_ds(name, dnskey(key), "SHA256")
-    return [f"{name.to_text()} {ttl} IN DS {ds.to_text()}"]
+    """The DS record(s) to publish in the parent zone."""
+    return [f"{dns.name.from_text(domain).to_text()} {ttl} IN DS {ds(domain, key)}"]

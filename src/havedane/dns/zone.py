@@ -13,6 +13,8 @@ import pathlib
 import time
 from dataclasses import dataclass, field
 
+import dns.name
+import dns.rdatatype
 import dns.zone
 from cryptography import x509
 
@@ -80,6 +82,16 @@ def format_json(recs: list[Record]) -> str:
 class ZoneOutput:
     text: str  # the complete zone file for the base domain
     ds: list[str] = field(default_factory=list)  # DS lines for the parent; empty when unsigned
+    # Child zones of probes that need a zone cut (probes.Zone.BOGUS / UNSIGNED), by zone
+    # name: each is a zone file of its own, served by the same name server.
+    children: dict[str, str] = field(default_factory=dict)
+
+
+def soa_ns(apex: str, ns: str, serial: int) -> list[Record]:
+    """SOA and NS of a zone served by `ns`; mail about it goes to hostmaster@ the name
+    server's domain (the base domain, for its child zones too)."""
+    rname = "hostmaster." + ns.split(".", 1)[1]
+    return [Record(apex, "SOA", f"{ns} {rname} {serial} {SOA_TIMERS}"), Record(apex, "NS", ns)]
 
 
 def apex_records(domain: str, addresses: list[str], serial: int) -> list[Record]:
@@ -88,12 +100,7 @@ def apex_records(domain: str, addresses: list[str], serial: int) -> list[Record]
     from the same addresses: the one-host deployment answers DNS itself."""
     apex = domain.rstrip(".").lower() + "."
     ns = f"ns.{apex}"
-    return [
-        Record(apex, "SOA", f"{ns} hostmaster.{apex} {serial} {SOA_TIMERS}"),
-        Record(apex, "NS", ns),
-        *address_records(apex, addresses),
-        *address_records(ns, addresses),
-    ]
+    return [*soa_ns(apex, ns, serial), *address_records(apex, addresses), *address_records(ns, addresses)]
 
 
 def to_zone(domain: str, recs: list[Record]) -> dns.zone.Zone:
@@ -101,13 +108,52 @@ def to_zone(domain: str, recs: list[Record]) -> dns.zone.Zone:
     return dns.zone.from_text(format_zone(recs), origin=domain.rstrip(".") + ".", relativize=False)
 
 
-def _header(domain: str, signed_at: datetime.datetime | None) -> str:
+def _header(domain: str, signed_at: datetime.datetime | None, note: str = "") -> str:
     lines = [f"; zone {domain.rstrip('.')}. written by `havedane zone`"]
     if signed_at is not None:
         until = signed_at + dnssec_sign.LIFETIME
         lines.append(f"; DNSSEC: ECDSA P-256 (algorithm 13), NSEC; signatures expire {until:%Y-%m-%d %H:%M} UTC:")
         lines.append("; run `havedane zone --sign` again well before then (e.g. weekly from cron)")
+    if note:
+        lines.append(f"; {note}")
     return "\n".join(lines) + "\n"
+
+
+def _split(
+    domain: str, enabled: tuple[probes.Probe, ...], recs: list[Record]
+) -> tuple[list[Record], dict[probes.Probe, list[Record]]]:
+    """The records of the base zone, and those below each probe's zone cut."""
+    cuts = {p: dns.name.from_text(p.host(domain)) for p in enabled if p.zone is not probes.Zone.PARENT}
+    children: dict[probes.Probe, list[Record]] = {p: [] for p in cuts}
+    parent: list[Record] = []
+    for rec in recs:
+        owner = dns.name.from_text(rec.name)
+        below = [p for p, cut in cuts.items() if owner.is_subdomain(cut)]
+        (children[below[0]] if below else parent).append(rec)
+    return parent, children
+
+
+def _child(
+    probe: probes.Probe,
+    domain: str,
+    recs: list[Record],
+    serial: int,
+    key_dir: pathlib.Path,
+    now: datetime.datetime | None,
+) -> tuple[str, list[Record]]:
+    """A probe's child zone, and the delegation the parent needs for it: NS, plus DS
+    when the child is signed (RFC 4035 §2.4). `bogus` is signed with a key of its own
+    and a broken TLSA signature; `unsigned` gets no DS, which the parent's signed NSEC
+    proves (RFC 4035 §5.2: an insecure delegation)."""
+    apex, ns = probe.host(domain) + ".", f"ns.{domain.rstrip('.')}."
+    zone = to_zone(apex, soa_ns(apex, ns, serial) + recs)
+    delegation = [Record(apex, "NS", ns)]
+    if now is None or probe.zone is not probes.Zone.BOGUS:
+        return _header(apex, None) + zone_text(zone), delegation
+    key = dnssec_sign.load_or_create_key(key_dir, apex)
+    dnssec_sign.sign(zone, key, now, corrupt=frozenset({dns.rdatatype.TLSA}))
+    note = "the TLSA signature is broken on purpose (probe `bogus`): leave it so"
+    return _header(apex, now, note) + zone_text(zone), [*delegation, Record(apex, "DS", dnssec_sign.ds(apex, key))]
 
 
 def build_zone(
@@ -119,8 +165,12 @@ def build_zone(
     key_dir: pathlib.Path,
     sign: bool,
     serial: int | None = None,
+    probe_leaves: dict[str, list[x509.Certificate]] | None = None,
+    probe_addresses: dict[str, str] | None = None,
 ) -> ZoneOutput:
-    """The complete zone for `domain`: apex records plus every record of `records()`.
+    """The complete zone for `domain`: apex records plus every record of `records()`
+    (to which `probe_leaves` and `probe_addresses` are passed), with the records of
+    probes that live in a child zone moved there.
 
     With `sign`, the zone is signed with the key kept in key_dir (made on first use)
     and the DS for the parent is returned. The serial defaults to the Unix time, which
@@ -130,14 +180,19 @@ def build_zone(
     if not addresses:
         raise ValueError("the zone needs at least one address for its name server and probe hosts (--address IP)")
     serial = int(time.time()) if serial is None else serial
-    recs = apex_records(domain, addresses, serial) + records(domain, enabled, leaves, ca, addresses)
-    zone = to_zone(domain, recs)
-    if not sign:
-        return ZoneOutput(_header(domain, None) + zone_text(zone))
+    now = datetime.datetime.now(datetime.UTC) if sign else None
+    recs = records(domain, enabled, leaves, ca, addresses, probe_leaves, probe_addresses)
+    parent, below = _split(domain, enabled, recs)
+    children: dict[str, str] = {}
+    for probe, child_recs in below.items():
+        children[probe.host(domain)], delegation = _child(probe, domain, child_recs, serial, key_dir, now)
+        parent += delegation
+    zone = to_zone(domain, apex_records(domain, addresses, serial) + parent)
+    if now is None:
+        return ZoneOutput(_header(domain, None) + zone_text(zone), children=children)
     key = dnssec_sign.load_or_create_key(key_dir, domain)
-    now = datetime.datetime.now(datetime.UTC)
     dnssec_sign.sign(zone, key, now)
-    return ZoneOutput(_header(domain, now) + zone_text(zone), dnssec_sign.ds_lines(domain, key, TTL))
+    return ZoneOutput(_header(domain, now) + zone_text(zone), dnssec_sign.ds_lines(domain, key, TTL), children)
 
 
 def zone_text(zone: dns.zone.Zone) -> str:
