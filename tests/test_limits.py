@@ -1,0 +1,504 @@
+"""Every limit, exceeded over real sockets against a real `havedane serve`, with the answer it documents.
+
+SECURITY.md has the table of these hostile inputs and what the server answers. The
+message size limit (552) is in test_receiver.py and the stored-tests bound (503) in
+test_web.py; both appear again here only as part of the flood.
+"""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from helpers import Serve, insecure_context, send
+
+WAIT = 30.0  # seconds: the bound for anything that should happen "soon" on a loaded machine
+
+
+class Client:
+    """A raw SMTP client: bytes in, reply codes out, from a chosen loopback source address."""
+
+    def __init__(self, port: int, source: str = "127.0.0.1") -> None:
+        self.sock: socket.socket | ssl.SSLSocket = socket.create_connection(
+            ("127.0.0.1", port), timeout=WAIT, source_address=(source, 0)
+        )
+        self.file = self.sock.makefile("rb")
+
+    def reply(self) -> tuple[int, bytes]:
+        """The next reply: (code, text of its last line); (0, b"") when the server closed."""
+        while True:
+            line = self.file.readline()
+            if not line:
+                return 0, b""
+            if line[3:4] != b"-":
+                return int(line[:3]), line[4:].rstrip(b"\r\n")
+
+    def cmd(self, line: bytes | str) -> tuple[int, bytes]:
+        self.send((line.encode() if isinstance(line, str) else line) + b"\r\n")
+        return self.reply()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def starttls(self, sni: str | None = None) -> None:
+        assert self.cmd("STARTTLS")[0] == 220
+        self.sock = insecure_context().wrap_socket(self.sock, server_hostname=sni)
+        self.file = self.sock.makefile("rb")
+
+    def closed(self) -> bool:
+        """True once the server has closed the connection (reads what is left first)."""
+        try:
+            return self.sock.recv(65536) == b""
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def clients() -> Iterator[list[Client]]:
+    opened: list[Client] = []
+    yield opened
+    for c in opened:
+        c.close()
+
+
+def started(setup_dir: Path, **env: str) -> Serve:
+    return Serve(setup_dir, env={"HAVEDANE_VERDICT_GRACE": "2", **{f"HAVEDANE_{k}": v for k, v in env.items()}}).start()
+
+
+@pytest.fixture
+def limited(setup_dir: Path) -> Iterator[Serve]:
+    server = started(setup_dir, SMTP_MAX_RECIPIENTS="2")
+    yield server
+    server.stop()
+    assert "Traceback" not in "".join(server.output)
+
+
+def db(server: Serve) -> sqlite3.Connection:
+    return sqlite3.connect(server.config.parent / "havedane.sqlite3", timeout=30)
+
+
+def eventually(condition: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.05)
+
+
+def mail_to(c: Client, *rcpts: str) -> None:
+    assert c.cmd("EHLO limits.example")[0] == 250
+    assert c.cmd("MAIL FROM:<a@limits.example>")[0] == 250
+    for rcpt in rcpts:
+        assert c.cmd(f"RCPT TO:<{rcpt}>")[0] == 250
+    assert c.cmd("DATA")[0] == 354
+
+
+# -- connections --------------------------------------------------------------------------------
+
+
+def test_max_connections_answers_421_4_7_0_instead_of_the_greeting(setup_dir: Path, clients: list[Client]) -> None:
+    server = started(setup_dir, SMTP_MAX_CONNECTIONS="3")
+    try:
+        for i in range(3):  # three different addresses: the per-client cap is not what stops the fourth
+            clients.append(Client(server.smtp_port, f"127.0.0.{10 + i}"))
+            assert clients[-1].reply()[0] == 220
+        extra = Client(server.smtp_port, "127.0.0.20")
+        clients.append(extra)
+        code, text = extra.reply()
+        assert (code, text[:6]) == (421, b"4.7.0 ")
+        assert extra.closed()
+        assert all(c.cmd("NOOP")[0] == 250 for c in clients[:3])  # the admitted ones go on
+        clients[0].cmd("QUIT")
+        clients[0].close()
+
+        def admitted() -> bool:  # the slot is freed when the server sees the close
+            c = Client(server.smtp_port, "127.0.0.21")
+            clients.append(c)
+            return c.reply()[0] == 220
+
+        eventually(admitted, "a connection admitted after one of three closed")
+    finally:
+        server.stop()
+
+
+def test_per_client_connections_answer_421_4_7_0_and_other_clients_still_get_in(
+    setup_dir: Path, clients: list[Client]
+) -> None:
+    server = started(setup_dir, SMTP_MAX_CONNECTIONS_PER_CLIENT="2")
+    try:
+        for _ in range(2):
+            clients.append(Client(server.smtp_port, "127.0.0.2"))
+            assert clients[-1].reply()[0] == 220
+        third = Client(server.smtp_port, "127.0.0.2")
+        clients.append(third)
+        code, text = third.reply()
+        assert code == 421 and text.startswith(b"4.7.0 ") and b"your address" in text
+        assert third.closed()
+        other = Client(server.smtp_port, "127.0.0.3")
+        clients.append(other)
+        assert other.reply()[0] == 220
+        assert send(server.smtp_port, [server.new_test()["addresses"]["do"]]) == {}  # from 127.0.0.1
+    finally:
+        server.stop()
+
+
+# -- idle timeout -------------------------------------------------------------------------------
+
+
+def test_idle_connection_gets_421_4_4_2_and_is_closed_and_recorded_as_timeout(
+    setup_dir: Path, clients: list[Client]
+) -> None:
+    server = started(setup_dir, SMTP_TIMEOUT="1")
+    try:
+        plain = Client(server.smtp_port)
+        clients.append(plain)
+        assert plain.reply()[0] == 220
+        assert plain.cmd("EHLO idle.example")[0] == 250
+        code, text = plain.reply()  # sent nothing more: the server gives up
+        assert (code, text[:6]) == (421, b"4.4.2 ")
+        assert plain.closed()
+
+        tls = Client(server.smtp_port)  # the same after STARTTLS, inside TLS
+        clients.append(tls)
+        assert tls.reply()[0] == 220
+        assert tls.cmd("EHLO idle.example")[0] == 250
+        tls.starttls("do.x.test")
+        assert tls.reply()[0] == 421
+
+        # A command trickled a byte at a time never completes, so never restarts the timer.
+        slow = Client(server.smtp_port)
+        clients.append(slow)
+        assert slow.reply()[0] == 220
+        deadline = time.monotonic() + WAIT
+        with pytest.raises(OSError):
+            while time.monotonic() < deadline:
+                slow.send(b"N")
+                time.sleep(0.1)
+        assert time.monotonic() < deadline, "the trickling client was never disconnected"
+
+        with db(server) as conn:
+            eventually(
+                lambda: conn.execute("SELECT count(*) FROM sessions WHERE outcome = 'timeout'").fetchone()[0] == 3,
+                "the three sessions saved with the outcome timeout",
+            )
+    finally:
+        server.stop()
+    assert "Traceback" not in "".join(server.output)
+
+
+def test_the_idle_timer_restarts_at_every_command(setup_dir: Path, clients: list[Client]) -> None:
+    """The timeout bounds silence, not the session: a sender that keeps talking is not cut off."""
+    server = started(setup_dir, SMTP_TIMEOUT="5")
+    try:
+        c = Client(server.smtp_port)
+        clients.append(c)
+        assert c.reply()[0] == 220
+        for _ in range(4):  # 6 s in all, more than the timeout; 3.5 s of margin per pause
+            time.sleep(1.5)
+            assert c.cmd("NOOP")[0] == 250
+    finally:
+        server.stop()
+
+
+# -- one message ----------------------------------------------------------------------------------
+
+
+def test_recipients_beyond_max_recipients_get_452_4_5_3(limited: Serve, clients: list[Client]) -> None:
+    t = limited.new_test()
+    a = t["addresses"]
+    c = Client(limited.smtp_port)
+    clients.append(c)
+    assert c.reply()[0] == 220
+    assert c.cmd("EHLO limits.example")[0] == 250
+    assert c.cmd("MAIL FROM:<a@limits.example>")[0] == 250
+    assert c.cmd(f"RCPT TO:<{a['do']}>")[0] == 250
+    assert c.cmd(f"RCPT TO:<{a['dont']}>")[0] == 250
+    code, text = c.cmd(f"RCPT TO:<{a['wrong']}>")
+    assert (code, text[:6]) == (452, b"4.5.3 ")
+    assert c.cmd("DATA")[0] == 354
+    assert c.cmd(b"Subject: two\r\n\r\nhi\r\n.")[0] == 250
+    body = limited.wait_for(t["alias"], lambda b: b["probes"]["dont"]["deliveries"])
+    assert [len(p["deliveries"]) for p in body["probes"].values()] == [1, 1, 0]
+
+
+@pytest.mark.parametrize("length", [513, 1001, 100_000, 3_000_000])
+def test_command_line_too_long_gets_500_and_the_session_goes_on(
+    limited: Serve, clients: list[Client], length: int
+) -> None:
+    """RFC 5321 §4.5.3.1.4: 512 octets for a command line with its CRLF; aiosmtpd allows 512
+    without it (MAIL a little more for its SIZE and SMTPUTF8 parameters) and answers 500 once
+    the line ends, discarding it as it arrives (a line with no end is cut off by the timeout)."""
+    c = Client(limited.smtp_port)
+    clients.append(c)
+    assert c.reply()[0] == 220
+    assert c.cmd("EHLO limits.example")[0] == 250
+    assert c.cmd(b"NOOP " + b"x" * (512 - 5))[0] == 250
+    code, text = c.cmd(b"NOOP " + b"x" * (length - 5))
+    assert (code, text) == (500, b"Command line too long")
+    assert c.cmd(b"MAIL FROM:<" + b"a" * max(length, 600) + b"@limits.example>")[0] == 500
+    assert c.cmd("NOOP")[0] == 250
+    assert c.cmd("MAIL FROM:<a@limits.example>")[0] == 250
+
+
+def test_mail_command_limit_belongs_to_its_connection(limited: Serve, clients: list[Client]) -> None:
+    """aiosmtpd 1.4.6 keeps the per-command limits on the class: each new connection reset the
+    MAIL limit of every other to 512, so a MAIL with SIZE= (allowed 548 after EHLO) got 500 when
+    another sender connected in between. The receiver gives each connection its own."""
+    t = limited.new_test()
+    first = Client(limited.smtp_port)
+    clients.append(first)
+    assert first.reply()[0] == 220
+    assert first.cmd("EHLO first.example")[0] == 250
+    second = Client(limited.smtp_port)
+    clients.append(second)
+    assert second.reply()[0] == 220
+    mail = f"MAIL FROM:<{'a' * 480}@limits.example> SIZE=100"
+    assert 512 < len(mail) <= 548
+    assert first.cmd(mail)[0] == 250
+    assert first.cmd(f"RCPT TO:<{t['addresses']['do']}>")[0] == 250
+    assert second.cmd(mail)[0] == 500  # no EHLO there: 512
+
+
+def test_data_line_too_long_gets_500_after_the_message_and_is_not_recorded(
+    limited: Serve, clients: list[Client]
+) -> None:
+    """RFC 5321 §4.5.3.1.6: 1000 octets for a text line. aiosmtpd reads the message to its
+    end, then answers 500; nothing is recorded and the session goes on."""
+    t = limited.new_test()
+    c = Client(limited.smtp_port)
+    clients.append(c)
+    assert c.reply()[0] == 220
+    mail_to(c, t["addresses"]["do"])
+    code, text = c.cmd(b"Subject: long\r\n\r\n" + b"y" * 1001 + b"\r\n.")
+    assert code == 500 and b"Line too long" in text
+    assert c.cmd("MAIL FROM:<a@limits.example>")[0] == 250
+    assert c.cmd(f"RCPT TO:<{t['addresses']['dont']}>")[0] == 250
+    assert c.cmd("DATA")[0] == 354
+    assert c.cmd(b"Subject: short\r\n\r\n" + b"y" * 998 + b"\r\n.")[0] == 250  # 1000 with CRLF: fine
+    body = limited.wait_for(t["alias"], lambda b: b["probes"]["dont"]["deliveries"])
+    assert body["probes"]["do"]["deliveries"] == []
+
+
+def test_bare_lf_ends_a_command_line(limited: Serve, clients: list[Client]) -> None:
+    """aiosmtpd reads commands up to LF: "NOOP\\n" is a command (lenient, and harmless here)."""
+    c = Client(limited.smtp_port)
+    clients.append(c)
+    assert c.reply()[0] == 220
+    c.send(b"NOOP\n")
+    assert c.reply()[0] == 250
+
+
+SMUGGLED_ENDINGS = [b"\n.\n", b"\r\n.\n", b"\n.\r\n", b"\r.\r\n", b"\r\n.\r", b"\r\n\x00.\r\n"]
+
+
+@pytest.mark.parametrize("ending", SMUGGLED_ENDINGS, ids=lambda e: repr(e)[2:-1])
+def test_smtp_smuggling_endings_do_not_end_data(limited: Serve, clients: list[Client], ending: bytes) -> None:
+    """SMTP smuggling (CVE-2023-51766 and kin): only CRLF . CRLF ends DATA in aiosmtpd, so a
+    second message hidden behind a bare-LF or bare-CR "end" stays part of the first one's text:
+    one 250, one delivery, and the smuggled MAIL/RCPT/DATA are never run as commands."""
+    t = limited.new_test()
+    a = t["addresses"]
+    c = Client(limited.smtp_port)
+    clients.append(c)
+    assert c.reply()[0] == 220
+    mail_to(c, a["do"])
+    smuggled = (
+        f"MAIL FROM:<evil@attacker.example>\r\nRCPT TO:<{a['dont']}>\r\nDATA\r\n"
+        "Message-ID: <smuggled@attacker.example>\r\n\r\nsmuggled\r\n"
+    ).encode()
+    c.send(b"Message-ID: <first@limits.example>\r\n\r\nfirst" + ending + smuggled + b".\r\n")
+    code, text = c.reply()
+    assert code == 250 and text.endswith(b"recorded 1 deliveries")
+    assert c.cmd("NOOP") == (250, b"OK")  # no replies to smuggled commands are waiting in the stream
+    body = limited.wait_for(t["alias"], lambda b: b["probes"]["do"]["deliveries"])
+    (d,) = body["probes"]["do"]["deliveries"]
+    assert d["message_id"] == "<first@limits.example>"
+    assert body["probes"]["dont"]["deliveries"] == []
+
+
+# -- test creation ---------------------------------------------------------------------------------
+
+
+def burst(url: str, n: int, source: str = "127.0.0.1", headers: dict[str, str] | None = None) -> list[httpx.Response]:
+    """`n` POST /api/tests at once, each on its own connection from `source`, released together."""
+    gate = threading.Barrier(n)
+    out: list[httpx.Response] = []
+
+    def one() -> None:
+        with httpx.Client(transport=httpx.HTTPTransport(local_address=source), timeout=WAIT) as http:
+            http.get(url + "/static/style.css")  # connected before the barrier
+            gate.wait()
+            out.append(http.post(url + "/api/tests", headers=headers))
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(WAIT * 2)
+    assert len(out) == n
+    return out
+
+
+def test_rate_limit_holds_for_a_concurrent_burst(setup_dir: Path) -> None:
+    server = started(setup_dir, LIMITS_TESTS_PER_MINUTE="5")
+    try:
+        got = burst(server.web, 40)
+        assert sorted(r.status_code for r in got) == [201] * 5 + [429] * 35
+        refused = next(r for r in got if r.status_code == 429)
+        assert refused.headers["retry-after"] == "60" and refused.json()["error"]
+        # X-Forwarded-For from a peer that is not a trusted proxy changes nothing.
+        spoofed = burst(server.web, 5, headers={"X-Forwarded-For": "192.0.2.1"})
+        assert {r.status_code for r in spoofed} == {429}
+    finally:
+        server.stop()
+
+
+def test_flood_from_one_address_cannot_remove_or_block_an_earlier_test_of_another(setup_dir: Path) -> None:
+    server = started(setup_dir, LIMITS_TESTS_PER_MINUTE="5", RETENTION_MAX_TESTS="30")
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=WAIT) as victim:
+            earlier = victim.post(server.web + "/api/tests").json()
+        # One address floods: 5 tests, then 429 for everything else.
+        flood = burst(server.web, 30, source="127.0.0.3")
+        assert sorted(r.status_code for r in flood) == [201] * 5 + [429] * 25
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=WAIT) as victim:
+            assert victim.post(server.web + "/api/tests").status_code == 201  # the victim is not blocked
+        # Many addresses flood until the bound: creation is refused (503), nothing is evicted.
+        codes = [r.status_code for i in range(6) for r in burst(server.web, 5, source=f"127.0.1.{i + 1}")]
+        assert codes.count(201) == 30 - 7 and codes.count(503) == 7
+        # The earlier test is still there, still takes mail, and shows it.
+        a = earlier["addresses"]
+        assert send(server.smtp_port, [a["do"], a["dont"]], sni="do.x.test") == {}
+        body = server.wait_for(earlier["alias"], lambda b: b["probes"]["dont"]["deliveries"])
+        assert body["probes"]["do"]["status"] == "delivered"
+    finally:
+        server.stop()
+    # Pruning runs at start: the flood is younger than the retention, so nothing goes.
+    again = started(setup_dir)
+    try:
+        assert again.result(earlier["alias"])["probes"]["do"]["status"] == "delivered"
+        with db(again) as conn:
+            assert conn.execute("SELECT count(*) FROM tests").fetchone()[0] == 30
+    finally:
+        again.stop()
+
+
+# -- retention ---------------------------------------------------------------------------------------
+
+DAY = 86400.0
+
+
+def test_retention_prunes_by_age_and_never_a_younger_test(setup_dir: Path) -> None:
+    """Pruning runs when `havedane serve` starts, then every 10 minutes."""
+    now = time.time()
+    ages = {"old0000000000000": 7.5 * DAY, "young00000000000": 6.9 * DAY, "new0000000000000": 0.0}
+    with sqlite3.connect(setup_dir.parent / "havedane.sqlite3") as conn:
+        for alias, age in ages.items():
+            conn.execute("INSERT INTO tests VALUES (?, ?, '192.0.2.1')", (alias, now - age))
+            conn.execute(
+                "INSERT INTO deliveries (alias, probe, received_at, client_ip, mail_from, rcpt, size)"
+                " VALUES (?, 'do', ?, '192.0.2.25', '', ?, 10)",
+                (alias, now - age + 5, f"{alias}@do.x.test"),
+            )
+        for sid, alias, age in [("s-old", "old0000000000000", 7.5 * DAY), ("s-young", "young00000000000", 6.9 * DAY),
+                                ("orphan-old", None, 1.5 * DAY), ("orphan-new", None, 0.5 * DAY)]:  # fmt: skip
+            conn.execute(
+                "INSERT INTO sessions (id, started, client_ip, client_port, local_ip, local_port, starttls, rcpts,"
+                " alias, outcome) VALUES (?, ?, '192.0.2.25', 1, '127.0.0.1', 25, 0, '[]', ?, 'left')",
+                (sid, now - age, alias),
+            )
+    server = started(setup_dir)  # [retention] days = 7 (the default)
+    try:
+        eventually(lambda: server.request("GET", "/api/tests/old0000000000000")[0] == 404, "the old test pruned")
+        for alias in ("young00000000000", "new0000000000000"):
+            assert len(server.result(alias)["probes"]["do"]["deliveries"]) == 1
+        with db(server) as conn:
+            assert {r[0] for r in conn.execute("SELECT alias FROM tests")} == {"young00000000000", "new0000000000000"}
+            assert {r[0] for r in conn.execute("SELECT DISTINCT alias FROM deliveries")} == {
+                "young00000000000",
+                "new0000000000000",
+            }
+            assert {r[0] for r in conn.execute("SELECT id FROM sessions")} == {"s-young", "orphan-new"}
+        # A test past its retention takes no more mail even before the pruner comes by.
+        with db(server) as conn:
+            conn.execute("UPDATE tests SET created = ? WHERE alias = 'young00000000000'", (now - 7.1 * DAY,))
+        refused = send(server.smtp_port, ["young00000000000@do.x.test", "new0000000000000@do.x.test"])
+        assert refused["young00000000000@do.x.test"][0] == 550
+    finally:
+        server.stop()
+
+
+# -- what every response carries, what is never stored -------------------------------------------------
+
+HEADERS = {
+    "content-security-policy": "frame-ancestors 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+}
+
+
+def test_security_headers_on_every_kind_of_response(limited: Serve) -> None:
+    alias = limited.new_test()["alias"]
+    requests = [
+        ("GET", "/", 200),  # HTML
+        ("GET", f"/t/{alias}", 200),
+        ("GET", f"/t/{alias}?fragment=1", 200),
+        ("GET", f"/api/tests/{alias}", 200),  # JSON
+        ("POST", "/api/tests", 201),
+        ("POST", "/new", 303),  # redirect
+        ("GET", "/static/app.js", 200),  # static
+        ("GET", "/static/style.css", 200),
+        ("GET", "/static/nosuchfile.js", 404),  # errors, HTML and JSON
+        ("GET", "/t/nosuchtest0000000", 404),
+        ("GET", "/nowhere", 404),
+        ("GET", "/api/tests/nosuchtest0000000", 404),
+        ("DELETE", f"/api/tests/{alias}", 405),
+        ("POST", "/", 405),
+    ]
+    with httpx.Client(base_url=limited.web, timeout=WAIT) as http:
+        for method, path, status in requests:
+            r = http.request(method, path)
+            assert r.status_code == status, (method, path, r.status_code)
+            for name, value in HEADERS.items():
+                assert value in r.headers.get(name, ""), (method, path, name)
+        with http.stream("GET", f"/api/tests/{alias}/events") as r:  # SSE
+            assert r.status_code == 200
+            for name, value in HEADERS.items():
+                assert value in r.headers.get(name, ""), ("events", name)
+        for _ in range(10):  # 429 (the default limit is 10 a minute)
+            r = http.post("/api/tests")
+        assert r.status_code == 429 and all(v in r.headers.get(k, "") for k, v in HEADERS.items())
+
+
+def test_no_message_body_is_stored_only_the_message_id(limited: Serve) -> None:
+    t = limited.new_test()
+    marker = "body-marker-" + t["alias"]
+    message = (
+        f"Subject: subject-{marker}\r\nMessage-ID: <id-{t['alias']}@limits.example>\r\n"
+        f"X-Private: header-{marker}\r\n\r\n" + f"text-{marker}\r\n" * 200
+    ).encode()
+    assert send(limited.smtp_port, [t["addresses"]["do"]], body=message) == {}
+    body = limited.wait_for(t["alias"], lambda b: b["probes"]["do"]["deliveries"])
+    assert body["probes"]["do"]["deliveries"][0]["message_id"] == f"<id-{t['alias']}@limits.example>"
+    limited.stop()  # checkpoints the WAL: everything is in the one file
+    stored = b"".join(p.read_bytes() for p in limited.config.parent.glob("havedane.sqlite3*"))
+    assert f"id-{t['alias']}".encode() in stored
+    assert marker.encode() not in stored
+    assert marker not in "".join(limited.output)  # nor in the log
