@@ -170,7 +170,7 @@ def load(ports: list[int], web: str, clients: int, seconds: float) -> tuple[str,
     start = time.monotonic()
     for p in procs:
         p.start()
-    results = [out.get() for _ in procs]
+    results = [out.get(timeout=seconds + 120) for _ in procs]
     for p in procs:
         p.join()
     elapsed = time.monotonic() - start
