@@ -90,6 +90,7 @@ def to_json(config: Config, report: Report) -> dict[str, Any]:
                 "rfc": r.probe.rfc,
                 "status": r.status.value,
                 "classic": r.probe.classic,
+                "tls_required": r.probe.tls_required,
                 "tls_host": r.probe.tls_host(config.domain),
                 "grade": {"grade": v.grades[name].grade.value, "reason": v.grades[name].reason},
                 "proves": r.probe.proves_pass if v.grades[name].grade.value == "pass" else (

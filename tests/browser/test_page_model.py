@@ -75,23 +75,30 @@ def test_network_strings_are_escaped() -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=&#34;alert(2)&#34;&gt;" in html
 
 
-@pytest.mark.parametrize(
-    ("status", "expect", "tls", "tone", "label"),
-    [
-        ("pending", "deliver", True, "wait", "Waiting"),
-        ("delivered", "deliver", True, "ok", "Delivered"),
-        ("delivered", "deliver", False, "bad", "Delivered without TLS"),
-        ("delivered", "refuse", True, "bad", "Delivered"),
-        ("refused", "refuse", True, "ok", "Refused"),
-        ("refused", "deliver", True, "bad", "Refused"),
-        ("not-delivered", "refuse", True, "ok", "Not delivered"),
-        ("not-delivered", "deliver", True, "bad", "Not delivered"),
-    ],
-)
-def test_probe_state(status: str, expect: str, tls: bool, tone: str, label: str) -> None:
-    deliveries = [{"tls": {"version": "TLSv1.3"} if tls else None}] if status == "delivered" else []
-    p = {"status": status, "expect": expect, "tlsa": "match", "deliveries": deliveries, "proves": "x"}
-    st = page.probe_state(p)
+def refusal_at(probe: str, at: float) -> Session:
+    s = refusal(9, at)
+    s.probe = probe
+    return s
+
+
+LATE = T0 + 120  # after the grace period
+PROBE_STATES = [
+    ("do", [], [], T0 + 10, "wait", "Waiting"),
+    ("do", [], [delivery("do", T0 + 1)], T0 + 10, "ok", "Delivered"),
+    ("do", [], [delivery("do", T0 + 1, tls=None)], T0 + 10, "bad", "Delivered without TLS"),
+    ("do", [refusal_at("do", T0 + 2)], [delivery("dont", T0 + 1)], LATE, "bad", "Refused"),
+    ("do", [], [delivery("dont", T0 + 1)], LATE, "bad", "Not delivered"),
+    ("wrong", [], [delivery("do", T0 + 1), delivery("wrong", T0 + 1)], T0 + 10, "bad", "Delivered"),
+    ("wrong", [refusal(1, T0 + 2)], [delivery("do", T0 + 1)], T0 + 10, "ok", "Refused"),
+    ("wrong", [], [delivery("do", T0 + 1), delivery("dont", T0 + 1)], LATE, "ok", "Not delivered"),
+]
+
+
+@pytest.mark.parametrize(("probe", "sessions", "deliveries", "now", "tone", "label"), PROBE_STATES)
+def test_probe_state(
+    probe: str, sessions: list[Session], deliveries: list[Delivery], now: float, tone: str, label: str
+) -> None:
+    st = page.probe_state(state(sessions, deliveries, now)["probes"][probe])
     assert (st.tone, st.label) == (tone, label)
 
 
@@ -158,3 +165,19 @@ def test_text_colours_meet_wcag_aa(scheme: str) -> None:
         pairs += [(tone, f"{tone}-bg"), (tone, "bg"), ("fg", f"{tone}-bg"), ("muted", f"{tone}-bg")]
     low = {f"{a} on {b}": round(contrast(c[a], c[b]), 2) for a, b in pairs if contrast(c[a], c[b]) < 4.5}
     assert low == {}
+
+
+def test_the_conformance_matrix_has_its_own_section() -> None:
+    env = {"HAVEDANE_DOMAIN": DOMAIN, "HAVEDANE_PROBES_MATRIX": "true",
+           "HAVEDANE_PROBES_ADDRESSES": "notls=192.0.2.8,unusable-notls=192.0.2.9"}  # fmt: skip
+    config = configmod.load(None, env=env)
+    test = Test("abc", T0, CLIENT)
+    deliveries = [delivery("do", T0 + 1), delivery("dont", T0 + 2)]
+    verdict = evaluate(config.probes, test, [refusal(1, T0 + 3)], deliveries, T0 + 10, config.grace, DOMAIN)
+    r = report.to_json(config, report.Report(test, verdict, T0 + 10))
+    html = page.environment(config).get_template("result.html").render(r=r, state="s")
+    headline, conformance = html.split('id="matrix-h"')
+    assert 'id="probe-do"' in headline and 'id="probe-ee"' not in headline
+    assert all(f'id="probe-{name}"' in conformance for name in page.matrix(r))
+    assert r["conformance"] in text(html)
+    assert "Your server validates DANE" in text(headline)

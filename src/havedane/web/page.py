@@ -104,12 +104,13 @@ def duration(seconds: float) -> str:
     return f"{hours // 24} d {hours % 24} h"
 
 
-# TLSA shapes that a DANE sender can use (RFC 7672 §3.1): with them, TLS is mandatory (§2.2).
-USABLE_TLSA = {"match", "ee", "ta"}
+TONES = {"pass": "ok", "fail": "bad", "inconclusive": "warn", "pending": "wait"}
+LABELS = {"pending": "Waiting", "delivered": "Delivered", "refused": "Refused", "not-delivered": "Not delivered"}
 
 
 def requires_tls(p: dict[str, Any]) -> bool:
-    return p["tlsa"] in USABLE_TLSA
+    """A DANE sender must use TLS here (the catalogue says so: RFC 7672 §2.2)."""
+    return bool(p["tls_required"])
 
 
 def expected(p: dict[str, Any]) -> str:
@@ -127,29 +128,27 @@ def plaintext(p: dict[str, Any]) -> bool:
 
 
 def probe_state(p: dict[str, Any]) -> ProbeState:
+    """The card's headline, from the verdict's grade of the probe (pass, fail, inconclusive, pending)."""
+    grade, reason = p["grade"]["grade"], p["grade"]["reason"]
     status, must_deliver = p["status"], p["expect"] == "deliver"
-    if status == "pending":
-        return ProbeState("wait", "Waiting", "Nothing has arrived yet.", None)
+    tone, label = TONES.get(grade, "wait"), LABELS.get(status, status)
+    if grade == "pending":
+        return ProbeState(tone, label, "Nothing has arrived yet.", None)
+    if grade == "inconclusive":
+        return ProbeState(tone, label, f"Inconclusive: {reason}.", None)
+    if grade == "pass":
+        return ProbeState(tone, label, "As expected.", p["proves"])
+    if status == "delivered" and must_deliver and plaintext(p):
+        return ProbeState(
+            tone,
+            "Delivered without TLS",
+            "A DANE-validating server must use TLS here.",
+            "Your server sent mail in plaintext to a domain whose signed TLSA records require TLS: "
+            "it does not validate DANE, and anyone on the path could read that mail.",
+        )
     if status == "delivered":
-        if not must_deliver:
-            return ProbeState("bad", "Delivered", "A DANE-validating server would not have sent this.", p["proves"])
-        if plaintext(p):
-            return ProbeState(
-                "bad",
-                "Delivered without TLS",
-                "A DANE-validating server must use TLS here.",
-                "Your server sent mail in plaintext to a domain whose signed TLSA records require TLS: "
-                "it does not validate DANE, and anyone on the path could read that mail.",
-            )
-        return ProbeState("ok", "Delivered", "As expected.", p["proves"])
-    if status == "refused":
-        if must_deliver:
-            return ProbeState("bad", "Refused", "Every server should deliver here.", p["proves"])
-        return ProbeState("ok", "Refused", "As expected.", p["proves"])
-    # not-delivered: the grace period is over and nothing arrived
-    if must_deliver:
-        return ProbeState("bad", "Not delivered", "Every server should deliver here.", p["proves"])
-    return ProbeState("ok", "Not delivered", "As expected.", p["proves"])
+        return ProbeState(tone, label, "A DANE-validating server would not have sent this.", p["proves"])
+    return ProbeState(tone, label, "A DANE-validating server delivers here.", p["proves"])
 
 
 def refusals(p: dict[str, Any]) -> list[dict[str, Any]]:
@@ -234,8 +233,21 @@ def timeline(r: dict[str, Any]) -> Timeline:
     return Timeline(events[:half] + events[-half:], len(events) - 2 * half, half)
 
 
+def classic(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The probes that decide the headline verdict (the conformance matrix adds others)."""
+    return {name: p for name, p in r["probes"].items() if p["classic"]}
+
+
+def matrix(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: p for name, p in r["probes"].items() if not p["classic"]}
+
+
 def refuse_hosts(r: dict[str, Any]) -> list[str]:
-    return [p["host"] for p in r["probes"].values() if p["expect"] != "deliver"]
+    return [p["host"] for p in classic(r).values() if p["expect"] != "deliver"]
+
+
+def missing_hosts(r: dict[str, Any]) -> list[str]:
+    return [p["host"] for p in classic(r).values() if p["expect"] == "deliver" and p["status"] != "delivered"]
 
 
 def dane_host(r: dict[str, Any]) -> str:
@@ -278,6 +290,9 @@ def environment(config: Config) -> jinja2.Environment:
         facts=facts,
         timeline=timeline,
         refuse_hosts=refuse_hosts,
+        missing_hosts=missing_hosts,
+        classic=classic,
+        matrix=matrix,
         dane_host=dane_host,
         join_names=join_names,
         outcomes=OUTCOMES,
