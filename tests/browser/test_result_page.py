@@ -115,6 +115,10 @@ def test_non_validating_sender_gets_next_steps(page: Page, server: Server, artif
     expect(steps).to_contain_text(f"dig +dnssec TLSA _25._tcp.do.{DOMAIN}")
     not_reloaded(page)
     page.screenshot(path=str(artifacts / "result-does-not-validate.png"), full_page=True)
+    page.set_viewport_size({"width": 375, "height": 812})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    page.locator("#next-h").scroll_into_view_if_needed()
+    page.screenshot(path=str(artifacts / "result-does-not-validate-phone.png"), full_page=False)
 
 
 def test_plaintext_sender_is_told_it_does_not_encrypt(page: Page, server: Server) -> None:
