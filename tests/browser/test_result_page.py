@@ -57,9 +57,11 @@ def test_live_updates_without_reload_validating_sender(page: Page, server: Serve
     expect(page.locator("#verdict-title")).to_have_text("Mail is arriving")
     assert status(page, "dont") == "pending" and status(page, "wrong") == "pending"
 
+    page.locator("#copy-all").focus()  # a keyboard user on a control: an update must not lose their place
     deliver(server.smtp_port, addresses["dont"])
     expect(page.locator("#probe-dont")).to_have_attribute("data-status", "delivered")
     expect(verdict).to_have_attribute("data-code", "pending")
+    assert page.evaluate("document.activeElement.id") == "copy-all"
 
     refuse(server.smtp_port, f"wrong.{DOMAIN}")
     expect(page.locator("#probe-wrong")).to_have_attribute("data-status", "refused")

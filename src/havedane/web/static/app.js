@@ -91,8 +91,19 @@
     return { verdict: title ? title.textContent.trim() : "", probes: probes };
   }
 
+  // A selector that finds the same control in the new rendering, so focus survives an update.
+  function focusKey(el) {
+    if (!el || el === document.body || !result.contains(el)) return null;
+    if (el.id) return "#" + CSS.escape(el.id);
+    if (el.dataset && el.dataset.copy) return 'button.copy[data-copy="' + CSS.escape(el.dataset.copy) + '"]';
+    const details = el.closest("details[id]");
+    if (el.tagName === "SUMMARY" && details) return "#" + CSS.escape(details.id) + " > summary";
+    return null;
+  }
+
   function render(fragment) {
     const before = snapshot();
+    const focused = focusKey(document.activeElement);
     const open = new Set();
     result.querySelectorAll("details[id][open]").forEach(function (d) {
       open.add(d.id);
@@ -103,6 +114,8 @@
       const d = document.getElementById(id);
       if (d) d.open = true;
     });
+    const refocus = focused ? result.querySelector(focused) : null;
+    if (refocus) refocus.focus({ preventScroll: true });
     const after = snapshot();
     const news = [];
     Object.keys(after.probes).forEach(function (id) {
