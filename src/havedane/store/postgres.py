@@ -14,6 +14,7 @@ process checks the version at open and refuses a schema it does not know.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -93,12 +94,25 @@ DELIVERY_COLUMNS = (
     "alias, probe, received_at, client_ip, helo, mail_from, rcpt, tls_version, tls_cipher, sni, "
     "session_id, size, message_id"
 )
-UPSERT_SESSION = (
-    f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ({', '.join(['%s'] * 19)}) ON CONFLICT (id) DO UPDATE SET "
-    + ", ".join(f"{c} = EXCLUDED.{c}" for c in SESSION_COLUMNS.split(", ")[1:])
-)
-INSERT_DELIVERY = f"INSERT INTO deliveries ({DELIVERY_COLUMNS}) VALUES ({', '.join(['%s'] * 13)})"
 NOTIFY = f"SELECT pg_notify('{notify.CHANNEL}', %s)"
+# The receiver's writes are one statement each, the NOTIFY included: one round trip, and
+# one implicit transaction, so the notification is sent if and only if the rows commit.
+SAVE_SESSION = (
+    f"WITH saved AS (INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ({', '.join(['%s'] * 19)})"
+    " ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in SESSION_COLUMNS.split(", ")[1:])
+    + f" RETURNING alias) SELECT pg_notify('{notify.CHANNEL}', coalesce(alias, '{notify.EVERYONE}')) FROM saved"
+)
+TEST_CACHE_SECONDS = 10.0
+TEST_CACHE_ENTRIES = 10_000
+
+
+def add_deliveries_sql(count: int) -> str:
+    rows = ", ".join([f"({', '.join(['%s'] * 13)})"] * count)
+    return (
+        f"WITH added AS (INSERT INTO deliveries ({DELIVERY_COLUMNS}) VALUES {rows} RETURNING alias)"
+        f" SELECT pg_notify('{notify.CHANNEL}', alias) FROM (SELECT DISTINCT alias FROM added) AS changed"
+    )
 
 
 def where(url: str) -> str:
@@ -234,6 +248,11 @@ class PostgresStore(Store):
         self._min_size = min_size
         self._max_size = max_size
         self._pool: AsyncConnectionPool[Conn] | None = None
+        # A test never changes once created and goes only by prune, for being older than the
+        # retention period, which the receiver checks by itself: a cached test may outlive a
+        # prune in another process by TEST_CACHE_SECONDS, harmlessly. Misses are not cached.
+        # It saves a round trip per RCPT after the first of a test (one MTA sends all its probes).
+        self._tests: dict[str, tuple[Test, float]] = {}
 
     async def open(self) -> None:
         # One plain connection first: its error says why (the pool's would only say "timeout").
@@ -317,18 +336,29 @@ class PostgresStore(Store):
             )
 
     async def get_test(self, alias: str) -> Test | None:
+        now = time.monotonic()
+        cached = self._tests.get(alias)
+        if cached is not None and cached[1] > now:
+            return cached[0]
         rows = await self._rows("SELECT alias, created, client_ip FROM tests WHERE alias = %s", (alias,))
-        return Test(*rows[0]) if rows else None
+        if not rows:
+            return None
+        test = Test(*rows[0])
+        if len(self._tests) >= TEST_CACHE_ENTRIES:
+            self._tests.pop(next(iter(self._tests)))
+        self._tests[alias] = (test, now + TEST_CACHE_SECONDS)
+        return test
 
     async def add_deliveries(self, deliveries: list[Delivery]) -> None:
         if not deliveries:
             return
-        async with self._transaction({d.alias for d in deliveries}) as cur:
-            await cur.executemany(INSERT_DELIVERY, [_delivery_row(d) for d in deliveries])
+        params = [value for d in deliveries for value in _delivery_row(d)]
+        async with self._connection() as conn:
+            await conn.execute(add_deliveries_sql(len(deliveries)), params)
 
     async def save_session(self, session: Session) -> None:
-        async with self._transaction({session.alias} if session.alias else None) as cur:
-            await cur.execute(UPSERT_SESSION, _session_row(session))
+        async with self._connection() as conn:
+            await conn.execute(SAVE_SESSION, _session_row(session))
 
     async def deliveries_for(self, alias: str) -> list[Delivery]:
         rows = await self._rows(f"SELECT id, {DELIVERY_COLUMNS} FROM deliveries WHERE alias = %s ORDER BY id", (alias,))
@@ -349,6 +379,7 @@ class PostgresStore(Store):
         return int(rows[0][0])
 
     async def prune(self, older_than: float, orphan_sessions_older_than: float) -> int:
+        self._tests.clear()
         async with self._transaction(set()) as cur:
             # Every process prunes on its own schedule; one at a time is enough.
             await cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (PRUNE_LOCK,))
