@@ -177,6 +177,43 @@ def load(ports: list[int], web: str, clients: int, seconds: float) -> tuple[str,
     return test["alias"], sum(r[0] for r in results), elapsed, sum(r[1] for r in results), sum(r[2] for r in results)
 
 
+def cpu_seconds(pid: int, reaped: bool = False) -> float:
+    """User + system CPU time of a process (with its exited, waited-for children when `reaped`)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if reaped else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu(server: pg.PostgresServer) -> float:
+    """The whole cluster: postmaster, its live backends and the ones that have exited."""
+    postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                    children.append(int(entry.name))
+            except (FileNotFoundError, IndexError, ValueError):
+                continue
+    return cpu_seconds(postmaster, reaped=True) + sum(cpu_seconds(c) for c in children)
+
+
+def cpu_per_message(
+    roles: list[str], before: list[float], after: list[float], messages: int, with_db: bool
+) -> dict[str, float]:
+    """CPU milliseconds per message by part (processes of one role summed): what each host needs."""
+    names = {"all": "havedane", "smtp": "receivers", "web": "web"}
+    parts: dict[str, float] = {}
+    for role, b, a in zip([*roles, "postgresql"], before, after, strict=True):
+        if role != "postgresql" or with_db:
+            name = names.get(role, role)
+            parts[name] = parts.get(name, 0.0) + 1000 * (a - b) / max(messages, 1)
+    return {name: round(ms, 2) for name, ms in parts.items()}
+
+
 def stored(url: str, alias: str) -> int:
     if url.startswith("sqlite:///"):
         with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
@@ -198,14 +235,19 @@ def processes(config: Path, env: dict[str, str], roles: list[str]) -> Iterator[l
             p.stop()
 
 
-def throughput(name: str, url: str, config: Path, env: dict[str, str], roles: list[str], args: Any) -> dict[str, Any]:
+def throughput(
+    name: str, url: str, config: Path, env: dict[str, str], roles: list[str], args: Any, db: pg.PostgresServer | None
+) -> dict[str, Any]:
     with processes(config, env, roles) as procs:
         web = next(p.web for p, r in zip(procs, roles, strict=True) if r in ("all", "web"))
         ports = [p.smtp_port for p, r in zip(procs, roles, strict=True) if r in ("all", "smtp")]
         probe = Probe(web, ports)
         stop = threading.Event()
         prober = probe.background(stop)
+        pids = [p.proc.pid for p in procs if p.proc is not None]
+        before = [cpu_seconds(pid) for pid in pids] + [postgres_cpu(db) if db else 0.0]
         alias, deliveries, elapsed, messages, errors = load(ports, web, args.clients, args.seconds)
+        after = [cpu_seconds(pid) for pid in pids] + [postgres_cpu(db) if db else 0.0]
         stop.set()
         prober.join(30)
         time.sleep(1)
@@ -218,6 +260,8 @@ def throughput(name: str, url: str, config: Path, env: dict[str, str], roles: li
         "stored": in_db,
         "errors": errors,
         "sse under load": probe.summary(),
+        # CPU milliseconds per message, by part: what each host would need per message
+        "cpu ms/message": cpu_per_message(roles, before, after, messages, db is not None),
     }
     print(json.dumps(row), flush=True)
     if in_db < deliveries:
@@ -278,12 +322,14 @@ def main() -> None:
                 return config, env, url or f"sqlite:///{config.parent / 'havedane.sqlite3'}"
 
             config, env, url = setup("sqlite", None)
-            rows.append(throughput("SQLite, 1 process (receiver + web)", url, config, env, ["all"], args))
+            rows.append(throughput("SQLite, 1 process (receiver + web)", url, config, env, ["all"], args, None))
             config, env, url = setup("pg2", server.create_database())
             rows.append(throughput("PostgreSQL, 2 receiver processes + 1 web", url, config, env,
-                                   ["web", "smtp", "smtp"], args))  # fmt: skip
+                                   ["web", "smtp", "smtp"], args, server))  # fmt: skip
             config, env, url = setup("pg1", server.create_database())
-            rows.append(throughput("PostgreSQL, 1 receiver process + 1 web", url, config, env, ["web", "smtp"], args))
+            rows.append(
+                throughput("PostgreSQL, 1 receiver process + 1 web", url, config, env, ["web", "smtp"], args, server)
+            )
             config, env, url = setup("pg-idle", server.create_database())
             latency["PostgreSQL (LISTEN/NOTIFY)"] = idle_latency("PostgreSQL", config, env, args.probes)
             config, env, url = setup("sqlite-idle", None)
@@ -298,12 +344,13 @@ def main() -> None:
         f"{args.clients} clients, {args.seconds:.0f} s per run, PostgreSQL synchronous_commit={args.synchronous_commit}"
     )
     print()
-    print("| setup | deliveries/s | messages/s | acknowledged = stored | SSE latency during the run |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| setup | deliveries/s | messages/s | acknowledged = stored | CPU ms per message | SSE latency under load |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
+        cpu = ", ".join(f"{part} {ms}" for part, ms in r["cpu ms/message"].items())
         print(
             f"| {r['name']} | **{r['deliveries/s']:,.0f}** | {r['messages/s']:,.0f} | "
-            f"{r['acknowledged']:,} = {r['stored']:,} | {r['sse under load']} |"
+            f"{r['acknowledged']:,} = {r['stored']:,} | {cpu} | {r['sse under load']} |"
         )
     print()
     print("| SSE latency across processes, idle (250 at the client -> update on the stream) | |")
