@@ -359,3 +359,28 @@ async def test_postgres_stores_hostile_smtp_text(postgres_url: str) -> None:  # 
         assert (got.helo, got.mail_from) == ("a\ufffdb\ufffdc", "\ufffd@x")
     finally:
         await s.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_feed_survives_a_lost_listen_connection(postgres_url: str) -> None:  # noqa: F811
+    """The LISTEN connection is killed server-side: the feed reconnects, wakes every page
+    once (it may have missed something), and then carries notifications again."""
+    postgres.upgrade(postgres_url)
+    store, other = open_store(postgres_url), open_store(postgres_url)
+    await store.open()
+    await other.open()
+    try:
+        await settle(store)
+        waiter = asyncio.ensure_future(store.changes.wait("k1", 10))
+        await asyncio.sleep(0.05)
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            killed = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND query ILIKE 'LISTEN%'"
+            ).fetchone()
+        assert killed and killed[0] == 2  # one per store object
+        assert await waiter  # woken by the reconnection, with nothing written
+        assert await woken(store, "k1", lambda: other.add_deliveries([delivery("k1")]))
+    finally:
+        await store.close()
+        await other.close()
