@@ -82,7 +82,9 @@ async def worker(host: str, port: int, rcpts: list[str], until: float, counts: l
             errors[0] += 1
 
 
-def run_process(host: str, port: int, rcpts: list[str], clients: int, seconds: float, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def run_process(
+    host: str, port: int, rcpts: list[str], clients: int, seconds: float, out: multiprocessing.Queue[tuple[int, ...]]
+) -> None:
     counts, errors = [0, 0], [0]
     until = time.monotonic() + seconds
 
@@ -106,7 +108,7 @@ def main() -> None:
     req = urllib.request.Request(args.web + "/api/tests", method="POST")
     test = json.load(urllib.request.urlopen(req))
     rcpts = [test["addresses"][p] for p in ("do", "dont", "wrong")]
-    queue: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
+    queue: multiprocessing.Queue[tuple[int, ...]] = multiprocessing.Queue()
     per = [args.clients // args.procs + (1 if i < args.clients % args.procs else 0) for i in range(args.procs)]
     procs = [
         multiprocessing.Process(target=run_process, args=(host, int(port), rcpts, n, args.seconds, queue)) for n in per

@@ -157,3 +157,12 @@ def test_store_bound_refuses_new_tests_instead_of_evicting(setup_dir: Path) -> N
         assert server.result(first)["alias"] == first
     finally:
         server.stop()
+
+
+def test_status_read_right_after_the_250_shows_the_delivery(serve: Serve) -> None:
+    """The API caches a test's JSON; a delivery must invalidate it before its 250 is sent."""
+    t = serve.new_test()
+    for _ in range(3):
+        assert serve.result(t["alias"])["probes"]["do"]["status"] == "pending"  # now cached
+    send(serve.smtp_port, [t["addresses"]["do"]], sni="do.x.test")
+    assert serve.result(t["alias"])["probes"]["do"]["status"] == "delivered"  # no waiting

@@ -40,6 +40,11 @@ SECURITY_HEADERS = [
 ]  # fmt: skip
 
 
+CACHE_SECONDS = 1.0
+CACHE_ENTRIES = 10_000
+NO_STORE = {"Cache-Control": "no-store"}
+
+
 def state_id(body: dict[str, Any]) -> tuple[str, str]:
     """The JSON text of a test's state and its digest: the SSE event id, also written into the
     page, so a page that already shows a state does not fetch it again."""
@@ -108,6 +113,18 @@ class Web:
         # per-minute check before any of them commits.
         self._creating: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self.templates = page.environment(config)
+        # The API's JSON per alias, until the test changes (store.changes, fed across
+        # processes too) or the verdict may move with time (the grace period), and at
+        # most CACHE_SECONDS as a bound should a change notice ever be missed.
+        self._cache: dict[str, tuple[bytes, float]] = {}
+        store.changes.listeners.append(self._invalidate)
+
+    def _invalidate(self, aliases: set[str] | None) -> None:
+        if aliases is None:
+            self._cache.clear()
+        else:
+            for alias in aliases:
+                self._cache.pop(alias, None)
 
     # -- creating tests -------------------------------------------------------
 
@@ -165,10 +182,22 @@ class Web:
         return await report.load(self.store, self.config, alias, self.now())
 
     async def api_test(self, request: Request) -> Response:
-        rep = await self._report(request.path_params["alias"])
+        alias = request.path_params["alias"]
+        now = self.now()
+        cached = self._cache.get(alias)
+        if cached is not None and now < cached[1]:
+            return Response(cached[0], media_type="application/json", headers=NO_STORE)
+        rep = await self._report(alias)
         if rep is None:
             return json_error(404, "no such test")
-        return JSONResponse(report.to_json(self.config, rep), headers={"Cache-Control": "no-store"})
+        body = json.dumps(report.to_json(self.config, rep), ensure_ascii=False, separators=(",", ":")).encode()
+        expires = now + CACHE_SECONDS
+        if rep.verdict.grace_ends is not None and rep.verdict.grace_ends > now:
+            expires = min(expires, rep.verdict.grace_ends)
+        if len(self._cache) >= CACHE_ENTRIES:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[alias] = (body, expires)
+        return Response(body, media_type="application/json", headers=NO_STORE)
 
     async def page_test(self, request: Request) -> Response:
         rep = await self._report(request.path_params["alias"])
@@ -277,7 +306,7 @@ async def serve_forever(
 
     server = Server(
         uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
-                       server_header=False, timeout_graceful_shutdown=2)
+                       server_header=False, timeout_graceful_shutdown=2, proxy_headers=False)
     )  # fmt: skip
     task = asyncio.create_task(server.serve())
     while not server.started and not task.done():
