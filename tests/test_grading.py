@@ -124,3 +124,11 @@ def test_validating_sender_passes_everything() -> None:
     assert {n: g.grade for n, g in v.grades.items()} == {p.name: Grade.PASS for p in ALL}
     assert v.conformance == "Conforms on 14 of 14 probes."
     assert v.code.value == "validates"
+
+
+def test_plaintext_failure_explains_plaintext() -> None:
+    do = probes.CATALOGUE["do"]
+    v = evaluate(ALL, Test("abc", T0), [], [delivery(do, tls=False)], T0 + 2, GRACE, DOMAIN)
+    g = v.grades["do"]
+    assert g.grade == Grade.FAIL and g.proves(do) is not None
+    assert "plaintext" in (g.proves(do) or "") and "could not deliver" not in (g.proves(do) or "")

@@ -93,8 +93,7 @@ def to_json(config: Config, report: Report) -> dict[str, Any]:
                 "tls_required": r.probe.tls_required,
                 "tls_host": r.probe.tls_host(config.domain),
                 "grade": {"grade": v.grades[name].grade.value, "reason": v.grades[name].reason},
-                "proves": r.probe.proves_pass if v.grades[name].grade.value == "pass" else (
-                    r.probe.proves_fail if v.grades[name].grade.value == "fail" else None),
+                "proves": v.grades[name].proves(r.probe),
                 "deliveries": [delivery_json(d) for d in r.deliveries],
                 "sessions": [session_json(s) for s in r.sessions],
             }

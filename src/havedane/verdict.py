@@ -78,6 +78,21 @@ class Grade(enum.StrEnum):
 class Graded:
     grade: Grade
     reason: str
+    plaintext: bool = False  # failed by sending in cleartext where TLS is mandatory
+
+    def proves(self, probe: Probe) -> str | None:
+        """What this grade proves about the sender, in the catalogue's words."""
+        if self.grade is Grade.PASS:
+            return probe.proves_pass
+        if self.grade is Grade.FAIL:
+            return PLAINTEXT_CONSEQUENCE if self.plaintext else probe.proves_fail
+        return None
+
+
+PLAINTEXT_CONSEQUENCE = (
+    "Your server sent mail in plaintext to a domain whose signed TLSA records make TLS mandatory "
+    "(RFC 7672 §2.2): it does not apply DANE, and anyone on the path can read that mail."
+)
 
 
 def is_refusal(session: Session, probe: Probe) -> bool:
@@ -236,7 +251,7 @@ def grade(result: ProbeResult, results: dict[str, ProbeResult], grace_over: bool
     """One probe against what a correct DANE sender does there (the catalogue's `expect`)."""
     probe, status = result.probe, result.status
     if status is Status.DELIVERED and probe.tls_required and not result.over_tls:
-        return Graded(Grade.FAIL, "delivered without TLS, where TLS is mandatory")
+        return Graded(Grade.FAIL, "delivered without TLS, where TLS is mandatory", plaintext=True)
     if status in (Status.DELIVERED, Status.REFUSED) and not saw_its_chain(result, domain):
         return Graded(Grade.INCONCLUSIVE, f"your server did not name {probe.tls_host(domain)} in SNI, so it was "
                       "shown our default certificate, not the one this probe is about")  # fmt: skip
@@ -268,7 +283,7 @@ def conformance(grades: dict[str, Graded], results: dict[str, ProbeResult], doma
     parts = [f"Conforms on {passed} of {len(grades)} probes."]
     for name, g in grades.items():
         if g.grade is Grade.FAIL:
-            parts.append(f"{results[name].probe.host(domain)}: {g.reason}. {results[name].probe.proves_fail}")
+            parts.append(f"{results[name].probe.host(domain)}: {g.reason}. {g.proves(results[name].probe)}")
     undecided = [results[n].probe.host(domain) for n, g in grades.items() if g.grade is Grade.INCONCLUSIVE]
     if undecided:
         parts.append(f"Inconclusive: {', '.join(undecided)}.")
