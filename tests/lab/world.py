@@ -2,6 +2,8 @@
 
     127.0.0.20  Knot: serves the zone `havedane zone --sign` wrote, as written
     127.0.0.21  Unbound: validates, trusting only the DS `havedane zone --sign` printed
+    127.0.0.22/23  a second Knot + Unbound, for one test at a time, serving a variant
+                of the zone under the same trust anchor (alternate_dns)
     127.0.0.25  `havedane serve`: the receiver on port 25 (web app on 127.0.0.1:8080)
     127.0.0.30  Postfix that validates DANE (dnssec + dane)
     127.0.0.31  Postfix that does not (enabled + may)
