@@ -258,13 +258,35 @@ def _certificates(config: Config) -> tuple[list[x509.Certificate], x509.Certific
         raise Failure(f"certificates missing ({e.filename}): run `havedane init` first") from None
 
 
+def _probe_leaves(config: Config) -> dict[str, list[x509.Certificate]]:
+    """What records() needs beyond the defaults: leaves of probes with chains of their
+    own, and probes' own listener addresses."""
+    try:
+        return {p.name: pki.leaves_for(p, config.tls_dir) for p in config.probes if p.chain is not None}
+    except FileNotFoundError as e:
+        missing = f"certificate {e.filename} missing"
+        raise Failure(f"{missing}: run `havedane init --force` to make the probes' chains") from None
+
+
 def cmd_records(args: argparse.Namespace) -> int:
     from havedane.dns import zone
+    from havedane.probes import Zone
 
     config = load_config(args.config)
     leaves, ca = _certificates(config)
-    recs = zone.records(config.domain, config.probes, leaves, ca, _addresses(config, args.address))
+    addresses = _addresses(config, args.address)
+    recs = zone.records(
+        config.domain, config.probes, leaves, ca, addresses, _probe_leaves(config), config.probe_addresses
+    )
     sys.stdout.write(zone.format_json(recs) if args.format == "json" else zone.format_zone(recs))
+    children = [p.host(config.domain) for p in config.probes if p.zone is not Zone.PARENT]
+    if children:
+        print(
+            f"havedane: {', '.join(children)} must be child zones of their own (a broken signature, an "
+            "unsigned delegation), which a DNS provider cannot publish: use `havedane zone --sign` and serve "
+            "the zones yourself",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -273,19 +295,24 @@ def cmd_zone(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     leaves, ca = _certificates(config)
-    out = zone.build_zone(
-        config.domain,
-        config.probes,
-        leaves,
-        ca,
-        _addresses(config, args.address),
-        config.data_dir / "dnssec",
-        args.sign,
-    )
+    probe_leaves = _probe_leaves(config)
+    try:
+        out = zone.build_zone(
+            config.domain, config.probes, leaves, ca, _addresses(config, args.address), config.data_dir / "dnssec",
+            args.sign, probe_leaves=probe_leaves, probe_addresses=config.probe_addresses,
+        )  # fmt: skip
+    except ValueError as e:  # a bad key file (SigningKeyError), an address that is not one
+        raise Failure(f"zone: {e}") from None
     if args.out:
         Path(args.out).write_text(out.text)
     else:
         sys.stdout.write(out.text)
+    # Child zones (bogus, unsigned) are files of their own, next to --out (or the config).
+    where = Path(args.out).parent if args.out else config.data_dir
+    for name, text in out.children.items():
+        path = where / f"{name.rstrip('.')}.zone"
+        path.write_text(text)
+        print(f"havedane: child zone {name.rstrip('.')} written to {path}", file=sys.stderr)
     for line in out.ds:
         print(line, file=sys.stderr)
     return 0
