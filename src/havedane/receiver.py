@@ -179,6 +179,7 @@ class Receiver:
         record = server.record
         if len(envelope.rcpt_tos) >= self.config.max_recipients:
             return "452 4.5.3 Too many recipients"
+        address = _text(address)
         local, domain = _split(address)
         probe = probes.probe_for_host(self.config.probes, self.config.domain, domain)
         if probe is None:
@@ -207,6 +208,7 @@ class Receiver:
     async def handle_MAIL(
         self, server: ReceiverSMTP, session: SMTPSession, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        address = _text(address)
         local, domain = _split(address)
         if address and (not local or not domain or any(c.isspace() for c in address)):
             return "553 5.1.7 Malformed sender address"
@@ -263,7 +265,18 @@ def _message_id(content: bytes) -> str | None:
         value = headers.get("Message-ID")
     except Exception:  # noqa: BLE001 - hostile headers must never break a delivery
         return None
-    return str(value)[:256] if value else None
+    return _text(str(value))[:256] if value else None
+
+
+def _text(value: str) -> str:
+    """Text from the wire as valid Unicode. aiosmtpd keeps bytes that are not UTF-8 as lone
+    surrogates (surrogateescape), which neither the database, JSON nor a reply can encode:
+    they become U+FFFD."""
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = value.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
 
 
 def session_log(s: Session) -> dict[str, Any]:
@@ -372,12 +385,12 @@ class ReceiverSMTP(SMTP):
     async def smtp_HELO(self, hostname: str) -> None:
         await super().smtp_HELO(hostname)
         if self.session is not None and self.session.host_name:
-            self.record.helo = self.session.host_name[:255]
+            self.record.helo = _text(self.session.host_name)[:255]
 
     async def smtp_EHLO(self, hostname: str) -> None:
         await super().smtp_EHLO(hostname)
         if self.session is not None and self.session.host_name:
-            self.record.helo = self.session.host_name[:255]
+            self.record.helo = _text(self.session.host_name)[:255]
 
     async def smtp_STARTTLS(self, arg: str) -> None:
         if arg or not self.tls_context or self._tls_protocol is not None:
