@@ -380,6 +380,19 @@ class ReceiverSMTP(SMTP):
             transport.write(f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode())
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
+    async def push(self, status: str | bytes) -> None:
+        transport: Any = self.transport
+        if transport is None or transport.is_closing():
+            # Closed by aiosmtpd (too many unknown commands) with pipelined commands still to
+            # answer: a write to a closed TLS transport raises AttributeError in asyncio.
+            return
+        # Replies echo what the client sent (an unknown command, an address): a bare CR or LF
+        # there would break the reply line (RFC 5321 §2.3.8), so it goes out as a space.
+        if isinstance(status, str):
+            await super().push(status.replace("\r", " ").replace("\n", " "))
+        else:
+            await super().push(status.replace(b"\r", b" ").replace(b"\n", b" "))
+
     # -- commands ----------------------------------------------------------------
 
     async def smtp_HELO(self, hostname: str) -> None:
