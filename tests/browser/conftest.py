@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser_harness import CHROMIUM, CHROMIUM_ARGS, SERVER_ENV, Server, Watch, chromium_path, new_page
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
+
+from .browser_harness import CHROMIUM, CHROMIUM_ARGS, SERVER_ENV, Server, Watch, chromium_path, new_page
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 
@@ -21,13 +22,13 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def playwright() -> Iterator[Playwright]:
     if chromium_path() is None:
         reason = f"no Chromium at {CHROMIUM} (scripts/system-packages installs it)"
@@ -38,7 +39,7 @@ def playwright() -> Iterator[Playwright]:
         yield p
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     path = chromium_path()
     assert path is not None
@@ -47,7 +48,7 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
     browser.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server(tmp_path_factory: pytest.TempPathFactory, browser: Browser) -> Iterator[Server]:
     srv = Server(tmp_path_factory.mktemp("havedane") / "setup", SERVER_ENV).init().start()
     yield srv

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser_harness import SERVER_ENV, Server, deliver
+
+from .browser_harness import SERVER_ENV, Server, deliver
 
 
 @pytest.fixture(scope="module")

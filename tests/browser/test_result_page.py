@@ -6,8 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
-from browser_harness import DOMAIN, SERVER_ENV, Server, Watch, deliver, new_page, refuse
 from playwright.sync_api import Browser, Page, expect
+
+from .browser_harness import DOMAIN, SERVER_ENV, Server, Watch, deliver, new_page, refuse
 
 pytestmark = pytest.mark.browser
 
