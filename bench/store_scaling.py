@@ -14,7 +14,7 @@ connection, STARTTLS with a full handshake, three recipients). Runs:
   clients split evenly between the two receivers;
 - postgresql, 1 receiver: the same with one receiver (how much the second one adds).
 
-During each load run, a probe sends one more message every 0.25 s through a receiver
+During each load run, a probe sends one more message every 0.1-0.4 s through a receiver
 and times it from its `250` (at the client) to the SSE `update` that shows it (on a
 stream opened at the web process). Then the same probe alone (idle): SSE latency across
 processes on PostgreSQL (LISTEN/NOTIFY) and on SQLite (`--role smtp` and `--role web`
@@ -29,6 +29,7 @@ import json
 import multiprocessing
 import os
 import platform
+import random
 import smtplib
 import sqlite3
 import ssl
@@ -131,18 +132,17 @@ class Probe:
         else:
             self.latencies.append(arrived - acked)
 
-    def run(self, count: int, every: float = 0.0) -> None:
+    def run(self, count: int) -> None:
+        """`count` messages at random intervals (a fixed one could lock onto a polling period)."""
         for _ in range(count):
-            started = time.monotonic()
             self.once()
-            time.sleep(max(0.0, every - (time.monotonic() - started)))
+            time.sleep(random.uniform(0.05, 0.25))
 
-    def background(self, stop: threading.Event, every: float = 0.25) -> threading.Thread:
+    def background(self, stop: threading.Event) -> threading.Thread:
         def loop() -> None:
             while not stop.is_set():
-                started = time.monotonic()
                 self.once()
-                stop.wait(max(0.0, every - (time.monotonic() - started)))
+                stop.wait(random.uniform(0.1, 0.4))
 
         thread = threading.Thread(target=loop, daemon=True)
         thread.start()
@@ -274,7 +274,7 @@ def idle_latency(name: str, config: Path, env: dict[str, str], count: int) -> st
         probe = Probe(web.web, [rx.smtp_port])
         probe.run(3)  # warm up (TLS contexts, prepared statements)
         probe.latencies.clear()
-        probe.run(count, every=0.1)
+        probe.run(count)
     print(f"{name}: {probe.summary()}", flush=True)
     return probe.summary()
 
