@@ -180,6 +180,8 @@ def test_idle_connection_gets_421_4_4_2_and_is_closed_and_recorded_as_timeout(
         assert tls.cmd("EHLO idle.example")[0] == 250
         tls.starttls("do.x.test")
         assert tls.reply()[0] == 421
+        assert tls.closed()
+        tls.close()  # the server's TLS shutdown waits for this (up to 30 s) before the session ends
 
         # A command trickled a byte at a time never completes, so never restarts the timer.
         slow = Client(server.smtp_port)
