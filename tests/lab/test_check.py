@@ -1,0 +1,133 @@
+"""`havedane check` against the lab: it passes on the correct deployment and names the
+problem on broken ones (unsigned zone, a TLSA that does not match the served
+certificate, a receiver that is down)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+
+import dns.exception
+import dns.name
+import dns.rdataclass
+import dns.rdataset
+import dns.rdatatype
+import dns.zone
+import pytest
+
+from havedane import config as configmod
+from havedane import pki
+from havedane.dns import sign, tlsa, zone
+
+from . import dnsservers, world
+from .netns import stop, wait_until
+
+pytestmark = pytest.mark.lab
+
+
+def check(lab: world.World, resolver: str, *extra: str) -> tuple[int, str]:
+    argv = [sys.executable, "-m", "havedane", "check", "--config", str(lab.config), "--resolver", resolver, *extra]
+    proc = lab.ns.run(argv, timeout=120, check=False)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.returncode, proc.stdout
+
+
+def failures(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("FAIL")]
+
+
+def variant(lab: world.World, signed: bool, change: Callable[[dns.zone.Zone], None] | None = None) -> str:
+    """The deployment's zone, rebuilt the way `havedane zone` builds it, changed, and
+    (when `signed`) signed with the deployment's own key, so the lab's trust anchor holds."""
+    cfg = configmod.load(lab.config, env={})
+    leaves = [c.leaf for c in pki.load_chains(cfg.tls_dir)]
+    probe_leaves = {p.name: pki.leaves_for(p, cfg.tls_dir) for p in cfg.probes if p.chain is not None}
+    key_dir = cfg.data_dir / "dnssec"
+    out = zone.build_zone(cfg.domain, cfg.probes, leaves, pki.load_ca(cfg.tls_dir), [world.RECEIVER], key_dir,
+                          sign=False, probe_leaves=probe_leaves, probe_addresses=cfg.probe_addresses)  # fmt: skip
+    z = dns.zone.from_text(out.text, origin=cfg.domain + ".", relativize=False)
+    if change is not None:
+        change(z)
+    if signed:
+        sign.sign(z, sign.load_or_create_key(key_dir, cfg.domain))
+    return zone.zone_text(z)
+
+
+def test_check_passes_on_the_lab(lab: world.World) -> None:
+    code, out = check(lab, world.RESOLVER)
+    assert code == 0, out
+    assert failures(out) == [], out
+    assert out.rstrip().endswith("all checks passed"), out
+    assert f"ok    TLSA matches do.{lab.zone}" in out
+    assert f"ok    TLSA mismatches wrong.{lab.zone}" in out
+    assert f"ok    TLSA _25._tcp.dont.{lab.zone}: none, authenticated denial (AD)" in out
+
+
+@contextlib.contextmanager
+def unvalidated_dns(lab: world.World, zone_text: str) -> Iterator[None]:
+    """Knot serving `zone_text` and Unbound with the lab's trust anchor in front of it,
+    ready when it answers at all (an unsigned zone under a trust anchor never validates)."""
+    base = lab.dir / "dns-unsigned"
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(dnsservers.knot(lab.ns, base / "knot", world.ALT_AUTHORITATIVE, lab.zone, zone_text, False))
+        conf = base / "unbound" / "unbound.conf"
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        (conf.parent / "anchor.ds").write_text("\n".join(lab.ds) + "\n")
+        conf.write_text(dnsservers.UNBOUND_CONF.format(dir=conf.parent, address=world.ALT_RESOLVER, zone=lab.zone,
+                                                       authoritative=world.ALT_AUTHORITATIVE))  # fmt: skip
+        proc = lab.ns.popen(["unbound", "-d", "-c", str(conf)], conf.parent / "unbound.log")
+        stack.callback(stop, proc)
+
+        def answers() -> bool:
+            try:
+                dnsservers.query(lab.ns, world.ALT_RESOLVER, lab.zone, "SOA", timeout=1, tcp=True)
+                return True
+            except (OSError, TimeoutError, dns.exception.DNSException):
+                return False
+
+        wait_until(answers, 10, "unbound answering for the unsigned variant")
+        yield
+
+
+def test_check_fails_on_an_unsigned_zone(lab: world.World) -> None:
+    # The parent still has our DS (Unbound's trust anchor): an unsigned zone under it is bogus.
+    with unvalidated_dns(lab, variant(lab, signed=False)):
+        code, out = check(lab, world.ALT_RESOLVER)
+    assert code == 1, out
+    [first, *_] = failures(out)
+    assert first.startswith(f"FAIL  DNSSEC {lab.zone}: rcode SERVFAIL"), out
+    assert "fix: sign the zone (`havedane zone --sign`)" in out
+
+
+def test_check_fails_when_do_tlsa_does_not_match_the_served_certificate(lab: world.World) -> None:
+    owner = dns.name.from_text(f"_25._tcp.do.{lab.zone}.")
+
+    def mismatch_do(z: dns.zone.Zone) -> None:
+        node = z.find_node(owner)
+        rrset = node.find_rdataset(dns.rdataclass.IN, dns.rdatatype.TLSA)
+        wrong = dns.rdataset.Rdataset(dns.rdataclass.IN, dns.rdatatype.TLSA, ttl=rrset.ttl)
+        for rd in rrset:
+            wrong.add(rd.replace(cert=tlsa.mismatch(tlsa.TlsaRecord(rd.usage, rd.selector, rd.mtype, rd.cert)).data))
+        node.replace_rdataset(wrong)
+
+    with world.alternate_dns(lab, "mismatch", variant(lab, signed=True, change=mismatch_do), validation=True):
+        code, out = check(lab, world.ALT_RESOLVER)
+    assert code == 1, out
+    assert f"FAIL  TLSA matches do.{lab.zone}: no record matches the served chain" in failures(out), out
+    classic = [f" dont.{lab.zone}", f" wrong.{lab.zone}", f"_25._tcp.dont.{lab.zone}", f"_25._tcp.wrong.{lab.zone}"]
+    assert not [line for line in failures(out) if any(name in line for name in classic)], out
+    assert "fix: republish TLSA from the certificates served (`havedane records`)" in out
+
+
+def test_check_fails_when_the_receiver_is_down(lab: world.World) -> None:
+    # Nothing listens on port 2599 of the probe addresses: the receiver is down there.
+    code, out = check(lab, world.RESOLVER, "--smtp-port", "2599")
+    assert code == 1, out
+    smtp = [line for line in failures(out) if line.startswith("FAIL  SMTP ")]
+    assert smtp and all("ConnectionRefusedError" in line for line in smtp), out
+    assert f"FAIL  SMTP do.{lab.zone} [{world.RECEIVER}]:2599" in out
+    assert "fix: start `havedane serve`" in out
+    # DNS is still right, and the web app still answers.
+    assert not [line for line in failures(out) if "DNSSEC" in line or "TLSA _25" in line], out
+    assert "ok    web " in out
