@@ -204,6 +204,30 @@ def test_idle_connection_gets_421_4_4_2_and_is_closed_and_recorded_as_timeout(
     assert "Traceback" not in "".join(server.output)
 
 
+def test_a_message_trickled_slower_than_the_timeout_is_cut_off(setup_dir: Path, clients: list[Client]) -> None:
+    """DATA is one command: its text lines do not restart the timer, so the whole message must
+    arrive within [smtp] timeout of the DATA command (a slow-loris sender cannot hold a slot)."""
+    server = started(setup_dir, SMTP_TIMEOUT="1")
+    try:
+        t = server.new_test()
+        c = Client(server.smtp_port)
+        clients.append(c)
+        assert c.reply()[0] == 220
+        mail_to(c, t["addresses"]["do"])
+        deadline = time.monotonic() + WAIT
+        with pytest.raises(OSError):
+            while time.monotonic() < deadline:
+                c.send(b"a line of text\r\n")
+                time.sleep(0.1)
+        try:
+            assert c.reply()[0] == 421
+        except ConnectionResetError:
+            pass  # our writes after the close made the server's kernel reset the connection
+        assert server.result(t["alias"])["probes"]["do"]["deliveries"] == []
+    finally:
+        server.stop()
+
+
 def test_the_idle_timer_restarts_at_every_command(setup_dir: Path, clients: list[Client]) -> None:
     """The timeout bounds silence, not the session: a sender that keeps talking is not cut off."""
     server = started(setup_dir, SMTP_TIMEOUT="5")
