@@ -172,3 +172,30 @@ def test_malformed_commands_get_smtp_errors_and_the_session_goes_on(serve: Serve
 def test_sigterm_stops_cleanly(serve: Serve) -> None:
     assert serve.stop() == 0
     assert "Traceback" not in "".join(serve.output)
+
+
+def test_proxy_protocol_names_the_client(setup_dir: Path) -> None:
+    """Behind a TCP load balancer: the PROXY v1 header (not the balancer) is the client."""
+    server = Serve(setup_dir, env={"HAVEDANE_SMTP_PROXY_PROTOCOL": "true"}).start()
+    try:
+        t = server.new_test()
+        with socket.create_connection(("127.0.0.1", server.smtp_port), timeout=10) as raw:
+            raw.sendall(b"PROXY TCP4 203.0.113.9 127.0.0.1 40000 25\r\n")
+            f = raw.makefile("rb")
+            assert f.readline().startswith(b"220")
+            rcpt = f"RCPT TO:<{t['addresses']['do']}>".encode()
+            for line in (b"EHLO lb.example", b"MAIL FROM:<a@sender.example>", rcpt, b"DATA"):
+                raw.sendall(line + b"\r\n")
+                while (reply := f.readline())[3:4] == b"-":
+                    pass
+                assert reply[:1] in (b"2", b"3"), reply
+            raw.sendall(b"Subject: x\r\n\r\nx\r\n.\r\nQUIT\r\n")
+            assert f.readline().startswith(b"250")
+        body = server.wait_for(t["alias"], lambda b: b["probes"]["do"]["deliveries"])
+        assert body["probes"]["do"]["deliveries"][0]["client_ip"] == "203.0.113.9"
+        # Without a PROXY header the connection is dropped, not served as the balancer.
+        with socket.create_connection(("127.0.0.1", server.smtp_port), timeout=10) as raw:
+            raw.sendall(b"EHLO direct.example\r\n")
+            assert raw.recv(100) == b""
+    finally:
+        server.stop()

@@ -195,7 +195,7 @@ class Receiver:
             record.alias, record.probe = alias, probe.name
         return "250 2.1.5 OK"
 
-    async def handle_PROXY(self, server: ReceiverSMTP, session: SMTPSession, proxy: Any) -> bool:
+    async def handle_PROXY(self, server: ReceiverSMTP, session: SMTPSession, envelope: Envelope, proxy: Any) -> bool:
         """Behind a TCP load balancer ([smtp] proxy_protocol): the client is the one the
         PROXY header names. (The connection caps counted the balancer's address.)"""
         if not proxy or not proxy.valid:
