@@ -309,10 +309,18 @@ def cmd_zone(args: argparse.Namespace) -> int:
         sys.stdout.write(out.text)
     # Child zones (bogus, unsigned) are files of their own, next to --out (or the config).
     where = Path(args.out).parent if args.out else config.data_dir
+    files = {config.domain: Path(args.out).resolve() if args.out else where / f"{config.domain}.zone"}
     for name, text in out.children.items():
         path = where / f"{name.rstrip('.')}.zone"
         path.write_text(text)
+        files[name] = path.resolve()
         print(f"havedane: child zone {name.rstrip('.')} written to {path}", file=sys.stderr)
+    if args.knot_conf:
+        from havedane.probes import Zone
+
+        broken = {p.host(config.domain) for p in config.probes if p.zone is Zone.BOGUS}
+        Path(args.knot_conf).write_text(zone.knot_conf(files, broken))
+        print(f"havedane: Knot configuration written to {args.knot_conf}", file=sys.stderr)
     for line in out.ds:
         print(line, file=sys.stderr)
     return 0
@@ -418,6 +426,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--sign", action="store_true", help="sign the zone (ECDSA P-256, NSEC) with keys kept in DIR/dnssec")
     c.add_argument("--address", action="append", metavar="IP", help="the receiver's public address (repeatable)")
     c.add_argument("--out", metavar="FILE", help="write the zone here instead of standard output")
+    c.add_argument("--knot-conf", metavar="FILE", help="also write a sample Knot DNS configuration serving the zones")
 
     c = command(
         "check", "verify the live deployment from outside: DNSSEC, TLSA vs served certificates, SMTP, web", cmd_check

@@ -198,3 +198,28 @@ def build_zone(
 def zone_text(zone: dns.zone.Zone) -> str:
     """Master-file text with absolute names, in canonical order (RFC 4034 §6.1)."""
     return zone.to_text(sorted=True, relativize=False, want_origin=False)
+
+
+def knot_conf(files: dict[str, pathlib.Path], broken: set[str], listen: str = "0.0.0.0@53") -> str:
+    """A sample Knot DNS configuration that serves `files` (zone name -> zone file)
+    exactly as havedane wrote them: Knot must not sign (the zones are signed already)
+    nor refuse to load the zones in `broken` (signed wrongly on purpose)."""
+    zones = []
+    for name, path in files.items():
+        off = name.rstrip(".") in {b.rstrip(".") for b in broken}
+        zones.append(
+            f'  - domain: {name.rstrip(".")}\n    file: "{path}"\n    dnssec-validation: {"off" if off else "on"}\n'
+        )
+    return (
+        "# Knot DNS: serve havedane's zones as written (`havedane zone --sign --knot-conf FILE`).\n"
+        "# Re-run `havedane zone --sign` before the signatures expire, then `knotc reload`.\n"
+        "server:\n"
+        f"    listen: {listen}\n"
+        "template:\n"
+        "  - id: default\n"
+        "    dnssec-signing: off\n"
+        "    zonefile-load: whole\n"
+        "    journal-content: none\n"
+        "    zonefile-sync: -1\n"
+        "zone:\n" + "".join(zones)
+    )
