@@ -186,7 +186,11 @@ class Receiver:
             # Never a relay: only our probe hosts are ours (RFC 5321 §3.6.2).
             return f"550 5.7.1 <{address}>: relay access denied, not a probe domain of {self.config.domain}"
         alias = local.lower()
-        test = await self.store.get_test(alias) if alias.isalnum() and len(alias) <= 64 else None
+        try:
+            test = await self.store.get_test(alias) if alias.isalnum() and len(alias) <= 64 else None
+        except StoreError as e:
+            log.error("RCPT %s deferred: %s", address, e)
+            return "451 4.3.0 Temporary failure looking up the test, try again later"
         if test is None or test.created < self.now() - self.config.retention_days * 86400:
             return f"550 5.1.1 <{address}>: no such test; create one at {self.config.public_url}"
         envelope.rcpt_tos.append(address)
@@ -348,6 +352,11 @@ class ReceiverSMTP(SMTP):
     def _finish(self, error: Exception | None) -> None:
         r = self.record
         r.ended = self.receiver.now()
+        if r.starttls and r.tls is None and r.outcome is Outcome.OPEN:
+            # The handshake completed, but the client was gone before smtp_STARTTLS resumed: a
+            # DANE sender that rejects our certificate sends its Finished, QUIT and close_notify
+            # at once (Postfix), and aiosmtpd cancels the command loop on that close_notify.
+            self._record_tls()
         if r.outcome is Outcome.OPEN:
             if r.delivered:
                 r.outcome = Outcome.DELIVERED
@@ -428,6 +437,10 @@ class ReceiverSMTP(SMTP):
                 probe = probes.probe_for_host(self.receiver.config.probes, self.receiver.config.domain, sni)
                 self.record.probe = probe.name if probe else None
             raise
+        self._record_tls()
+
+    def _record_tls(self) -> None:
+        """What the completed handshake showed (nothing before it completes)."""
         sslobj = self._ssl_object()
         if sslobj is not None:
             cipher = sslobj.cipher()
