@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
 import socket
 import ssl
@@ -102,3 +103,45 @@ def test_sessions_record_the_chain_and_grades_follow_sni(matrix: Serve) -> None:
 def test_matrix_without_addresses_is_a_config_error(setup_dir: Path) -> None:
     with pytest.raises(RuntimeError, match="probes.addresses"):
         Serve(setup_dir, env={"HAVEDANE_PROBES_MATRIX": "true"}).start(timeout=10)
+
+
+def refuse_after_tls(port: int, sni: str) -> None:
+    """What Postfix does when our certificate fails its DANE check: it sends its TLS
+    Finished, QUIT and close_notify in one go, and closes."""
+    ctx = insecure_context()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b"EHLO dane.sender.example\r\n")
+        while not f.readline().startswith(b"250 "):
+            pass
+        s.sendall(b"STARTTLS\r\n")
+        assert f.readline().startswith(b"220")
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                s.sendall(outgoing.read())
+                incoming.write(s.recv(65536))
+        tls.write(b"QUIT\r\n")
+        with contextlib.suppress(ssl.SSLWantReadError):
+            tls.unwrap()  # close_notify, without waiting for the server's
+        s.sendall(outgoing.read())
+
+
+def test_refusal_right_after_the_handshake_is_recorded(matrix: Serve) -> None:
+    # aiosmtpd cancels the STARTTLS command on the close_notify that comes with the
+    # handshake's last flight; the session must still show the TLS and the SNI.
+    t = matrix.new_test()
+    send(matrix.smtp_port, [t["addresses"]["do"]], sni="do.x.test")
+    for _ in range(3):
+        refuse_after_tls(matrix.smtp_port, "ta-badname.x.test")
+    body = matrix.wait_for(t["alias"], lambda b: len(b["probes"]["ta-badname"]["sessions"]) == 3)
+    for s in body["probes"]["ta-badname"]["sessions"]:
+        assert s["outcome"] == "tls-then-left" and s["starttls"], s
+        assert s["tls"] is not None and s["tls"]["sni"] == "ta-badname.x.test", s
+    assert body["probes"]["ta-badname"]["status"] == "refused"
+    assert body["probes"]["ta-badname"]["grade"] == {"grade": "pass", "reason": "connected and refused to deliver"}
