@@ -36,11 +36,14 @@ template:
     journal-content: none
     zonefile-sync: -1
 zone:
+{zones}"""
+
+# on: Knot checks every signature and the NSEC chain on load and refuses a zone that
+# fails, an independent validator in front of Unbound. Off only for a zone that is
+# broken on purpose (or not signed at all).
+KNOT_ZONE = """\
   - domain: {zone}
     file: "{zone_file}"
-    # on: Knot checks every signature and the NSEC chain on load and refuses a zone
-    # that fails, an independent validator in front of Unbound. Off only for a zone
-    # that is broken on purpose.
     dnssec-validation: {validation}
 """
 
@@ -122,23 +125,39 @@ def _answers(ns: Netns, server: str, name: str, rdtype: str, want_ad: bool) -> b
     return a.rcode == "NOERROR" and bool(a.rrsets) and (a.ad or not want_ad)
 
 
+@dataclass(frozen=True)
+class ServedZone:
+    name: str
+    text: str
+    validation: bool  # Knot checks its signatures on load (off: broken on purpose, or unsigned)
+
+
 @contextlib.contextmanager
 def knot(ns: Netns, directory: Path, address: str, zone: str, zone_text: str, validation: bool) -> Iterator[None]:
+    with knot_zones(ns, directory, address, [ServedZone(zone, zone_text, validation)]):
+        yield
+
+
+@contextlib.contextmanager
+def knot_zones(ns: Netns, directory: Path, address: str, zones: list[ServedZone]) -> Iterator[None]:
+    """One knotd at `address` serving each zone's file exactly as written."""
     directory.mkdir(parents=True, exist_ok=True)
-    zone_file = directory / f"{zone}.zone"
-    zone_file.write_text(zone_text)
+    entries = []
+    for z in zones:
+        zone_file = directory / f"{z.name}.zone"
+        zone_file.write_text(z.text)
+        entries.append(KNOT_ZONE.format(zone=z.name, zone_file=zone_file, validation="on" if z.validation else "off"))
     conf = directory / "knot.conf"
-    conf.write_text(
-        KNOT_CONF.format(
-            dir=directory, address=address, zone=zone, zone_file=zone_file, validation="on" if validation else "off"
-        )
-    )
+    conf.write_text(KNOT_CONF.format(dir=directory, address=address, zones="".join(entries)))
     proc = ns.popen(["knotd", "-c", str(conf)], directory / "knotd.log")
     try:
-        # Ready when the zone is loaded (with validation on: only if it validated).
+        # Ready when every zone is loaded (with validation on: only if it validated).
         _wait(
-            lambda: _alive(proc, directory / "knotd.log") and _answers(ns, address, zone, "SOA", want_ad=False),
-            f"knotd answering for {zone} at {address}",
+            lambda: (
+                _alive(proc, directory / "knotd.log")
+                and all(_answers(ns, address, z.name, "SOA", want_ad=False) for z in zones)
+            ),
+            f"knotd answering for {', '.join(z.name for z in zones)} at {address}",
             directory / "knotd.log",
         )
         yield

@@ -88,7 +88,8 @@ scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
-STATUS = re.compile(r"postfix/\w+\[\d+\]: (?P<qid>[0-9A-Za-z]+): to=<(?P<rcpt>[^>]+)>, .*?dsn=(?P<dsn>[\d.]+), "
+STATUS = re.compile(r"postfix/\w+\[\d+\]: (?P<qid>[0-9A-Za-z]+): to=<(?P<rcpt>[^>]+)>, (?:orig_to=<[^>]*>, )?"
+                    r"(?:relay=(?P<relay>[^,]+), )?.*?dsn=(?P<dsn>[\d.]+), "
                     r"status=(?P<status>\w+) \((?P<reason>.*)\)$", re.M)  # fmt: skip
 
 
@@ -98,6 +99,7 @@ class Outcome:
     dsn: str
     status: str
     reason: str
+    relay: str = ""  # host[address]:port it talked to, or "none" (never connected)
 
 
 @dataclass
@@ -206,7 +208,7 @@ class Postfix:
         def collect() -> dict[str, Outcome] | None:
             for m in STATUS.finditer(self.log(sent.log_offset)):
                 if m["qid"] == sent.queue_id:
-                    sent.outcomes[m["rcpt"]] = Outcome(m["rcpt"], m["dsn"], m["status"], m["reason"])
+                    sent.outcomes[m["rcpt"]] = Outcome(m["rcpt"], m["dsn"], m["status"], m["reason"], m["relay"] or "")
             return sent.outcomes if len(sent.outcomes) >= count else None
 
         return wait_until(collect, timeout, f"postfix {self.name}: status of {count} recipients of {sent.queue_id}")

@@ -1,10 +1,14 @@
 """The whole lab, brought up in order and torn down in reverse, whatever happens.
 
     127.0.0.20  Knot: serves the zone `havedane zone --sign` wrote, as written
+    127.0.0.25:53  Knot: the child zones it wrote (bogus, unsigned), at the address
+                the parent's NS (ns.<zone>) names, so they are reached by delegation
     127.0.0.21  Unbound: validates, trusting only the DS `havedane zone --sign` printed
     127.0.0.22/23  a second Knot + Unbound, for one test at a time, serving a variant
                 of the zone under the same trust anchor (alternate_dns)
-    127.0.0.25  `havedane serve`: the receiver on port 25 (web app on 127.0.0.1:8080)
+    127.0.0.25  `havedane serve`: the receiver on port 25 (web app on 127.0.0.1:8080),
+                every probe that offers STARTTLS (the conformance matrix is on)
+    127.0.0.28/29  its listeners without STARTTLS, for notls and unusable-notls
     127.0.0.30  Postfix that validates DANE (dnssec + dane)
     127.0.0.31  Postfix that does not (enabled + may)
 
@@ -14,11 +18,12 @@ All in a network namespace of its own: nothing reaches or comes from the host's 
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,10 @@ RESOLVER = "127.0.0.21"
 ALT_AUTHORITATIVE = "127.0.0.22"  # a variant of the zone, for one test at a time
 ALT_RESOLVER = "127.0.0.23"
 RECEIVER = "127.0.0.25"
+# The zone's name server ns.<zone> has the receiver's address (`--address`, as on a
+# one-host deployment): the child zones are served there, on port 53.
+CHILD_AUTHORITATIVE = RECEIVER
+PROBE_ADDRESSES = {"notls": "127.0.0.28", "unusable-notls": "127.0.0.29"}  # [probes] addresses
 DANE_SENDER = "127.0.0.30"
 PLAIN_SENDER = "127.0.0.31"
 WEB = ("127.0.0.1", 8080)
@@ -51,6 +60,8 @@ class World:
     dane: Postfix
     plain: Postfix
     receiver_log: Path
+    children: dict[str, str] = field(default_factory=dict)  # child zone name -> its text, as written
+    probe_addresses: dict[str, str] = field(default_factory=dict)  # probe -> listener address of its own
 
     def api(self, method: str, path: str, json: Any = None) -> httpx.Response:
         """A request to the web app, made from inside the namespace."""
@@ -75,15 +86,44 @@ def havedane(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     return proc
 
 
-def make_zone(directory: Path) -> tuple[Path, str, list[str]]:
-    """`havedane init` then `havedane zone --sign`: the config, the signed zone, the DS."""
+@dataclass(frozen=True)
+class Deployment:
+    config: Path
+    zone_text: str
+    ds: list[str]
+    children: dict[str, str]  # child zone name -> its text
+
+
+def deploy(directory: Path) -> Deployment:
+    """`havedane init`, the conformance matrix switched on in its config, then
+    `havedane zone --sign`: the signed zone, the DS, and the child zones it wrote."""
     havedane("init", "--domain", ZONE, "--dir", str(directory))
     config = directory / "havedane.toml"
+    enable_matrix(config)
     zone_file = directory / f"{ZONE}.zone"
     proc = havedane("zone", "--config", str(config), "--sign", "--address", RECEIVER, "--out", str(zone_file))
     ds = [line for line in proc.stderr.splitlines() if " DS " in line]
     assert ds, f"havedane zone --sign printed no DS: {proc.stderr!r}"
-    return config, zone_file.read_text(), ds
+    written = re.findall(r"^havedane: child zone (\S+) written to (.+)$", proc.stderr, re.M)
+    children = {name: Path(path).read_text() for name, path in written}
+    assert set(children) == {f"bogus.{ZONE}", f"unsigned.{ZONE}"}, proc.stderr
+    return Deployment(config, zone_file.read_text(), ds, children)
+
+
+def make_zone(directory: Path) -> tuple[Path, str, list[str]]:
+    """`havedane init` then `havedane zone --sign`: the config, the signed zone, the DS."""
+    d = deploy(directory)
+    return d.config, d.zone_text, d.ds
+
+
+def enable_matrix(config: Path) -> None:
+    """What an operator edits in the havedane.toml `havedane init` wrote: `matrix = true`
+    and the no-STARTTLS probes' own addresses."""
+    text = config.read_text()
+    addresses = ", ".join(f'"{name}" = "{ip}"' for name, ip in PROBE_ADDRESSES.items())
+    edited = text.replace("\nmatrix = false\n", f"\nmatrix = true\naddresses = {{ {addresses} }}\n", 1)
+    assert edited != text, f"lab: no `matrix = false` in {config}"
+    config.write_text(edited)
 
 
 @contextlib.contextmanager
@@ -94,16 +134,22 @@ def receiver(ns: Netns, config: Path, log: Path) -> Iterator[None]:
     ]  # fmt: skip
     proc = ns.popen(argv, log, env={"HAVEDANE_VERDICT_GRACE": GRACE})
 
+    listeners = [(RECEIVER, 25), WEB, *((ip, 25) for ip in PROBE_ADDRESSES.values())]
+
     def up() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"lab: havedane serve exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        return ns.call(lambda: _listening(RECEIVER, 25) and _listening(*WEB))
+        return ns.call(lambda: all(_listening(host, port) for host, port in listeners))
 
     try:
         wait_until(up, 20, "havedane serve listening")
         yield
     finally:
         stop(proc, timeout=10)
+
+
+def _resolves(ns: Netns, name: str) -> bool:
+    return dnsservers.query(ns, RESOLVER, name, "SOA").rcode == "NOERROR"
 
 
 def _listening(host: str, port: int) -> bool:
@@ -120,18 +166,27 @@ def build(directory: Path) -> Iterator[World]:
         ns = Netns()
         stack.callback(ns.delete)  # registered first: runs last, after every process is gone
         ns.create(RESOLVER)
-        config, zone_text, ds = make_zone(directory / "havedane")
-        stack.enter_context(dnsservers.knot(ns, directory / "knot", AUTHORITATIVE, ZONE, zone_text, validation=True))
+        d = deploy(directory / "havedane")
+        stack.enter_context(dnsservers.knot(ns, directory / "knot", AUTHORITATIVE, ZONE, d.zone_text, validation=True))
+        # bogus: its TLSA signature is broken on purpose, so Knot must not validate it;
+        # unsigned: nothing to validate.
+        children = [dnsservers.ServedZone(name, text, validation=False) for name, text in d.children.items()]
+        stack.enter_context(dnsservers.knot_zones(ns, directory / "knot-children", CHILD_AUTHORITATIVE, children))
         stack.enter_context(
-            dnsservers.unbound(ns, directory / "unbound", RESOLVER, ZONE, ds, AUTHORITATIVE, f"do.{ZONE}")
+            dnsservers.unbound(ns, directory / "unbound", RESOLVER, ZONE, d.ds, AUTHORITATIVE, f"do.{ZONE}")
         )
+        # The children are reached only through the parent's delegation (NS ns.<zone>).
+        wait_until(lambda: all(_resolves(ns, name) for name in d.children), 10, "unbound resolving the child zones")
         receiver_log = directory / "havedane-serve.log"
-        stack.enter_context(receiver(ns, config, receiver_log))
+        stack.enter_context(receiver(ns, d.config, receiver_log))
         dane = stack.enter_context(Postfix(ns, directory / "postfix-dane", "dane", DANE_SENDER, ZONE, True).running())
         plain = stack.enter_context(
             Postfix(ns, directory / "postfix-plain", "plain", PLAIN_SENDER, ZONE, False).running()
         )
-        yield World(ns, directory, ZONE, zone_text, ds, config, dane, plain, receiver_log)
+        yield World(
+            ns, directory, ZONE, d.zone_text, d.ds, d.config, dane, plain, receiver_log,
+            children=d.children, probe_addresses=dict(PROBE_ADDRESSES),
+        )  # fmt: skip
 
 
 @contextlib.contextmanager
