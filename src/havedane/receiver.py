@@ -402,6 +402,14 @@ class ReceiverSMTP(SMTP):
         else:
             await super().push(status.replace(b"\r", b" ").replace(b"\n", b" "))
 
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        try:
+            return super()._getaddr(arg)
+        except IndexError:
+            # "<" or "<a@" with nothing after: the email package's parser runs off the end
+            # (Python 3.11) instead of raising HeaderParseError; aiosmtpd then answers 553.
+            return None, None
+
     # -- commands ----------------------------------------------------------------
 
     async def smtp_HELO(self, hostname: str) -> None:
