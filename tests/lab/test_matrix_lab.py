@@ -1,0 +1,230 @@
+"""The RFC 7672 conformance matrix, graded on real Postfix: one message to every probe
+of one test, from the DANE-validating Postfix and from the one that does not validate,
+each grade checked against what that Postfix itself logged for the recipient."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from havedane import probes
+
+from . import world
+from .netns import wait_until
+from .postfix import Outcome, Postfix
+
+pytestmark = pytest.mark.lab
+
+ALL = tuple(probes.CATALOGUE.values())  # the lab serves them all: classic three + matrix
+NEEDS_SNI = {p.name for p in ALL if p.chain is not None}  # their certificate is served only by SNI
+
+# What Postfix 3.7 at level `dane` logs for each probe (LAB-NOTES.md, "Conformance
+# probes"): the status line (sent, or deferred with this DSN) and text that the lines
+# about the probe's host must show.
+DANE_POSTFIX: dict[str, tuple[str, tuple[str, ...]]] = {
+    "do": ("2.0.0", ("Verified TLS connection established",)),
+    "dont": ("2.0.0", ("Untrusted TLS connection established",)),
+    "wrong": ("4.7.5", ("no matching DANE TLSA records", "Server certificate not verified")),
+    "ee": ("2.0.0", ("Verified TLS connection established",)),
+    "ta": ("2.0.0", ("Verified TLS connection established",)),
+    "ta-badname": ("4.7.5", ("num=62:hostname mismatch", "Server certificate not verified")),
+    "ta-expired": ("4.7.5", ("certificate has expired", "Server certificate not verified")),
+    "ta-rogue": ("4.7.5", ("no matching DANE TLSA records", "Server certificate not verified")),
+    "unusable": ("2.0.0", ("unsupported TLSA certificate usage", "Untrusted TLS connection established")),
+    "unusable-notls": ("4.7.4", ("TLS is required, but was not offered",)),
+    "bogus": ("4.7.5", ("TLSA lookup error",)),
+    "unsigned": ("2.0.0", ("Untrusted TLS connection established",)),
+    "notls": ("4.7.4", ("TLS is required, but was not offered",)),
+    "mx": ("2.0.0", ("Verified TLS connection established",)),
+}
+
+
+@dataclass(frozen=True)
+class Account:
+    """Postfix's own account of one recipient: its status line and every log line about
+    the host it looked up TLSA for and connected to."""
+
+    outcome: Outcome
+    lines: list[str]
+
+    @property
+    def behaviour(self) -> probes.Expect:
+        """What Postfix did, in the catalogue's words."""
+        if self.outcome.status == "sent":
+            return probes.Expect.DELIVER
+        if self.outcome.relay == "none":
+            return probes.Expect.NEVER_CONNECT
+        return probes.Expect.REFUSE
+
+    @property
+    def tls(self) -> str | None:
+        """Verified / Untrusted / Anonymous: how Postfix judged the TLS it established; None: no TLS."""
+        for line in self.lines:
+            found = re.search(r"(\w+) TLS connection established to ", line)
+            if found:
+                return found.group(1)
+        return None
+
+
+def accounts(sender: Postfix, log: str, outcomes: dict[str, Outcome], zone: str) -> dict[str, Account]:
+    out = {}
+    for p in ALL:
+        [outcome] = [o for rcpt, o in outcomes.items() if rcpt.endswith("@" + p.host(zone))]
+        # The host's name or its TLSA owner, not part of a longer name (notls.<zone> in unusable-notls.<zone>).
+        host = re.compile(r"(?:(?<![\w.-])|(?<=_25\._tcp\.))" + re.escape(p.tls_host(zone)) + r"(?=[\[: ])")
+        out[p.name] = Account(outcome, [line for line in log.splitlines() if host.search(line)])
+    return out
+
+
+def graded(lab: world.World, alias: str, timeout: float = 30) -> dict[str, Any]:
+    """The test's state once no probe's grade is pending (bogus and everything not
+    delivered wait for the grace period: 5 s in the lab)."""
+
+    def final() -> dict[str, Any] | None:
+        r = lab.api("GET", f"/api/tests/{alias}")
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        pending = [n for n, p in body["probes"].items() if p["grade"]["grade"] == "pending"]
+        return None if pending else body
+
+    return wait_until(final, timeout, f"every probe of {alias} graded", interval=0.25)
+
+
+def send_all(lab: world.World, sender: Postfix) -> tuple[dict[str, Any], dict[str, Account]]:
+    """One new test, one message from `sender` to all its addresses; the graded state
+    and Postfix's account of each recipient."""
+    r = lab.api("POST", "/api/tests")
+    assert r.status_code == 201, r.text
+    test: dict[str, Any] = r.json()
+    assert set(test["addresses"]) == {p.name for p in ALL}
+    rcpts = list(test["addresses"].values())
+    sent = sender.send(f"postmaster@{sender.name}.sender.test", rcpts, f"havedane lab: matrix from {sender.name}")
+    try:
+        outcomes = sender.wait_outcomes(sent, len(rcpts))
+        state = graded(lab, test["alias"])
+        return state, accounts(sender, sender.log(sent.log_offset), outcomes, lab.zone)
+    finally:
+        sender.delete_deferred()  # or Postfix retries them: more sessions at the receiver
+
+
+def agree(name: str, probe: dict[str, Any], account: Account, client_ip: str) -> None:
+    """havedane's record of a probe says what Postfix's log says, and the grade follows
+    from what Postfix did against what the probe expects."""
+    did = account.behaviour
+    expect = probes.Expect(probe["expect"])
+    mine = [s for s in probe["sessions"] if s["client_ip"] == client_ip]
+    where = f"{name}: havedane {probe['status']} {probe['grade']}, Postfix {account.outcome} {account.lines}"
+    if did is probes.Expect.DELIVER:
+        [delivery] = probe["deliveries"]
+        assert probe["status"] == "delivered" and delivery["client_ip"] == client_ip, where
+        assert (delivery["tls"] is not None) == (account.tls is not None), where
+    elif did is probes.Expect.REFUSE:
+        # Connected (TLS where offered, then left without MAIL): havedane saw the refusal.
+        assert probe["status"] == "refused" and probe["deliveries"] == [], where
+        assert mine and all(s["mail_from"] is None for s in mine), where
+        assert all(s["outcome"] == ("tls-then-left" if s["starttls"] else "left") for s in mine), where
+    else:
+        assert probe["status"] == "not-delivered" and probe["sessions"] == [], where
+    sni = [s["tls"]["sni"] for s in mine if s["tls"]]
+    if name in NEEDS_SNI and probe["tls_host"] not in sni:
+        assert probe["grade"]["grade"] == "inconclusive" and "SNI" in probe["grade"]["reason"], where
+    elif (did is probes.Expect.DELIVER) == (expect is probes.Expect.DELIVER):
+        assert probe["grade"]["grade"] == "pass", where
+    else:
+        assert probe["grade"]["grade"] == "fail", where
+
+
+def test_dane_postfix_passes_every_probe(lab: world.World) -> None:
+    state, seen = send_all(lab, lab.dane)
+    probes_seen = state["probes"]
+
+    for name, (dsn, evidence) in DANE_POSTFIX.items():
+        account = seen[name]
+        assert account.outcome.dsn == dsn, (name, account.outcome)
+        assert account.outcome.status == ("sent" if dsn == "2.0.0" else "deferred"), (name, account.outcome)
+        text = "\n".join(account.lines)
+        assert all(e in text for e in evidence), (name, evidence, account.lines)
+        agree(name, probes_seen[name], account, world.DANE_SENDER)
+        assert probes_seen[name]["grade"]["grade"] == "pass", (name, probes_seen[name]["grade"])
+
+    # bogus: the TLSA lookup failed, so Postfix never connected (nothing reached havedane).
+    assert seen["bogus"].outcome.relay == "none" and seen["bogus"].tls is None
+    assert seen["mx"].outcome.relay.startswith(f"mxhost.{lab.zone}[")
+    # Postfix sends SNI only where DANE applies (usable, signed TLSA), and then the TLS host's name.
+    for p in ALL:
+        sessions = [s for s in probes_seen[p.name]["sessions"] if s["tls"]]
+        dane = p.zone is probes.Zone.PARENT and p.tlsa not in (probes.Tlsa.NONE, probes.Tlsa.UNUSABLE)
+        assert all(s["tls"]["sni"] == (p.tls_host(lab.zone) if dane else None) for s in sessions), (p.name, sessions)
+    assert state["verdict"]["code"] == "validates", state["verdict"]
+    assert state["conformance"] == f"Conforms on {len(ALL)} of {len(ALL)} probes.", state["conformance"]
+
+
+def test_plain_postfix_fails_every_must_not_deliver_probe(lab: world.World) -> None:
+    state, seen = send_all(lab, lab.plain)
+    probes_seen = state["probes"]
+
+    # `may`: it delivers everywhere, in cleartext where STARTTLS is not offered.
+    for p in ALL:
+        account = seen[p.name]
+        assert account.behaviour is probes.Expect.DELIVER, (p.name, account.outcome)
+        assert account.tls == ("Untrusted" if p.starttls else None), (p.name, account.lines)
+        agree(p.name, probes_seen[p.name], account, world.PLAIN_SENDER)
+        # It authenticates nothing, so it names no server: no SNI anywhere.
+        assert all(s["tls"] is None or s["tls"]["sni"] is None for s in probes_seen[p.name]["sessions"])
+
+    grades = {name: p["grade"]["grade"] for name, p in probes_seen.items()}
+    # Without SNI it never saw the certificates of ee, ta-badname, ta-expired and ta-rogue:
+    # inconclusive there, not a grade it did not earn. Everywhere else the grade is exact:
+    # fail where a DANE sender must not deliver, pass where it must.
+    expected = {
+        p.name: "inconclusive" if p.name in NEEDS_SNI else "pass" if p.expect is probes.Expect.DELIVER else "fail"
+        for p in ALL
+    }
+    assert grades == expected
+    assert {n for n, g in grades.items() if g == "fail"} == {"wrong", "unusable-notls", "bogus", "notls"}
+    assert {n for n, g in grades.items() if g == "inconclusive"} == {"ee", "ta-badname", "ta-expired", "ta-rogue"}
+    for name in ("notls", "unusable-notls"):
+        assert probes_seen[name]["grade"]["reason"] == "delivered without TLS, where TLS is mandatory"
+    assert state["verdict"]["code"] == "does-not-validate", state["verdict"]
+    assert state["conformance"].startswith("Conforms on 6 of 14 probes."), state["conformance"]
+
+
+def test_bogus_and_unsigned_as_the_resolver_sees_them(lab: world.World) -> None:
+    zone = lab.zone
+    # bogus: signed child zone (DS in the parent) whose TLSA signature is broken.
+    tlsa = lab.query(f"_25._tcp.bogus.{zone}", "TLSA")
+    assert tlsa.rcode == "SERVFAIL", tlsa
+    unchecked = lab.query(f"_25._tcp.bogus.{zone}", "TLSA", checking_disabled=True)
+    assert unchecked.rcode == "NOERROR" and any(" TLSA 3 1 1 " in r for r in unchecked.rrsets), unchecked
+    for rdtype in ("A", "MX"):
+        answer = lab.query(f"bogus.{zone}", rdtype)
+        assert (answer.rcode, answer.ad) == ("NOERROR", True) and answer.rrsets, (rdtype, answer)
+    ds = lab.query(f"bogus.{zone}", "DS")
+    assert (ds.rcode, ds.ad) == ("NOERROR", True) and any(" DS " in r for r in ds.rrsets), ds
+
+    # unsigned: delegated without DS, and the parent proves there is none (NSEC, AD).
+    no_ds = lab.query(f"unsigned.{zone}", "DS")
+    assert (no_ds.rcode, no_ds.ad, no_ds.rrsets) == ("NOERROR", True, []), no_ds
+    for name, rdtype in ((f"_25._tcp.unsigned.{zone}", "TLSA"), (f"unsigned.{zone}", "A"), (f"unsigned.{zone}", "MX")):
+        answer = lab.query(name, rdtype)
+        assert (answer.rcode, answer.ad) == ("NOERROR", False) and answer.rrsets, (name, answer)
+
+    # Both are reached through the parent's delegation to ns.<zone>, where the child
+    # zones are served as `havedane zone --sign` wrote them.
+    ns = lab.query(f"ns.{zone}", "A")
+    assert (ns.rcode, ns.ad) == ("NOERROR", True) and any(world.CHILD_AUTHORITATIVE in r for r in ns.rrsets), ns
+    assert set(lab.children) == {f"bogus.{zone}", f"unsigned.{zone}"}
+
+
+def test_posttls_finger_matches_ee_at_depth_0_and_ta_at_depth_1(lab: world.World) -> None:
+    # The probes' own TLSA sets: only 3 1 1 of the self-signed, expired, misnamed leaf;
+    # only 2 1 1 of our CA, matched one level up the chain (RFC 7672 §3.1.1, §3.1.2).
+    ee = lab.dane.finger(f"ee.{lab.zone}")
+    assert "Matched DANE EE certificate at depth 0: 3 1 1 " in ee, ee
+    assert f"Verified TLS connection established to ee.{lab.zone}[" in ee, ee
+    ta = lab.dane.finger(f"ta.{lab.zone}")
+    assert "Matched DANE TA certificate at depth 1: 2 1 1 " in ta, ta
+    assert f"Verified TLS connection established to ta.{lab.zone}[" in ta, ta
