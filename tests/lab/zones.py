@@ -41,16 +41,20 @@ def ta_only(config_file: Path, probe: str, address: str) -> str:
     record matching on its own (RFC 7671 §5.2.2: the CA is in the served chain).
     """
     cfg = configmod.load(config_file, env={})
-    leaves = [c.leaf for c in pki.load_chains(cfg.tls_dir)]
     ca = pki.load_ca(cfg.tls_dir)
-    host = f"_25._tcp.{probe}.{cfg.domain}."
-    recs = [
-        r
-        for r in zone.apex_records(cfg.domain, [address], serial=1)
-        + zone.records(cfg.domain, cfg.probes, leaves, ca, [address])
-        if not (r.name == host and r.type == "TLSA")
-    ]
-    recs.append(zone.Record(host, "TLSA", tlsa.record(tlsa.DANE_TA, ca).rdata()))
-    z = zone.to_zone(cfg.domain, recs)
-    sign.sign(z, sign.load_or_create_key(cfg.data_dir / "dnssec", cfg.domain))
+    key_dir = cfg.data_dir / "dnssec"
+    # Built as `havedane zone --sign` builds it (the probes' own leaves and addresses, the
+    # delegations to the child zones with bogus's DS), then re-signed after the change.
+    probe_leaves = {p.name: pki.leaves_for(p, cfg.tls_dir) for p in cfg.probes if p.chain is not None}
+    leaves = [c.leaf for c in pki.load_chains(cfg.tls_dir)]
+    out = zone.build_zone(cfg.domain, cfg.probes, leaves, ca, [address], key_dir, sign=True,
+                          probe_leaves=probe_leaves, probe_addresses=cfg.probe_addresses)  # fmt: skip
+    z = dns.zone.from_text(out.text, origin=cfg.domain + ".", relativize=False)
+    for node in z.nodes.values():
+        for rdtype in (dns.rdatatype.RRSIG, dns.rdatatype.NSEC, dns.rdatatype.DNSKEY):
+            for covers in {r.covers for r in node.rdatasets if r.rdtype == rdtype}:
+                node.delete_rdataset(dns.rdataclass.IN, rdtype, covers)
+    ta = dns.rdataset.from_text("IN", "TLSA", zone.TTL, tlsa.record(tlsa.DANE_TA, ca).rdata())
+    z.find_node(dns.name.from_text(f"_25._tcp.{probe}.{cfg.domain}.")).replace_rdataset(ta)
+    sign.sign(z, sign.load_or_create_key(key_dir, cfg.domain))
     return zone.zone_text(z)
