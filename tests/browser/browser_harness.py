@@ -127,8 +127,8 @@ def insecure_context() -> ssl.SSLContext:
     return context
 
 
-def connect(port: int, helo: str, sni: str) -> smtplib.SMTP:
-    """A client after EHLO, STARTTLS sending `sni`, and EHLO again."""
+def connect(port: int, helo: str, sni: str | None) -> smtplib.SMTP:
+    """A client after EHLO, STARTTLS sending `sni` (None: no SNI at all), and EHLO again."""
     client = smtplib.SMTP("127.0.0.1", port, local_hostname=helo, timeout=10)
     client.ehlo(helo)
     client._host = sni  # type: ignore[attr-defined]  # smtplib sends this as the TLS server name (SNI)
@@ -144,11 +144,13 @@ def deliver(
     mail_from: str = "postmaster@sender.test",
     sni: str | None = None,
     tls: bool = True,
+    send_sni: bool = True,
 ) -> float:
-    """Deliver one message (over STARTTLS unless `tls` is false); returns the time.time()
-    at which the 250 to DATA arrived."""
+    """Deliver one message (over STARTTLS unless `tls` is false; SNI `sni`, by default the
+    recipient's domain, none if `send_sni` is false); returns the time.time() at which the
+    250 to DATA arrived."""
     if tls:
-        client = connect(port, helo, sni or rcpt.rpartition("@")[2])
+        client = connect(port, helo, (sni or rcpt.rpartition("@")[2]) if send_sni else None)
     else:
         client = smtplib.SMTP("127.0.0.1", port, local_hostname=helo, timeout=10)
         client.ehlo(helo)
@@ -169,6 +171,15 @@ def refuse(port: int, host: str, helo: str = "mail.sender.test") -> None:
     """What a DANE-validating sender does at a probe whose TLSA records do not match:
     STARTTLS, look at the certificate, QUIT without MAIL."""
     client = connect(port, helo, host)
+    client.quit()
+
+
+def leave_without_tls(address: str, port: int, helo: str = "mail.sender.test") -> None:
+    """What a DANE-validating sender does where TLS is mandatory but not offered: EHLO, no
+    STARTTLS in the reply, QUIT without MAIL (RFC 7672 §2.2)."""
+    client = smtplib.SMTP(address, port, local_hostname=helo, timeout=10)
+    client.ehlo(helo)
+    assert not client.has_extn("starttls")
     client.quit()
 
 

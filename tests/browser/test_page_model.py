@@ -167,17 +167,108 @@ def test_text_colours_meet_wcag_aa(scheme: str) -> None:
     assert low == {}
 
 
-def test_the_conformance_matrix_has_its_own_section() -> None:
-    env = {"HAVEDANE_DOMAIN": DOMAIN, "HAVEDANE_PROBES_MATRIX": "true",
-           "HAVEDANE_PROBES_ADDRESSES": "notls=192.0.2.8,unusable-notls=192.0.2.9"}  # fmt: skip
-    config = configmod.load(None, env=env)
+MATRIX_CONFIG = configmod.load(None, env={
+    "HAVEDANE_DOMAIN": DOMAIN, "HAVEDANE_PROBES_MATRIX": "true",
+    "HAVEDANE_PROBES_ADDRESSES": "notls=192.0.2.8,unusable-notls=192.0.2.9"})  # fmt: skip
+MATRIX_ENV = page.environment(MATRIX_CONFIG)
+
+
+def session(probe: str, at: float, outcome: Outcome, tls: Tls | None = TLS, starttls: bool = True) -> Session:
+    return Session(
+        f"s-{probe}-{at}", at, CLIENT, 40000, "127.0.0.1", 25, ended=at + 0.2, helo="mx.sender.example",
+        starttls=starttls, tls=tls, probe=probe, outcome=outcome,
+    )  # fmt: skip
+
+
+def matrix_state(sessions: list[Session], deliveries: list[Delivery], now: float = T0 + 10) -> dict[str, Any]:
     test = Test("abc", T0, CLIENT)
-    deliveries = [delivery("do", T0 + 1), delivery("dont", T0 + 2)]
-    verdict = evaluate(config.probes, test, [refusal(1, T0 + 3)], deliveries, T0 + 10, config.grace, DOMAIN)
-    r = report.to_json(config, report.Report(test, verdict, T0 + 10))
-    html = page.environment(config).get_template("result.html").render(r=r, state="s")
-    headline, conformance = html.split('id="matrix-h"')
-    assert 'id="probe-do"' in headline and 'id="probe-ee"' not in headline
-    assert all(f'id="probe-{name}"' in conformance for name in page.matrix(r))
-    assert r["conformance"] in text(html)
-    assert "Your server validates DANE" in text(headline)
+    verdict = evaluate(MATRIX_CONFIG.probes, test, sessions, deliveries, now, MATRIX_CONFIG.grace, DOMAIN)
+    return report.to_json(MATRIX_CONFIG, report.Report(test, verdict, now))
+
+
+def test_the_matrix_is_a_table_below_the_classic_cards() -> None:
+    deliveries = [delivery("do", T0 + 1), delivery("dont", T0 + 2), delivery("ta-rogue", T0 + 3)]
+    r = matrix_state([refusal(1, T0 + 3)], deliveries)
+    html = MATRIX_ENV.get_template("result.html").render(r=r, state="s")
+    top, table = html.split('id="matrix-h"')
+    assert "Your server validates DANE" in text(top)  # the classic verdict, first and unchanged
+    assert all(f'id="probe-{name}"' in top for name in page.classic(r))
+    assert 'id="probe-ee"' not in html  # no cards for the matrix: rows
+    assert all(f'id="row-{name}"' in table for name in r["probes"])
+    assert "Conforms on 3 of 14 probes" in text(table) and "(1 fail, 10 still waiting)" in text(table)
+    assert "Conforms on 3 of 14 probes" in text(top)  # and a pointer to it under the verdict
+    assert 'style="' not in html and "<script" not in html  # nothing the CSP would block
+    assert 'id="why-ta-rogue"' in table and 'id="why-ee"' not in table
+
+
+def test_without_the_matrix_there_is_no_table() -> None:
+    html = render(state([], [delivery("do", T0 + 1)]))
+    assert "<table" not in html and "Conforms on" not in html
+    assert "What each address received" in text(html)
+
+
+def row(r: dict[str, Any], name: str) -> page.Row:
+    return page.grade_row(name, r["probes"][name])
+
+
+ROGUE_TLS = Tls("TLSv1.3", "TLS_AES_256_GCM_SHA384", f"ta-rogue.{DOMAIN}")
+
+
+def test_rows_say_what_was_seen_and_why_it_fails() -> None:
+    plain = Delivery("abc", "unusable-notls", T0 + 4, CLIENT, "mx", "a@s", f"abc@unusable-notls.{DOMAIN}", None)
+    r = matrix_state(
+        [
+            session("notls", T0 + 3, Outcome.LEFT, tls=None, starttls=False),
+            session("ta-expired", T0 + 3, Outcome.HANDSHAKE_FAILED, tls=None),
+            session("ta-badname", T0 + 5, Outcome.TLS_THEN_LEFT, tls=Tls("TLSv1.2", "ECDHE", f"ta-badname.{DOMAIN}")),
+        ],
+        [delivery("do", T0 + 1), plain, delivery("ta", T0 + 2), delivery("ta", T0 + 6)],
+    )
+    notls = row(r, "notls")
+    assert (notls.grade, notls.seen.text, notls.expected, notls.reason) == ("pass", "left when no TLS was offered",
+                                                                           "refuse", None)  # fmt: skip
+    assert row(r, "ta-expired").seen.text == "refused during the TLS handshake"
+    assert row(r, "ta-badname").seen.text == "refused after TLS"
+    ta = row(r, "ta")
+    assert (ta.seen.text, ta.seen.note, ta.expected) == ("delivered over TLSv1.3", "2 messages", "deliver over TLS")
+    assert (ta.word, ta.tone) == ("Pass", "ok")
+    unusable = row(r, "unusable-notls")
+    assert (unusable.grade, unusable.seen.text, unusable.tone) == ("fail", "delivered without TLS", "bad")
+    assert unusable.reason == "Delivered without TLS, where TLS is mandatory."
+    assert unusable.consequence is not None and "plaintext" in unusable.consequence
+    bogus = row(r, "bogus")
+    assert (bogus.grade, bogus.seen.text, bogus.expected) == ("pending", "nothing yet", "never connect")
+    assert row(r, "unsigned").expected == "deliver"  # no DNSSEC, so TLS is not mandatory there
+
+
+def test_rows_after_the_grace_period_and_without_sni() -> None:
+    no_sni = Tls("TLSv1.3", "TLS_AES_256_GCM_SHA384", None)
+    deliveries = [
+        delivery("do", T0 + 1),
+        delivery("dont", T0 + 1),
+        Delivery("abc", "ta-badname", T0 + 2, CLIENT, "mx", "a@s", f"abc@ta-badname.{DOMAIN}", no_sni),
+        Delivery("abc", "ta-rogue", T0 + 2, CLIENT, "mx", "a@s", f"abc@ta-rogue.{DOMAIN}", ROGUE_TLS),
+    ]
+    r = matrix_state([], deliveries, now=LATE)
+    badname = row(r, "ta-badname")
+    assert (badname.grade, badname.word, badname.tone) == ("inconclusive", "Inconclusive", "warn")
+    assert badname.seen.note == "no SNI"
+    assert badname.reason == "Cannot tell:" and badname.consequence is not None
+    assert f"did not name ta-badname.{DOMAIN} in SNI" in badname.consequence
+    rogue = row(r, "ta-rogue")
+    assert rogue.reason == "Delivered." and rogue.consequence is not None
+    assert "does not lead to your trust anchor: an attacker on the path can read your mail" in rogue.consequence
+    ee = row(r, "ee")
+    assert (ee.grade, ee.seen.text) == ("fail", "never connected")
+    assert ee.reason == "Nothing arrived within the grace period."
+    bogus = row(r, "bogus")
+    assert (bogus.grade, bogus.seen.text) == ("pass", "never connected")
+    c = page.conformance(r)
+    passed = sum(p["grade"]["grade"] == "pass" for p in r["probes"].values())
+    assert c.headline == f"Conforms on {passed} of 14 probes" and r["conformance"].startswith(c.headline + ".")
+    assert c.tone == "bad" and "1 inconclusive" in c.tally and "still waiting" not in c.tally
+
+
+def test_conformance_headline_tone() -> None:
+    assert page.conformance(matrix_state([], [])).tone == "wait"
+    assert page.conformance(matrix_state([], [])).tally == "14 still waiting"

@@ -243,7 +243,13 @@ def matrix(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def refuse_hosts(r: dict[str, Any]) -> list[str]:
-    return [p["host"] for p in classic(r).values() if p["expect"] != "deliver"]
+    """Every probe a DANE-validating server must not deliver to (the matrix's too, when it is on)."""
+    return [p["host"] for p in r["probes"].values() if p["expect"] != "deliver"]
+
+
+def held_hosts(r: dict[str, Any]) -> list[str]:
+    """Must-not-deliver probes that nothing was delivered to: the sender is probably still holding those."""
+    return [p["host"] for p in r["probes"].values() if p["expect"] != "deliver" and p["status"] != "delivered"]
 
 
 def missing_hosts(r: dict[str, Any]) -> list[str]:
@@ -262,6 +268,139 @@ def join_names(names: list[str]) -> str:
     if len(names) <= 1:
         return "".join(names)
     return ", ".join(names[:-1]) + " and " + names[-1]
+
+
+# -- the conformance table: one row per probe ----------------------------------------------
+
+GRADE_WORDS = {"pass": "Pass", "fail": "Fail", "inconclusive": "Inconclusive", "pending": "Pending"}
+TABLE_EXPECT = {"deliver": "deliver", "refuse": "refuse", "never-connect": "never connect"}
+# What a connection that did not deliver was seen doing, in a few words (keys: store.base.Outcome values).
+SEEN_OUTCOMES = {
+    "open": "connected, still open",
+    "delivered": "delivered",
+    "tls-then-left": "refused after TLS",
+    "handshake-failed": "refused during the TLS handshake",
+    "left": "connected, left without sending",
+    "rejected": "connected, recipient refused",
+    "timeout": "connected, then went silent",
+    "refused-busy": "turned away: we were busy",
+}
+
+
+@dataclass(frozen=True)
+class Seen:
+    text: str  # e.g. "delivered over TLSv1.3", "refused after TLS", "never connected"
+    at: str | None  # ISO 8601: when it was seen
+    note: str | None  # e.g. "no SNI", "3 messages"
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    host: str
+    tests: str
+    expected: str
+    seen: Seen
+    grade: str  # pass | fail | inconclusive | pending (the verdict's)
+    word: str
+    tone: str
+    reason: str | None  # fail: the verdict's reason, as a sentence; inconclusive: "Cannot tell:"
+    consequence: str | None  # fail: what it means for the sender's mail; inconclusive: the verdict's reason
+    rfc: str
+    classic: bool
+
+
+@dataclass(frozen=True)
+class Conformance:
+    headline: str  # "Conforms on N of M probes", the first sentence of the report's "conformance"
+    tone: str
+    tally: str  # what is not a pass, e.g. "2 fail, 1 inconclusive"; empty when every probe passes
+
+
+def sentence(text: str) -> str:
+    text = text.strip()
+    text = text[:1].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def _sni_note(tls: dict[str, Any] | None) -> list[str]:
+    return ["no SNI"] if tls is not None and not tls["sni"] else []
+
+
+def _left_without_tls(s: dict[str, Any]) -> bool:
+    """A sender that found no STARTTLS and left: the refusal where a probe offers no TLS (RFC 7672 §2.2)."""
+    return s["mail_from"] is None and not s["starttls"] and s["outcome"] == "left"
+
+
+def seen(p: dict[str, Any]) -> Seen:
+    """What the sender was seen doing at a probe, in a few words."""
+    deliveries = sorted(p["deliveries"], key=lambda d: d["received_at"])
+    if deliveries:
+        plain = [d for d in deliveries if d["tls"] is None]
+        first = plain[0] if plain else deliveries[0]
+        text = "delivered without TLS" if plain else f"delivered over {first['tls']['version']}"
+        notes = _sni_note(first["tls"]) + ([f"{len(deliveries)} messages"] if len(deliveries) > 1 else [])
+        return Seen(text, first["received_at"], ", ".join(notes) or None)
+    sessions = sorted(p["sessions"], key=lambda s: s["started"])
+    if not sessions:
+        return Seen("never connected" if p["status"] == "not-delivered" else "nothing yet", None, None)
+    tries = [f"{len(sessions)} connections"] if len(sessions) > 1 else []
+    if p["status"] == "refused":
+        refused = refusals(p)
+        if refused:
+            s = refused[0]
+            return Seen(SEEN_OUTCOMES[s["outcome"]], s["started"], ", ".join(_sni_note(s["tls"]) + tries) or None)
+        left = [s for s in sessions if _left_without_tls(s)]
+        if left:
+            return Seen("left when no TLS was offered", left[0]["started"], ", ".join(tries) or None)
+    s = sessions[-1]
+    text = SEEN_OUTCOMES.get(s["outcome"], s["outcome"])
+    return Seen(text, s["started"], ", ".join(tries) or None)
+
+
+def grade_row(name: str, p: dict[str, Any]) -> Row:
+    grade, reason = p["grade"]["grade"], p["grade"]["reason"]
+    failed, undecided = grade == "fail", grade == "inconclusive"
+    expected = TABLE_EXPECT.get(p["expect"], p["expect"])
+    if p["expect"] == "deliver" and requires_tls(p):
+        expected = "deliver over TLS"
+    return Row(
+        name=name,
+        host=p["host"],
+        tests=p["tests"],
+        expected=expected,
+        seen=seen(p),
+        grade=grade,
+        word=GRADE_WORDS.get(grade, grade),
+        tone=TONES.get(grade, "wait"),
+        reason=sentence(reason) if failed else ("Cannot tell:" if undecided else None),
+        consequence=p["proves"] if failed else (sentence(reason) if undecided else None),
+        rfc=p["rfc"],
+        classic=bool(p["classic"]),
+    )
+
+
+def grade_rows(r: dict[str, Any]) -> list[Row]:
+    """Every probe of the test, in catalogue order (a live update never moves a row)."""
+    return [grade_row(name, p) for name, p in r["probes"].items()]
+
+
+def conformance(r: dict[str, Any]) -> Conformance:
+    grades = [p["grade"]["grade"] for p in r["probes"].values()]
+    counts = {g: grades.count(g) for g in GRADE_WORDS}
+    first = (r.get("conformance") or "").split(". ", 1)[0].strip().rstrip(".")
+    headline = first or f"Conforms on {counts['pass']} of {len(grades)} probes"
+    if counts["fail"]:
+        tone = "bad"
+    elif counts["inconclusive"]:
+        tone = "warn"
+    elif counts["pending"]:
+        tone = "wait"
+    else:
+        tone = "ok"
+    words = {"pass": "pass", "fail": "fail", "inconclusive": "inconclusive", "pending": "still waiting"}
+    tally = ", ".join(f"{counts[g]} {words[g]}" for g in GRADE_WORDS if counts[g] and g != "pass")
+    return Conformance(headline, tone, tally)
 
 
 def static_url() -> Callable[[str], str]:
@@ -290,6 +429,9 @@ def environment(config: Config) -> jinja2.Environment:
         facts=facts,
         timeline=timeline,
         refuse_hosts=refuse_hosts,
+        held_hosts=held_hosts,
+        grade_rows=grade_rows,
+        conformance=conformance,
         missing_hosts=missing_hosts,
         classic=classic,
         matrix=matrix,

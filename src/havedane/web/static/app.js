@@ -79,16 +79,27 @@
     return verdict ? verdict.dataset.state : null;
   }
 
-  // What a person would notice changing: the verdict and each probe's status.
+  // What a person would notice changing: the verdict, each probe's status (cards) or grade
+  // (the conformance table's rows for the probes without a card), and the conformance headline.
   function snapshot() {
     const title = result.querySelector("#verdict-title");
+    const conformance = result.querySelector("#conformance-headline strong");
     const probes = {};
     result.querySelectorAll("article.probe").forEach(function (card) {
       const host = card.querySelector("h3");
       const label = card.querySelector(".badge .label");
       probes[card.id] = [host ? host.textContent : card.id, label ? label.textContent : ""];
     });
-    return { verdict: title ? title.textContent.trim() : "", probes: probes };
+    result.querySelectorAll('tr.row[data-classic="false"]').forEach(function (row) {
+      const host = row.querySelector("th");
+      const word = row.querySelector(".grade .word");
+      probes[row.id] = [host ? host.textContent : row.id, word ? word.textContent : ""];
+    });
+    return {
+      verdict: title ? title.textContent.trim() : "",
+      conformance: conformance ? conformance.firstChild.textContent.trim() : "",
+      probes: probes,
+    };
   }
 
   // A selector that finds the same control in the new rendering, so focus survives an update.
@@ -123,6 +134,7 @@
       const now = after.probes[id];
       if (!was || was[1] !== now[1]) news.push(now[0] + ": " + now[1] + ".");
     });
+    if (after.conformance && after.conformance !== before.conformance) news.push(after.conformance + ".");
     if (after.verdict !== before.verdict) {
       news.push(after.verdict + ".");
       document.title = after.verdict + " · havedane test " + alias;
