@@ -255,6 +255,9 @@ def test_rows_after_the_grace_period_and_without_sni() -> None:
     assert badname.seen.note == "no SNI"
     assert badname.reason == "Cannot tell:" and badname.consequence is not None
     assert f"did not name ta-badname.{DOMAIN} in SNI" in badname.consequence
+    events = {e.host: e for e in page.timeline(r).events if e.text.startswith("Message accepted")}
+    assert events[f"ta-badname.{DOMAIN}"].tone == "info"  # not called wrong in the timeline either
+    assert events[f"ta-rogue.{DOMAIN}"].tone == "bad"
     rogue = row(r, "ta-rogue")
     assert rogue.reason == "Delivered." and rogue.consequence is not None
     assert "does not lead to your trust anchor: an attacker on the path can read your mail" in rogue.consequence

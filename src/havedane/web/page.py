@@ -217,7 +217,9 @@ def timeline(r: dict[str, Any]) -> Timeline:
                     text += " (tied to this test by its client address)"
                 add(s["ended"], 3, p["host"], tone, text, [])
         for d in p["deliveries"]:
-            if not must_deliver:
+            if p["grade"]["grade"] == "inconclusive":
+                tone, text = "info", "Message accepted (inconclusive: see the conformance table)"
+            elif not must_deliver:
                 tone, text = "bad", "Message accepted: a DANE-validating server would not have sent it"
             elif requires_tls(p) and d["tls"] is None:
                 tone, text = "bad", "Message accepted without TLS, although the TLSA records require it"
