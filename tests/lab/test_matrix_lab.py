@@ -4,6 +4,7 @@ each grade checked against what that Postfix itself logged for the recipient."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -79,18 +80,30 @@ def accounts(sender: Postfix, log: str, outcomes: dict[str, Outcome], zone: str)
     return out
 
 
-def graded(lab: world.World, alias: str, timeout: float = 30) -> dict[str, Any]:
+def graded(lab: world.World, alias: str, connected: set[str], timeout: float = 30) -> dict[str, Any]:
     """The test's state once no probe's grade is pending (bogus and everything not
-    delivered wait for the grace period: 5 s in the lab)."""
+    delivered wait for the grace period: 5 s in the lab) and, within a few seconds more,
+    a session is recorded for every probe the sender says it connected to (a session is
+    saved just after its connection ends, so it may trail the sender's log line)."""
 
-    def final() -> dict[str, Any] | None:
+    def state() -> dict[str, Any]:
         r = lab.api("GET", f"/api/tests/{alias}")
         assert r.status_code == 200, r.text
         body: dict[str, Any] = r.json()
-        pending = [n for n, p in body["probes"].items() if p["grade"]["grade"] == "pending"]
-        return None if pending else body
+        return body
 
-    return wait_until(final, timeout, f"every probe of {alias} graded", interval=0.25)
+    def final() -> dict[str, Any] | None:
+        body = state()
+        return None if any(p["grade"]["grade"] == "pending" for p in body["probes"].values()) else body
+
+    def complete() -> dict[str, Any] | None:
+        body = state()
+        return body if all(body["probes"][n]["sessions"] for n in connected) else None
+
+    wait_until(final, timeout, f"every probe of {alias} graded", interval=0.25)
+    with contextlib.suppress(TimeoutError):  # a session still missing then is for agree() to report
+        wait_until(complete, 5, f"sessions of {alias}", interval=0.1)
+    return state()
 
 
 def send_all(lab: world.World, sender: Postfix) -> tuple[dict[str, Any], dict[str, Account]]:
@@ -104,8 +117,9 @@ def send_all(lab: world.World, sender: Postfix) -> tuple[dict[str, Any], dict[st
     sent = sender.send(f"postmaster@{sender.name}.sender.test", rcpts, f"havedane lab: matrix from {sender.name}")
     try:
         outcomes = sender.wait_outcomes(sent, len(rcpts))
-        state = graded(lab, test["alias"])
-        return state, accounts(sender, sender.log(sent.log_offset), outcomes, lab.zone)
+        seen = accounts(sender, sender.log(sent.log_offset), outcomes, lab.zone)
+        connected = {name for name, a in seen.items() if a.behaviour is not probes.Expect.NEVER_CONNECT}
+        return graded(lab, test["alias"], connected), seen
     finally:
         sender.delete_deferred()  # or Postfix retries them: more sessions at the receiver
 
