@@ -88,6 +88,29 @@ def serves_well_behaved_client(server: Serve) -> None:
 
 COMMANDS = ["HELO", "EHLO", "MAIL FROM:", "RCPT TO:", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP",
             "STARTTLS", "AUTH", "BDAT", "ETRN", "TURN", "XCLIENT", "PROXY"]  # fmt: skip
+ADDRESSES = [
+    b"",
+    b"@",
+    b"a@",
+    b"@a",
+    b"<",
+    b"<<",
+    b">",
+    b"a@b@c",
+    b'"',
+    b'"a b"@c',
+    b"\\",
+    b"@a:b@c",
+    b"@a,@b:c@d",
+    b"a@[127.0.0.1]",
+    b"a@[IPv6:::1]",
+    b"a@-",
+    b"a@b.",
+    b".a@b",
+    b"a..b@c",
+    b"a@b\x00c",
+    b"\xc3\xa4@b",
+]
 text = st.binary(max_size=80) | st.text(max_size=80).map(lambda s: s.encode("utf-8", "surrogatepass"))
 
 
@@ -98,11 +121,12 @@ def smtp_line(draw: st.DrawFn) -> bytes:
         return draw(st.sampled_from(COMMANDS)).encode() + draw(st.sampled_from([b"", b" "])) + draw(text) + b"\r\n"
     if kind == "address":
         verb = draw(st.sampled_from([b"MAIL FROM:", b"RCPT TO:"]))
-        address = draw(st.sampled_from([r.encode() for r in RCPTS]) | text)
+        address = draw(st.sampled_from([r.encode() for r in RCPTS]) | st.sampled_from(ADDRESSES) | text)
         params = draw(
             st.sampled_from([b"", b" SIZE=10", b" SIZE=999999999999", b" BODY=8BITMIME", b" SMTPUTF8", b" X=Y"])
         )
-        return verb + b"<" + address + b">" + params + b"\r\n"
+        close = draw(st.sampled_from([b">", b""]))  # or cut short
+        return verb + b"<" + address + close + params + b"\r\n"
     if kind == "junk":
         return draw(st.binary(min_size=1, max_size=300))
     if kind == "long":
@@ -134,7 +158,8 @@ HELLO = client_hello()
 def dialogue(draw: st.DrawFn) -> tuple[str, bytes, str]:
     """(how TLS is started, the lines, how the client leaves)."""
     start = draw(st.sampled_from(["plain", "plain", "tls", "tls-garbage", "tls-partial-hello"]))
-    lines = b"".join(draw(st.lists(smtp_line(), max_size=8)))
+    greet = draw(st.sampled_from([b"EHLO fuzz.example\r\n", b"HELO fuzz.example\r\n", b""]))  # MAIL needs one
+    lines = greet + b"".join(draw(st.lists(smtp_line(), max_size=8)))
     leave = draw(st.sampled_from(["quit", "drop", "reset", "half-close"]))
     return start, lines, leave
 
