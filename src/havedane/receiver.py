@@ -395,10 +395,11 @@ class ReceiverSMTP(SMTP):
             # Closed by aiosmtpd (too many unknown commands) with pipelined commands still to
             # answer: a write to a closed TLS transport raises AttributeError in asyncio.
             return
-        # Replies echo what the client sent (an unknown command, an address): a bare CR or LF
-        # there would break the reply line (RFC 5321 §2.3.8), so it goes out as a space.
+        # Replies echo what the client sent (an unknown command, an address, VRFY's argument):
+        # a bare CR or LF there would break the reply line (RFC 5321 §2.3.8), so it goes out as
+        # a space; bytes that are not UTF-8 (lone surrogates here) could not be encoded at all.
         if isinstance(status, str):
-            await super().push(status.replace("\r", " ").replace("\n", " "))
+            await super().push(_text(status).replace("\r", " ").replace("\n", " "))
         else:
             await super().push(status.replace(b"\r", b" ").replace(b"\n", b" "))
 
