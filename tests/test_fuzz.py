@@ -249,7 +249,8 @@ def test_smtp_dialogue(target: Target, dialogue: tuple[str, bytes, str]) -> None
 def test_smtp_bytes_that_are_not_utf8_are_recorded_as_replacement_characters(server: Serve) -> None:
     """Found by the fuzzer: aiosmtpd hands on such bytes as lone surrogates, which SQLite would
     not take: the session was lost (a traceback in the log), a Message-ID like that made the
-    delivery fail with "451 Internal error", and an RCPT like that broke the 550 reply."""
+    delivery fail with "451 Internal error", and an RCPT like that (or a VRFY argument, echoed by
+    aiosmtpd) broke the reply."""
     with socket.create_connection(("127.0.0.1", server.smtp_port), timeout=WAIT) as sock:
         f = sock.makefile("rb")
         sock.sendall(
@@ -259,6 +260,12 @@ def test_smtp_bytes_that_are_not_utf8_are_recorded_as_replacement_characters(ser
         )
         replies = [line for line in f if line[3:4] == b" "]
     assert [r[:3] for r in replies] == [b"220", b"250", b"250", b"550", b"250", b"354", b"250", b"221"], replies
+    with socket.create_connection(("127.0.0.1", server.smtp_port), timeout=WAIT) as sock:  # echoed by aiosmtpd
+        f = sock.makefile("rb")
+        sock.sendall(b"VRFY :\x80\r\nVRFY \xe4@\xff\r\nQUIT\r\n")
+        replies = [line for line in f if line[3:4] == b" "]
+    assert [r[:3] for r in replies] == [b"220", b"502", b"252", b"221"], replies
+    assert replies[1] == "502 Could not VRFY :\ufffd\r\n".encode()
     (d,) = [d for d in server.result(LIVE)["probes"]["do"]["deliveries"] if "utf8.example" in d["message_id"]]
     assert (d["helo"], d["mail_from"], d["message_id"]) == (
         "h\ufffd\ufffdst.example",
