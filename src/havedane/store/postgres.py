@@ -23,7 +23,8 @@ import psycopg.conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from havedane.store import notify
-from havedane.store.base import Delivery, Outcome, Session, Store, StoreError, Test, Tls, TooManyTests
+from havedane.store.base import Delivery, Session, Store, StoreError, Test, TooManyTests
+from havedane.store.rows import DELIVERY_COLUMNS, SESSION_COLUMNS, delivery_from_row, session_from_row
 from havedane.store.sqlite import SchemaTooNew
 
 SCHEMA_VERSION = 1
@@ -86,14 +87,6 @@ MIGRATION_LOCK = 0x68617665_64616E01
 TESTS_LOCK = 0x68617665_64616E02
 PRUNE_LOCK = 0x68617665_64616E03
 
-SESSION_COLUMNS = (
-    "id, started, ended, client_ip, client_port, local_ip, local_port, helo, starttls, tls_version, "
-    "tls_cipher, sni, mail_from, rcpts, probe, alias, outcome, error, chain"
-)
-DELIVERY_COLUMNS = (
-    "alias, probe, received_at, client_ip, helo, mail_from, rcpt, tls_version, tls_cipher, sni, "
-    "session_id, size, message_id"
-)
 NOTIFY = f"SELECT pg_notify('{notify.CHANNEL}', %s)"
 # The receiver's writes are one statement each, the NOTIFY included: one round trip, and
 # one implicit transaction, so the notification is sent if and only if the rows commit.
@@ -176,32 +169,6 @@ def upgrade(url: str) -> tuple[int, int]:
     return current, SCHEMA_VERSION
 
 
-def _tls(version: str | None, cipher: str | None, sni: str | None) -> Tls | None:
-    return Tls(version, cipher or "", sni) if version else None
-
-
-def _session(row: tuple[Any, ...]) -> Session:
-    return Session(
-        id=row[0],
-        started=row[1],
-        ended=row[2],
-        client_ip=row[3],
-        client_port=row[4],
-        local_ip=row[5],
-        local_port=row[6],
-        helo=row[7],
-        starttls=row[8],
-        tls=_tls(row[9], row[10], row[11]),
-        mail_from=row[12],
-        rcpts=list(row[13]),
-        probe=row[14],
-        alias=row[15],
-        outcome=Outcome(row[16]),
-        error=row[17],
-        chain=row[18],
-    )
-
-
 def _session_row(s: Session) -> tuple[Any, ...]:
     t = s.tls
     return (
@@ -209,23 +176,6 @@ def _session_row(s: Session) -> tuple[Any, ...]:
         s.starttls, t and _text(t.version), t and _text(t.cipher), t and _text(t.sni), _text(s.mail_from),
         [_text(r) for r in s.rcpts], s.probe, s.alias, s.outcome.value, _text(s.error), s.chain,
     )  # fmt: skip
-
-
-def _delivery(row: tuple[Any, ...]) -> Delivery:
-    return Delivery(
-        id=row[0],
-        alias=row[1],
-        probe=row[2],
-        received_at=row[3],
-        client_ip=row[4],
-        helo=row[5],
-        mail_from=row[6],
-        rcpt=row[7],
-        tls=_tls(row[8], row[9], row[10]),
-        session_id=row[11],
-        size=row[12],
-        message_id=row[13],
-    )
 
 
 def _delivery_row(d: Delivery) -> tuple[Any, ...]:
@@ -362,7 +312,7 @@ class PostgresStore(Store):
 
     async def deliveries_for(self, alias: str) -> list[Delivery]:
         rows = await self._rows(f"SELECT id, {DELIVERY_COLUMNS} FROM deliveries WHERE alias = %s ORDER BY id", (alias,))
-        return [_delivery(r) for r in rows]
+        return [delivery_from_row(r) for r in rows]
 
     async def sessions_for(self, alias: str, client_ips: list[str], since: float) -> list[Session]:
         rows = await self._rows(
@@ -370,7 +320,7 @@ class PostgresStore(Store):
             " OR (alias IS NULL AND client_ip = ANY(%s) AND started >= %s) ORDER BY started",
             (alias, client_ips, since),
         )
-        return [_session(r) for r in rows]
+        return [session_from_row(r, list(r[13])) for r in rows]
 
     async def recent_tests_from(self, client_ip: str, since: float) -> int:
         rows = await self._rows(

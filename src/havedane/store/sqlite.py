@@ -21,7 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from havedane.store.base import Delivery, Outcome, Session, Store, StoreError, Test, Tls, TooManyTests
+from havedane.store.base import Delivery, Session, Store, StoreError, Test, TooManyTests
+from havedane.store.rows import DELIVERY_COLUMNS, SESSION_COLUMNS, delivery_from_row, session_from_row
 
 SCHEMA_VERSION = 1
 OTHERS_POLL = 0.1  # seconds between checks for commits by other processes (PRAGMA data_version)
@@ -79,14 +80,6 @@ MIGRATIONS: dict[int, str] = {
     """,
 }
 
-SESSION_COLUMNS = (
-    "id, started, ended, client_ip, client_port, local_ip, local_port, helo, starttls, tls_version, "
-    "tls_cipher, sni, mail_from, rcpts, probe, alias, outcome, error, chain"
-)
-DELIVERY_COLUMNS = (
-    "alias, probe, received_at, client_ip, helo, mail_from, rcpt, tls_version, tls_cipher, sni, "
-    "session_id, size, message_id"
-)
 
 Job = Callable[[sqlite3.Connection], Any]
 
@@ -134,32 +127,6 @@ def upgrade(path: Path, busy_timeout: float = 10.0) -> tuple[int, int]:
         conn.close()
 
 
-def _tls(version: str | None, cipher: str | None, sni: str | None) -> Tls | None:
-    return Tls(version, cipher or "", sni) if version else None
-
-
-def _session(row: tuple[Any, ...]) -> Session:
-    return Session(
-        id=row[0],
-        started=row[1],
-        ended=row[2],
-        client_ip=row[3],
-        client_port=row[4],
-        local_ip=row[5],
-        local_port=row[6],
-        helo=row[7],
-        starttls=bool(row[8]),
-        tls=_tls(row[9], row[10], row[11]),
-        mail_from=row[12],
-        rcpts=json.loads(row[13]),
-        probe=row[14],
-        alias=row[15],
-        outcome=Outcome(row[16]),
-        error=row[17],
-        chain=row[18],
-    )
-
-
 def _session_row(s: Session) -> tuple[Any, ...]:
     t = s.tls
     return (
@@ -167,23 +134,6 @@ def _session_row(s: Session) -> tuple[Any, ...]:
         int(s.starttls), t and t.version, t and t.cipher, t and t.sni, s.mail_from, json.dumps(s.rcpts),
         s.probe, s.alias, s.outcome.value, s.error, s.chain,
     )  # fmt: skip
-
-
-def _delivery(row: tuple[Any, ...]) -> Delivery:
-    return Delivery(
-        id=row[0],
-        alias=row[1],
-        probe=row[2],
-        received_at=row[3],
-        client_ip=row[4],
-        helo=row[5],
-        mail_from=row[6],
-        rcpt=row[7],
-        tls=_tls(row[8], row[9], row[10]),
-        session_id=row[11],
-        size=row[12],
-        message_id=row[13],
-    )
 
 
 def _delivery_row(d: Delivery) -> tuple[Any, ...]:
@@ -360,7 +310,7 @@ class SQLiteStore(Store):
 
     async def deliveries_for(self, alias: str) -> list[Delivery]:
         rows = self._query(f"SELECT id, {DELIVERY_COLUMNS} FROM deliveries WHERE alias = ? ORDER BY id", (alias,))
-        return [_delivery(r) for r in rows]
+        return [delivery_from_row(r) for r in rows]
 
     async def sessions_for(self, alias: str, client_ips: list[str], since: float) -> list[Session]:
         marks = ", ".join("?" * len(client_ips))
@@ -369,7 +319,7 @@ class SQLiteStore(Store):
             f"SELECT {SESSION_COLUMNS} FROM sessions WHERE alias = ?{correlated} ORDER BY started",
             (alias, *client_ips, since) if client_ips else (alias,),
         )
-        return [_session(r) for r in rows]
+        return [session_from_row(r, json.loads(r[13])) for r in rows]
 
     async def recent_tests_from(self, client_ip: str, since: float) -> int:
         rows = self._query("SELECT count(*) FROM tests WHERE client_ip = ? AND created >= ?", (client_ip, since))

@@ -1,0 +1,66 @@
+"""Rows of the sessions and deliveries tables, read back into the store's values.
+
+Both stores select the same columns in the same order (SESSION_COLUMNS,
+DELIVERY_COLUMNS); only how a list of recipients is stored differs (JSON text in
+SQLite, text[] in PostgreSQL), so the caller decodes that one column.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from havedane.store.base import Delivery, Outcome, Session, Tls
+
+SESSION_COLUMNS = (
+    "id, started, ended, client_ip, client_port, local_ip, local_port, helo, starttls, tls_version, "
+    "tls_cipher, sni, mail_from, rcpts, probe, alias, outcome, error, chain"
+)
+DELIVERY_COLUMNS = (
+    "alias, probe, received_at, client_ip, helo, mail_from, rcpt, tls_version, tls_cipher, sni, "
+    "session_id, size, message_id"
+)
+
+
+def tls_from(version: str | None, cipher: str | None, sni: str | None) -> Tls | None:
+    return Tls(version, cipher or "", sni) if version else None
+
+
+def session_from_row(row: tuple[Any, ...], rcpts: list[str]) -> Session:
+    """A session from a row of SESSION_COLUMNS; `rcpts` is column 13, decoded."""
+    return Session(
+        id=row[0],
+        started=row[1],
+        ended=row[2],
+        client_ip=row[3],
+        client_port=row[4],
+        local_ip=row[5],
+        local_port=row[6],
+        helo=row[7],
+        starttls=bool(row[8]),
+        tls=tls_from(row[9], row[10], row[11]),
+        mail_from=row[12],
+        rcpts=rcpts,
+        probe=row[14],
+        alias=row[15],
+        outcome=Outcome(row[16]),
+        error=row[17],
+        chain=row[18],
+    )
+
+
+def delivery_from_row(row: tuple[Any, ...]) -> Delivery:
+    """A delivery from a row of `id, ` + DELIVERY_COLUMNS."""
+    return Delivery(
+        id=row[0],
+        alias=row[1],
+        probe=row[2],
+        received_at=row[3],
+        client_ip=row[4],
+        helo=row[5],
+        mail_from=row[6],
+        rcpt=row[7],
+        tls=tls_from(row[8], row[9], row[10]),
+        session_id=row[11],
+        size=row[12],
+        message_id=row[13],
+    )
