@@ -389,6 +389,17 @@ class ReceiverSMTP(SMTP):
             transport.write(f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode())
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
+    async def handle_exception(self, error: Exception) -> str:
+        transport: Any = self.transport
+        if transport is None or transport.is_closing():
+            # The connection is closing already (timeout, too many unknown commands, the peer):
+            # asyncio's TLS transport then raises AttributeError on use. Not an error of ours,
+            # and there is no one to answer (push drops the reply).
+            log.info("session %s: %s after the connection closed", self.record.id, type(error).__name__)
+            return "421 4.3.0 Connection closed"
+        status: str = await super().handle_exception(error)
+        return status
+
     async def push(self, status: str | bytes) -> None:
         transport: Any = self.transport
         if transport is None or transport.is_closing():
