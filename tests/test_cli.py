@@ -76,7 +76,7 @@ def test_init_rejects_bad_domain(tmp_path: Path, domain: str) -> None:
 def test_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
     havedane("init", "--domain", "x.test", "--dir", str(tmp_path))
     cfg = tmp_path / "havedane.toml"
-    cfg.write_text(cfg.read_text().replace("timeout = 60", 'timeout = "never"'))
+    cfg.write_text(cfg.read_text().replace("timeout = 300", 'timeout = "never"'))
     for cmd in (["serve"], ["records"]):
         r = havedane(*cmd, "--config", str(cfg))
         assert r.returncode == 2, r

@@ -199,3 +199,16 @@ def test_proxy_protocol_names_the_client(setup_dir: Path) -> None:
             assert raw.recv(100) == b""
     finally:
         server.stop()
+
+
+def test_sigterm_says_421_and_saves_open_sessions(serve: Serve, setup_dir: Path) -> None:
+    """An SMTP session still open at shutdown is told (421) and still recorded."""
+    import sqlite3
+
+    client = smtp(serve.smtp_port, sni="wrong.x.test", helo="still-open.example")
+    assert serve.stop() == 0
+    assert client.noop()[0] == 421  # the shutdown notice, read as the reply to the next command
+    db = sqlite3.connect(setup_dir.parent / "havedane.sqlite3")
+    rows = db.execute("SELECT helo, sni, outcome FROM sessions WHERE helo = 'still-open.example'").fetchall()
+    # Recorded, and not as a refusal: the server ended it.
+    assert rows == [("still-open.example", "wrong.x.test", "server-shutdown")]

@@ -161,7 +161,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "listen": (_listen_list, ["127.0.0.1:2525"]),
         "hostname": (_str, None),
         "max_message_size": (_positive_int, 1_048_576),
-        "timeout": (_positive_float, 60.0),
+        "timeout": (_positive_float, 300.0),
         "max_connections": (_positive_int, 200),
         "max_connections_per_client": (_positive_int, 20),
         "max_recipients": (_positive_int, 20),
@@ -300,7 +300,7 @@ matrix = false
 listen = [{listen}]
 hostname = "mx.{domain}"
 max_message_size = 1048576      # bytes; larger messages get 552
-timeout = 60                    # seconds of silence before the connection is closed
+timeout = 300                   # seconds of silence before 421 and close (RFC 5321 §4.5.3.2)
 max_connections = 200           # beyond this: 421 4.7.0
 max_connections_per_client = 20
 max_recipients = 20

@@ -88,6 +88,7 @@ class Receiver:
         self.total_active = 0
         self.servers: list[asyncio.Server] = []
         self._saves: set[asyncio.Task[None]] = set()
+        self.connections: set[ReceiverSMTP] = set()
         self.now: Callable[[], float] = time.time
 
     # -- lifecycle -----------------------------------------------------------
@@ -133,6 +134,14 @@ class Receiver:
         for server in self.servers:
             await server.wait_closed()
         self.servers.clear()
+        # Connections still open are told so (RFC 5321 §3.8: 421 when shutting down) and
+        # closed, so that their sessions are saved before the store closes.
+        for conn in list(self.connections):
+            conn.shut_down()
+        for _ in range(100):
+            if not self.connections:
+                break
+            await asyncio.sleep(0.01)
         if self._saves:
             await asyncio.gather(*self._saves, return_exceptions=True)
 
@@ -337,6 +346,7 @@ class ReceiverSMTP(SMTP):
                 transport.close()
                 return
             self._admitted = True
+            self.receiver.connections.add(self)
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -344,6 +354,7 @@ class ReceiverSMTP(SMTP):
             return
         if not self._finished:
             self._finished = True
+            self.receiver.connections.discard(self)
             self.receiver.release(self.record.client_ip)
             self._finish(error)
         if self.session is not None and self._timeout_handle is not None:
@@ -379,6 +390,22 @@ class ReceiverSMTP(SMTP):
         if error is not None and r.error is None and not r.delivered and not isinstance(error, TLSSetupException):
             r.error = f"{type(error).__name__}: {error}"[:200]
         self.receiver.save(r)
+
+    def shut_down(self) -> None:
+        """The receiver is stopping: say so, record the session now (a TLS close can
+        take a while), then close."""
+        transport: Any = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(f"421 4.3.2 {self.hostname} Service shutting down\r\n".encode())
+        if not self._finished:
+            self._finished = True
+            self.receiver.connections.discard(self)
+            self.receiver.release(self.record.client_ip)
+            if self.record.outcome is Outcome.OPEN and not self.record.delivered:
+                self.record.outcome = Outcome.SHUTDOWN
+            self._finish(None)
+        if transport is not None:
+            transport.close()
 
     def _timeout_cb(self) -> None:
         self._timed_out = True

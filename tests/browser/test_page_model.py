@@ -275,3 +275,11 @@ def test_rows_after_the_grace_period_and_without_sni() -> None:
 def test_conformance_headline_tone() -> None:
     assert page.conformance(matrix_state([], [])).tone == "wait"
     assert page.conformance(matrix_state([], [])).tally == "14 still waiting"
+
+
+def test_every_session_outcome_has_words() -> None:
+    from havedane.store.base import Outcome
+    from havedane.web import page
+
+    for outcome in Outcome:
+        assert outcome.value in page.OUTCOMES and outcome.value in page.SEEN_OUTCOMES, outcome

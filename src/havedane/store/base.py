@@ -24,6 +24,7 @@ class Outcome(enum.StrEnum):
     REJECTED = "rejected"  # tried to send, every recipient refused
     TIMEOUT = "timeout"
     REFUSED_BUSY = "refused-busy"  # turned away at connect: too many connections (421)
+    SHUTDOWN = "server-shutdown"  # still open when the receiver stopped (421): proves nothing
 
 
 @dataclass(frozen=True)

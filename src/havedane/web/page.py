@@ -33,6 +33,7 @@ OUTCOMES = {
     "rejected": "tried to send, but every recipient was refused",
     "timeout": "went silent; we closed the connection",
     "refused-busy": "was turned away: too many connections at that moment",
+    "server-shutdown": "was still connected when our server restarted",
 }
 REFUSALS = {"tls-then-left", "handshake-failed"}
 
@@ -286,6 +287,7 @@ SEEN_OUTCOMES = {
     "rejected": "connected, recipient refused",
     "timeout": "connected, then went silent",
     "refused-busy": "turned away: we were busy",
+    "server-shutdown": "connected, cut off by our restart",
 }
 
 
