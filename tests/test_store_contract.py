@@ -231,6 +231,16 @@ async def test_prune_removes_old_tests_with_their_rows(store: Store) -> None:
     assert await store.prune(older_than=T0 + 50, orphan_sessions_older_than=T0 + 50) == 0
 
 
+async def test_prune_keeps_only_the_newest_orphan_sessions(store: Store) -> None:
+    await store.create_test(Test("kept", T0))
+    await store.save_session(session("named", T0, "kept"))
+    for i in range(5):
+        await store.save_session(session(f"orphan-{i}", T0 + i))
+    await store.prune(older_than=0, orphan_sessions_older_than=0, max_orphans=2)
+    left = await store.sessions_for("kept", ["192.0.2.1"], 0)
+    assert [s.id for s in left] == ["named", "orphan-3", "orphan-4"]
+
+
 async def test_closed_store_raises_store_error(url: str) -> None:
     s = open_store(url)
     await s.open()

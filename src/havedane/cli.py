@@ -199,7 +199,7 @@ async def prune_forever(config: Config, store: object) -> None:
         now = time.time()
         keep = config.retention_days * 86400
         try:
-            await store.prune(now - keep, now - min(keep, 86400))
+            await store.prune(now - keep, now - min(keep, 86400), config.max_orphan_sessions)
         except Exception as e:  # noqa: BLE001 - pruning must never stop the service
             logging.getLogger("havedane").error("pruning failed: %s", e)
         await asyncio.sleep(600)

@@ -65,6 +65,7 @@ class Config:
     grace: float
     retention_days: float
     max_tests: int
+    max_orphan_sessions: int
     tests_per_minute: int
     raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
 
@@ -175,7 +176,11 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
     "store": {"url": (_str, None), "busy_timeout": (_positive_float, 10.0)},
     "tls": {"dir": (_str, "tls")},
     "verdict": {"grace": (_positive_float, 60.0)},
-    "retention": {"days": (_positive_float, 7.0), "max_tests": (_positive_int, 100_000)},
+    "retention": {
+        "days": (_positive_float, 7.0),
+        "max_tests": (_positive_int, 100_000),
+        "max_orphan_sessions": (_positive_int, 100_000),
+    },
     "limits": {"tests_per_minute": (_positive_int, 10)},
 }
 
@@ -278,6 +283,7 @@ def load(path: Path | None, env: Mapping[str, str] | None = None, default_domain
         grace=parsed["verdict"]["grace"],
         retention_days=parsed["retention"]["days"],
         max_tests=parsed["retention"]["max_tests"],
+        max_orphan_sessions=parsed["retention"]["max_orphan_sessions"],
         tests_per_minute=parsed["limits"]["tests_per_minute"],
         raw=data,
     )
@@ -324,6 +330,7 @@ grace = 60                      # seconds after the first delivery before missin
 [retention]
 days = 7
 max_tests = 100000
+max_orphan_sessions = 100000    # sessions tied to no test (refusals, strangers): the newest are kept
 
 [limits]
 tests_per_minute = 10           # per client address

@@ -132,8 +132,10 @@ class Store(abc.ABC):
         """How many tests `client_ip` created since `since` (rate limiting)."""
 
     @abc.abstractmethod
-    async def prune(self, older_than: float, orphan_sessions_older_than: float) -> int:
-        """Remove tests (with their deliveries and sessions) created before `older_than`."""
+    async def prune(self, older_than: float, orphan_sessions_older_than: float, max_orphans: int | None = None) -> int:
+        """Remove tests (with their deliveries and sessions) created before `older_than`,
+        sessions tied to no test that started before `orphan_sessions_older_than`, and
+        beyond the newest `max_orphans` of those. Returns how many tests went."""
 
 
 class Changes:

@@ -328,7 +328,7 @@ class PostgresStore(Store):
         )
         return int(rows[0][0])
 
-    async def prune(self, older_than: float, orphan_sessions_older_than: float) -> int:
+    async def prune(self, older_than: float, orphan_sessions_older_than: float, max_orphans: int | None = None) -> int:
         self._tests.clear()
         async with self._transaction(set()) as cur:
             # Every process prunes on its own schedule; one at a time is enough.
@@ -342,5 +342,11 @@ class PostgresStore(Store):
             await cur.execute(
                 "DELETE FROM sessions WHERE alias IS NULL AND started < %s", (orphan_sessions_older_than,)
             )
+            if max_orphans is not None:
+                await cur.execute(
+                    "DELETE FROM sessions WHERE alias IS NULL AND id NOT IN "
+                    "(SELECT id FROM sessions WHERE alias IS NULL ORDER BY started DESC LIMIT %s)",
+                    (max_orphans,),
+                )
             await cur.execute("DELETE FROM tests WHERE created < %s", (older_than,))
             return cur.rowcount

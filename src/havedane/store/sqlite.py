@@ -325,12 +325,18 @@ class SQLiteStore(Store):
         rows = self._query("SELECT count(*) FROM tests WHERE client_ip = ? AND created >= ?", (client_ip, since))
         return int(rows[0][0])
 
-    async def prune(self, older_than: float, orphan_sessions_older_than: float) -> int:
+    async def prune(self, older_than: float, orphan_sessions_older_than: float, max_orphans: int | None = None) -> int:
         def job(conn: sqlite3.Connection) -> int:
             old = "SELECT alias FROM tests WHERE created < ?"
             conn.execute(f"DELETE FROM deliveries WHERE alias IN ({old})", (older_than,))
             conn.execute(f"DELETE FROM sessions WHERE alias IN ({old})", (older_than,))
             conn.execute("DELETE FROM sessions WHERE alias IS NULL AND started < ?", (orphan_sessions_older_than,))
+            if max_orphans is not None:
+                conn.execute(
+                    "DELETE FROM sessions WHERE alias IS NULL AND id NOT IN "
+                    "(SELECT id FROM sessions WHERE alias IS NULL ORDER BY started DESC LIMIT ?)",
+                    (max_orphans,),
+                )
             return conn.execute("DELETE FROM tests WHERE created < ?", (older_than,)).rowcount
 
         result: int = await self._write(job, set())
