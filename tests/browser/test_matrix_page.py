@@ -56,6 +56,7 @@ def test_rows_are_graded_live_without_a_reload(page: Page, matrix_server: Server
     rogue = page.locator("#row-ta-rogue")
     expect(rogue.locator(".expected")).to_have_text("refuse")
     expect(rogue.locator(".seen")).to_have_text("nothing yet")
+    expect(page.locator("#matrix-advice")).to_have_count(0)  # nothing failed yet
     expect(page.locator("#row-bogus .expected")).to_have_text("never connect")
     expect(page.locator("#row-ee .expected")).to_have_text("deliver over TLS")
 
@@ -71,6 +72,7 @@ def test_rows_are_graded_live_without_a_reload(page: Page, matrix_server: Server
     expect(why).to_contain_text("an attacker on the path can read your mail")
     assert rogue.locator(".grade").get_attribute("aria-describedby") == "why-ta-rogue"
     expect(page.locator("#announce")).to_contain_text(f"ta-rogue.{DOMAIN}: Fail.")
+    expect(page.locator("#matrix-advice")).to_contain_text("report it to the mail server's developers")
 
     # No STARTTLS offered on notls's own address: EHLO, then QUIT is what a DANE sender does.
     leave_without_tls(NOTLS, srv.smtp_port)
