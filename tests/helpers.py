@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import smtplib
 import socket
@@ -149,3 +150,17 @@ def send(
 ) -> dict[str, tuple[int, bytes]]:
     with smtp(port, sni, helo, tls) as client:
         return client.sendmail(mail_from, rcpts, body)
+
+
+def require(tool: str) -> str:
+    """The path of a tool the test drives (also looked for in /usr/sbin); a missing
+    tool skips the test locally but fails it in CI, where it must run."""
+    import pytest  # here, not at the top: helpers is imported by non-test scripts too
+
+    path = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
+    if path is None:
+        message = f"{tool} not installed (scripts/system-packages installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return path

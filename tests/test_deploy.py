@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from havedane import pki
+from helpers import require
 
 ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "deploy"
 
 
-def need(tool: str) -> str:
-    path = shutil.which(tool) or (f"/usr/sbin/{tool}" if os.path.exists(f"/usr/sbin/{tool}") else None)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{tool} missing: scripts/system-packages installs it")
-        pytest.skip(f"{tool} not installed")
-    return path
-
-
 def test_systemd_unit_verifies_cleanly(tmp_path: Path) -> None:
-    tool = need("systemd-analyze")
+    tool = require("systemd-analyze")
     havedane = shutil.which("havedane", path=str(ROOT / ".venv" / "bin")) or shutil.which("havedane")
     assert havedane, "havedane is installed in the venv"
     unit = (DEPLOY / "havedane.service").read_text()
@@ -37,14 +26,14 @@ def test_systemd_unit_verifies_cleanly(tmp_path: Path) -> None:
 
 
 def test_systemd_verify_does_catch_a_broken_unit(tmp_path: Path) -> None:
-    tool = need("systemd-analyze")
+    tool = require("systemd-analyze")
     (tmp_path / "broken.service").write_text("[Service]\nExecStart=/nonexistent/x\nRestart=whenever\n")
     r = subprocess.run([tool, "verify", str(tmp_path / "broken.service")], capture_output=True, text=True)
     assert r.returncode != 0 or r.stderr.strip()
 
 
 def nginx_test(tmp_path: Path, site: str) -> subprocess.CompletedProcess[str]:
-    tool = need("nginx")
+    tool = require("nginx")
     # Test certificates in place of the real ones the sample names.
     key = pki.new_key("ecdsa")
     cert = pki.make_ca("havedane.example", key)

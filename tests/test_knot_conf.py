@@ -5,28 +5,16 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
-
-from helpers import free_port
-
-
-def need(tool: str) -> str:
-    path = shutil.which(tool) or (f"/usr/sbin/{tool}" if os.path.exists(f"/usr/sbin/{tool}") else None)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{tool} missing: scripts/system-packages installs it")
-        pytest.skip(f"{tool} not installed")
-    return path
+from helpers import free_port, require
 
 
 def test_knot_serves_the_matrix_zones_as_written(tmp_path: Path) -> None:
-    knotd, knotc, kdig = need("knotd"), need("knotc"), need("kdig")
+    knotd, knotc, kdig = require("knotd"), require("knotc"), require("kdig")
     env = {**os.environ, "HAVEDANE_PROBES_MATRIX": "true",
            "HAVEDANE_PROBES_ADDRESSES": "notls=192.0.2.8,unusable-notls=192.0.2.9"}  # fmt: skip
     run = [sys.executable, "-m", "havedane"]

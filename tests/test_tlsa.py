@@ -4,8 +4,6 @@ and the record output of `havedane records` (RFC 6698 §2.1, RFC 7671 §5.1)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,19 +14,9 @@ from cryptography import x509
 
 from havedane import pki, probes
 from havedane.dns import tlsa, zone
+from helpers import require
 
 DOMAIN = "x.test"
-
-
-def require(tool: str) -> str:
-    """The tool's path; a missing tool skips locally but fails in CI."""
-    path = shutil.which(tool)
-    if path is None:
-        message = f"{tool} not installed (scripts/system-packages installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,6 @@ checked by dnspython and, independently, by ldns-verify-zone."""
 from __future__ import annotations
 
 import datetime
-import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -25,21 +23,11 @@ from cryptography import x509
 
 from havedane import pki, probes
 from havedane.dns import sign, zone
+from helpers import require
 
 DOMAIN = "x.test"
 ORIGIN = dns.name.from_text(DOMAIN)
 ADDRESSES = ["192.0.2.25", "2001:db8::25"]
-
-
-def require(tool: str) -> str:
-    """The tool's path; a missing tool skips locally but fails in CI."""
-    path = shutil.which(tool)
-    if path is None:
-        message = f"{tool} not installed (scripts/system-packages installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return path
 
 
 @pytest.fixture(scope="module")
