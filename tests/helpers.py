@@ -164,3 +164,17 @@ def require(tool: str) -> str:
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
     return path
+
+
+def starttls_socket(port: int, helo: str, host: str = "127.0.0.1") -> socket.socket:
+    """A raw connection taken through EHLO and STARTTLS up to the 220: the caller does
+    (or refuses) the TLS handshake itself, as the sender under test would."""
+    raw = socket.create_connection((host, port), timeout=10)
+    f = raw.makefile("rb")
+    f.readline()
+    raw.sendall(f"EHLO {helo}\r\n".encode())
+    while not f.readline().startswith(b"250 "):
+        pass
+    raw.sendall(b"STARTTLS\r\n")
+    assert f.readline().startswith(b"220")
+    return raw

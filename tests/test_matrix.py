@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from helpers import Serve, insecure_context, send
+from helpers import Serve, insecure_context, send, starttls_socket
 
 NOTLS = "127.0.0.28"
 UNUSABLE_NOTLS = "127.0.0.29"
@@ -109,14 +109,7 @@ def refuse_after_tls(port: int, sni: str) -> None:
     """What Postfix does when our certificate fails its DANE check: it sends its TLS
     Finished, QUIT and close_notify in one go, and closes."""
     ctx = insecure_context()
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        f = s.makefile("rb")
-        f.readline()
-        s.sendall(b"EHLO dane.sender.example\r\n")
-        while not f.readline().startswith(b"250 "):
-            pass
-        s.sendall(b"STARTTLS\r\n")
-        assert f.readline().startswith(b"220")
+    with starttls_socket(port, "dane.sender.example") as s:
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         tls = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
         while True:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import Serve, insecure_context, send, smtp
+from helpers import Serve, insecure_context, send, smtp, starttls_socket
 
 
 def test_three_probes_delivered_over_starttls(serve: Serve) -> None:
@@ -103,14 +103,7 @@ def test_refusal_tls_then_quit_is_recorded_and_tied_by_client_address(serve: Ser
 
 def test_refusal_by_closing_without_quit(serve: Serve) -> None:
     t = serve.new_test()
-    raw = socket.create_connection(("127.0.0.1", serve.smtp_port))
-    f = raw.makefile("rb")
-    f.readline()
-    raw.sendall(b"EHLO closer.example\r\n")
-    while not f.readline().startswith(b"250 "):
-        pass
-    raw.sendall(b"STARTTLS\r\n")
-    assert f.readline().startswith(b"220")
+    raw = starttls_socket(serve.smtp_port, "closer.example")
     tls = insecure_context().wrap_socket(raw, server_hostname="wrong.x.test")
     tls.close()
     send(serve.smtp_port, [t["addresses"]["do"], t["addresses"]["dont"]], sni="do.x.test")
@@ -121,12 +114,7 @@ def test_refusal_by_closing_without_quit(serve: Serve) -> None:
 def test_handshake_aborted_by_the_client_is_recorded(serve: Serve) -> None:
     """A client that verifies inside the handshake sends a fatal alert (bad certificate)."""
     t = serve.new_test()
-    raw = socket.create_connection(("127.0.0.1", serve.smtp_port))
-    f = raw.makefile("rb")
-    f.readline()
-    raw.sendall(b"EHLO strict.example\r\nSTARTTLS\r\n")
-    while not f.readline().startswith(b"220"):
-        pass
+    raw = starttls_socket(serve.smtp_port, "strict.example")
     strict = ssl.create_default_context()  # verifies: our CA is unknown to it
     with pytest.raises(ssl.SSLCertVerificationError):
         strict.wrap_socket(raw, server_hostname="wrong.x.test")

@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from cryptography import x509
 from havedane import __version__, pki
 from havedane import config as configmod
 from havedane.config import Config, ConfigError, Listen
+from havedane.store.base import Store
 
 EMBEDDED_DOMAIN = "havedane.localhost"
 
@@ -189,12 +191,8 @@ async def serve(
         await store.close()
 
 
-async def prune_forever(config: Config, store: object) -> None:
-    from havedane.store.base import Store
-
-    assert isinstance(store, Store)
-    import time
-
+async def prune_forever(config: Config, store: Store) -> None:
+    """Retention ([retention] in README): at start, then every 10 minutes."""
     while True:
         now = time.time()
         keep = config.retention_days * 86400
