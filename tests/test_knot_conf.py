@@ -145,7 +145,7 @@ def shape(knot: Knot) -> None:
     assert validates(ds, f"bogus.{DOMAIN}", "DS", parent)
     [bogus_key] = [k for k in bogus_keys[dns.name.from_text(f"bogus.{DOMAIN}")] if k.flags & 0x0001]
     published = rrset(ds, f"bogus.{DOMAIN}", "DS")
-    assert published is not None and dns.dnssec.make_ds(f"bogus.{DOMAIN}", bogus_key, "SHA256") in published
+    assert published is not None and dns.dnssec.make_ds(f"bogus.{DOMAIN}.", bogus_key, "SHA256") in published
     no_ds = knot.authoritative(f"unsigned.{DOMAIN}", "DS")
     assert rrset(no_ds, f"unsigned.{DOMAIN}", "DS") is None
     assert validates(no_ds, f"unsigned.{DOMAIN}", "NSEC", parent)
