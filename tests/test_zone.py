@@ -4,6 +4,7 @@ checked by dnspython and, independently, by ldns-verify-zone."""
 from __future__ import annotations
 
 import datetime
+import re
 import stat
 import subprocess
 import sys
@@ -274,3 +275,22 @@ def test_matrix_probes_get_their_zone_cuts(tmp_path: Path) -> None:
         path = tmp_path / "checked.zone"
         path.write_text(text)
         assert (ldns_verify(path).returncode == 0) is valid
+
+
+def test_knot_validates_only_the_zones_whose_signatures_are_all_valid(tmp_path: Path) -> None:
+    """Knot 3.2 refuses to load a zone it validates that has no keys or a broken
+    signature (and answers SERVFAIL for it): only the signed base zone is validated."""
+    tls_dir = tmp_path / "tls"
+    pki.create(tls_dir, DOMAIN)
+    enabled = probes.enabled(None, matrix=True)
+    for signed, checked in ((True, {DOMAIN}), (False, set())):
+        out = zone.build_zone(
+            DOMAIN, enabled, [c.leaf for c in pki.load_chains(tls_dir)], pki.load_ca(tls_dir), ADDRESSES,
+            tmp_path / "dnssec", sign=signed,
+            probe_leaves={p.name: pki.leaves_for(p, tls_dir) for p in enabled if p.chain is not None},
+        )  # fmt: skip
+        files = {DOMAIN: tmp_path / "x.zone", **{name: tmp_path / f"{name}.zone" for name in out.children}}
+        conf = zone.knot_conf(files, out.validated)
+        on = set(re.findall(r"- domain: (\S+)\n.*\n    dnssec-validation: on\n", conf))
+        assert on == checked, conf
+        assert conf.count("dnssec-validation: off") == 3 - len(checked), conf

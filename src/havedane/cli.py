@@ -314,10 +314,7 @@ def cmd_zone(args: argparse.Namespace) -> int:
         files[name] = path.resolve()
         print(f"havedane: child zone {name.rstrip('.')} written to {path}", file=sys.stderr)
     if args.knot_conf:
-        from havedane.probes import Zone
-
-        broken = {p.host(config.domain) for p in config.probes if p.zone is Zone.BOGUS}
-        Path(args.knot_conf).write_text(zone.knot_conf(files, broken))
+        Path(args.knot_conf).write_text(zone.knot_conf(files, out.validated))
         print(f"havedane: Knot configuration written to {args.knot_conf}", file=sys.stderr)
     for line in out.ds:
         print(line, file=sys.stderr)

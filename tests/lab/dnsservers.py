@@ -1,5 +1,6 @@
-"""Knot (authoritative, serving a zone signed elsewhere) and Unbound (validating
-resolver whose only trust anchor is that zone's DS), configured for the lab."""
+"""Knot (authoritative: on the configuration `havedane zone --knot-conf` wrote, or on
+the lab's own for a variant of the zone) and Unbound (validating resolver whose only
+trust anchor is the zone's DS), configured for the lab."""
 
 from __future__ import annotations
 
@@ -86,6 +87,7 @@ class Answer:
     rcode: str
     ad: bool
     rrsets: list[str]
+    aa: bool = False  # authoritative: from a zone the server has loaded
 
 
 def query(
@@ -112,17 +114,57 @@ def query(
         dns.rcode.to_text(reply.rcode()),
         bool(reply.flags & dns.flags.AD),
         [rrset.to_text() for rrset in reply.answer],
+        bool(reply.flags & dns.flags.AA),
     )
 
 
-def _answers(ns: Netns, server: str, name: str, rdtype: str, want_ad: bool) -> bool:
+def _answers(ns: Netns, server: str, name: str, rdtype: str, want_ad: bool = False, want_aa: bool = False) -> bool:
     # TCP: until the server listens the connection is refused at once, where a UDP
     # query would wait out its whole timeout.
     try:
         a = query(ns, server, name, rdtype, timeout=1, tcp=True)
     except (OSError, TimeoutError, dns.exception.Timeout):
         return False
-    return a.rcode == "NOERROR" and bool(a.rrsets) and (a.ad or not want_ad)
+    return a.rcode == "NOERROR" and bool(a.rrsets) and (a.ad or not want_ad) and (a.aa or not want_aa)
+
+
+def as_operator(knot_conf: str, address: str, directory: Path) -> str:
+    """The configuration `havedane zone --knot-conf` wrote, changed only where the lab's
+    host differs from an operator's: it listens on `address` (the lab runs other DNS
+    servers on port 53 of other addresses) and keeps its run directory, database and a
+    log in `directory` (not the host's /run/knot and /var/lib/knot)."""
+    edits = [
+        ("    listen: 0.0.0.0@53\n", f'    listen: {address}@53\n    rundir: "{directory}"\n'),
+        ("template:\n  - id: default\n", f'template:\n  - id: default\n    storage: "{directory}"\n'),
+    ]
+    for old, new in edits:
+        assert knot_conf.count(old) == 1, f"lab: `havedane zone --knot-conf` no longer writes {old!r}:\n{knot_conf}"
+        knot_conf = knot_conf.replace(old, new)
+    return knot_conf + f'database:\n    storage: "{directory}"\nlog:\n  - target: stderr\n    any: info\n'
+
+
+@contextlib.contextmanager
+def knot_as_written(ns: Netns, directory: Path, knot_conf: str, address: str, zones: list[str]) -> Iterator[None]:
+    """knotd on the configuration `havedane zone --knot-conf` wrote (see as_operator),
+    serving the zone files `havedane zone` wrote where it wrote them. Ready when every
+    zone answers its SOA authoritatively (AA, NOERROR): a zone Knot refused to load
+    answers SERVFAIL, and the wait ends with Knot's own words."""
+    directory.mkdir(parents=True, exist_ok=True)
+    conf = directory / "knot.conf"
+    conf.write_text(as_operator(knot_conf, address, directory))
+    proc = ns.popen(["knotd", "-c", str(conf)], directory / "knotd.log")
+    try:
+        _wait(
+            lambda: (
+                _alive(proc, directory / "knotd.log")
+                and all(_answers(ns, address, z, "SOA", want_aa=True) for z in zones)
+            ),
+            f"knotd answering authoritatively for {', '.join(zones)} at {address}",
+            directory / "knotd.log",
+        )
+        yield
+    finally:
+        stop(proc)
 
 
 @dataclass(frozen=True)
@@ -139,8 +181,11 @@ def knot(ns: Netns, directory: Path, address: str, zone: str, zone_text: str, va
 
 
 @contextlib.contextmanager
-def knot_zones(ns: Netns, directory: Path, address: str, zones: list[ServedZone]) -> Iterator[None]:
-    """One knotd at `address` serving each zone's file exactly as written."""
+def knot_zones(
+    ns: Netns, directory: Path, address: str, zones: list[ServedZone], ready: list[str] | None = None
+) -> Iterator[None]:
+    """One knotd at `address` with the lab's own configuration, serving each zone's file
+    exactly as written; ready when the zones in `ready` (default: all) answer."""
     directory.mkdir(parents=True, exist_ok=True)
     entries = []
     for z in zones:
@@ -152,12 +197,10 @@ def knot_zones(ns: Netns, directory: Path, address: str, zones: list[ServedZone]
     proc = ns.popen(["knotd", "-c", str(conf)], directory / "knotd.log")
     try:
         # Ready when every zone is loaded (with validation on: only if it validated).
+        names = ready if ready is not None else [z.name for z in zones]
         _wait(
-            lambda: (
-                _alive(proc, directory / "knotd.log")
-                and all(_answers(ns, address, z.name, "SOA", want_ad=False) for z in zones)
-            ),
-            f"knotd answering for {', '.join(z.name for z in zones)} at {address}",
+            lambda: _alive(proc, directory / "knotd.log") and all(_answers(ns, address, z, "SOA") for z in names),
+            f"knotd answering for {', '.join(names)} at {address}",
             directory / "knotd.log",
         )
         yield

@@ -120,6 +120,39 @@ def test_check_fails_when_do_tlsa_does_not_match_the_served_certificate(lab: wor
     assert "fix: republish TLSA from the certificates served (`havedane records`)" in out
 
 
+def ns_moved_to(lab: world.World, address: str) -> str:
+    """The zone `havedane zone --sign` wrote, with ns.<zone> (the name server of the
+    child zones' delegations) at `address`, signed again with the deployment's key."""
+    z = dns.zone.from_text(lab.zone_text, origin=lab.zone + ".", relativize=False)
+    for node in z.nodes.values():
+        for rdtype in (dns.rdatatype.RRSIG, dns.rdatatype.NSEC, dns.rdatatype.DNSKEY):
+            for covers in {r.covers for r in node.rdatasets if r.rdtype == rdtype}:
+                node.delete_rdataset(dns.rdataclass.IN, rdtype, covers)
+    a = dns.rdataset.from_text("IN", "A", zone.TTL, address)
+    z.find_node(dns.name.from_text(f"ns.{lab.zone}.")).replace_rdataset(a)
+    cfg = configmod.load(lab.config, env={})
+    sign.sign(z, sign.load_or_create_key(cfg.data_dir / "dnssec", cfg.domain))
+    return zone.zone_text(z)
+
+
+def test_check_names_a_child_zone_that_is_not_served(lab: world.World) -> None:
+    # What `havedane zone --knot-conf` used to configure: Knot validating the unsigned
+    # child zone on load. Knot 3.2 refuses to load it ("no keys for signing") and
+    # answers SERVFAIL for every name in it; check must say so, not "publish MX".
+    bogus, unsigned = f"bogus.{lab.zone}", f"unsigned.{lab.zone}"
+    children = (dnsservers.ServedZone(bogus, lab.children[bogus], validation=False),
+                dnsservers.ServedZone(unsigned, lab.children[unsigned], validation=True))  # fmt: skip
+    parent = ns_moved_to(lab, world.ALT_AUTHORITATIVE)
+    with world.alternate_dns(lab, "refused", parent, True, children, ready=[lab.zone, bogus]):
+        code, out = check(lab, world.ALT_RESOLVER)
+    assert "no keys for signing" in (lab.dir / "dns-refused" / "knot" / "knotd.log").read_text()
+    assert code == 1, out
+    assert failures(out) == [f"FAIL  zone {unsigned}: not served: SOA query answered rcode SERVFAIL"], out
+    assert "with Knot use `havedane zone --knot-conf`" in out
+    assert f"ok    zone {bogus}: served (SOA answered)" in out
+    assert f"MX {unsigned}" not in out and "publish" not in out, out
+
+
 def test_check_fails_when_the_receiver_is_down(lab: world.World) -> None:
     # Nothing listens on port 2599 of the probe addresses: the receiver is down there.
     code, out = check(lab, world.RESOLVER, "--smtp-port", "2599")

@@ -229,7 +229,7 @@ def test_bogus_and_unsigned_as_the_resolver_sees_them(lab: world.World) -> None:
     # Both are reached through the parent's delegation to ns.<zone>, where the child
     # zones are served as `havedane zone --sign` wrote them.
     ns = lab.query(f"ns.{zone}", "A")
-    assert (ns.rcode, ns.ad) == ("NOERROR", True) and any(world.CHILD_AUTHORITATIVE in r for r in ns.rrsets), ns
+    assert (ns.rcode, ns.ad) == ("NOERROR", True) and any(world.AUTHORITATIVE in r for r in ns.rrsets), ns
     assert set(lab.children) == {f"bogus.{zone}", f"unsigned.{zone}"}
 
 

@@ -1,8 +1,9 @@
 """The whole lab, brought up in order and torn down in reverse, whatever happens.
 
-    127.0.0.20  Knot: serves the zone `havedane zone --sign` wrote, as written
-    127.0.0.25:53  Knot: the child zones it wrote (bogus, unsigned), at the address
-                the parent's NS (ns.<zone>) names, so they are reached by delegation
+    127.0.0.25:53  Knot, as an operator runs it: on the configuration
+                `havedane zone --sign --knot-conf` wrote, serving the zone and the
+                child zones (bogus, unsigned) it wrote, as written, at the address
+                the zone's NS (ns.<zone>, `--address`) names: a one-host deployment
     127.0.0.21  Unbound: validates, trusting only the DS `havedane zone --sign` printed
     127.0.0.22/23  a second Knot + Unbound, for one test at a time, serving a variant
                 of the zone under the same trust anchor (alternate_dns)
@@ -34,14 +35,13 @@ from .netns import Netns, stop, wait_until
 from .postfix import Postfix
 
 ZONE = "havedane.test"  # RFC 6761 §6.2: .test never leaves a lab
-AUTHORITATIVE = "127.0.0.20"
 RESOLVER = "127.0.0.21"
 ALT_AUTHORITATIVE = "127.0.0.22"  # a variant of the zone, for one test at a time
 ALT_RESOLVER = "127.0.0.23"
 RECEIVER = "127.0.0.25"
 # The zone's name server ns.<zone> has the receiver's address (`--address`, as on a
-# one-host deployment): the child zones are served there, on port 53.
-CHILD_AUTHORITATIVE = RECEIVER
+# one-host deployment): Knot serves the zone and its child zones there, on port 53.
+AUTHORITATIVE = RECEIVER
 PROBE_ADDRESSES = {"notls": "127.0.0.28", "unusable-notls": "127.0.0.29"}  # [probes] addresses
 DANE_SENDER = "127.0.0.30"
 PLAIN_SENDER = "127.0.0.31"
@@ -92,22 +92,25 @@ class Deployment:
     zone_text: str
     ds: list[str]
     children: dict[str, str]  # child zone name -> its text
+    knot_conf: str  # the Knot configuration it wrote, serving all of them
 
 
 def deploy(directory: Path) -> Deployment:
     """`havedane init`, the conformance matrix switched on in its config, then
-    `havedane zone --sign`: the signed zone, the DS, and the child zones it wrote."""
+    `havedane zone --sign --knot-conf`: the signed zone, the DS, the child zones it
+    wrote, and the Knot configuration that serves them."""
     havedane("init", "--domain", ZONE, "--dir", str(directory))
     config = directory / "havedane.toml"
     enable_matrix(config)
-    zone_file = directory / f"{ZONE}.zone"
-    proc = havedane("zone", "--config", str(config), "--sign", "--address", RECEIVER, "--out", str(zone_file))
+    zone_file, knot_conf = directory / f"{ZONE}.zone", directory / "knot.conf"
+    proc = havedane("zone", "--config", str(config), "--sign", "--address", RECEIVER, "--out", str(zone_file),
+                    "--knot-conf", str(knot_conf))  # fmt: skip
     ds = [line for line in proc.stderr.splitlines() if " DS " in line]
     assert ds, f"havedane zone --sign printed no DS: {proc.stderr!r}"
     written = re.findall(r"^havedane: child zone (\S+) written to (.+)$", proc.stderr, re.M)
     children = {name: Path(path).read_text() for name, path in written}
     assert set(children) == {f"bogus.{ZONE}", f"unsigned.{ZONE}"}, proc.stderr
-    return Deployment(config, zone_file.read_text(), ds, children)
+    return Deployment(config, zone_file.read_text(), ds, children, knot_conf.read_text())
 
 
 def make_zone(directory: Path) -> tuple[Path, str, list[str]]:
@@ -167,11 +170,8 @@ def build(directory: Path) -> Iterator[World]:
         stack.callback(ns.delete)  # registered first: runs last, after every process is gone
         ns.create(RESOLVER)
         d = deploy(directory / "havedane")
-        stack.enter_context(dnsservers.knot(ns, directory / "knot", AUTHORITATIVE, ZONE, d.zone_text, validation=True))
-        # bogus: its TLSA signature is broken on purpose, so Knot must not validate it;
-        # unsigned: nothing to validate.
-        children = [dnsservers.ServedZone(name, text, validation=False) for name, text in d.children.items()]
-        stack.enter_context(dnsservers.knot_zones(ns, directory / "knot-children", CHILD_AUTHORITATIVE, children))
+        zones = [ZONE, *d.children]
+        stack.enter_context(dnsservers.knot_as_written(ns, directory / "knot", d.knot_conf, AUTHORITATIVE, zones))
         stack.enter_context(
             dnsservers.unbound(ns, directory / "unbound", RESOLVER, ZONE, d.ds, AUTHORITATIVE, f"do.{ZONE}")
         )
@@ -190,14 +190,21 @@ def build(directory: Path) -> Iterator[World]:
 
 
 @contextlib.contextmanager
-def alternate_dns(world: World, tag: str, zone_text: str, validation: bool) -> Iterator[Path]:
+def alternate_dns(
+    world: World,
+    tag: str,
+    zone_text: str,
+    validation: bool,
+    children: tuple[dnsservers.ServedZone, ...] = (),
+    ready: list[str] | None = None,
+) -> Iterator[Path]:
     """A second Knot + Unbound pair in the lab (127.0.0.22/23) serving a variant of the
-    zone under the same trust anchor; yields a resolv.conf that points at it."""
+    zone under the same trust anchor (and `children`, reached there only when the
+    variant's ns.<zone> has that address); yields a resolv.conf that points at it."""
     base = world.dir / f"dns-{tag}"
     with contextlib.ExitStack() as stack:
-        stack.enter_context(
-            dnsservers.knot(world.ns, base / "knot", ALT_AUTHORITATIVE, world.zone, zone_text, validation)
-        )
+        zones = [dnsservers.ServedZone(world.zone, zone_text, validation), *children]
+        stack.enter_context(dnsservers.knot_zones(world.ns, base / "knot", ALT_AUTHORITATIVE, zones, ready))
         stack.enter_context(
             dnsservers.unbound(
                 world.ns, base / "unbound", ALT_RESOLVER, world.zone, world.ds, ALT_AUTHORITATIVE, world.zone

@@ -97,6 +97,11 @@ def check_probe(config: Config, probe: probes.Probe, resolver: str, port: int) -
     domain = config.domain
     host, tls_host = probe.host(domain), probe.tls_host(domain)
     signed = probe.zone is not probes.Zone.UNSIGNED  # an unsigned delegation is provably insecure on purpose
+    if probe.zone is not probes.Zone.PARENT:
+        served = check_child_zone(host, resolver)
+        yield served
+        if not served.ok:
+            return  # every other answer from the zone would fail for this one reason
     mx = query(resolver, host, "MX")
     want_mx = f"10 {tls_host}."
     if want_mx not in mx.records:
@@ -120,6 +125,24 @@ def check_probe(config: Config, probe: probes.Probe, resolver: str, port: int) -
                      f"{tls_host} must point at its own listener address {own} ([probes] addresses)")  # fmt: skip
     records = yield from check_tlsa_rrset(probe, tls_host, resolver)
     yield from check_smtp(probe, tls_host, own or addresses[0], port, records)
+
+
+def check_child_zone(apex: str, resolver: str) -> Result:
+    """A probe's child zone (bogus, unsigned) answers its SOA: it is delegated and its
+    name server has loaded it. A server that refused to load the zone (Knot validating
+    a zone that has no keys: "no keys for signing") makes the resolver answer SERVFAIL
+    for every name in it, which is the cause to name, not the first missing record."""
+    ans = query(resolver, apex, "SOA")
+    soa = ans.rcode == dns.rcode.NOERROR and bool(ans.records)
+    if soa:
+        return Result(f"zone {apex}", True, "served (SOA answered)")
+    got = ans.error or (f"rcode {_rcode(ans)}" if ans.rcode != dns.rcode.NOERROR else "no SOA")
+    fix = (
+        f"serve the zone file {apex}.zone that `havedane zone` wrote, unchanged, on the name server the "
+        f"delegation names; with Knot use `havedane zone --knot-conf` (it checks only the signed base zone on load) "
+        f"and read Knot's log for the zone"
+    )
+    return Result(f"zone {apex}", False, f"not served: SOA query answered {got}", fix)
 
 
 def check_tlsa_rrset(
