@@ -263,3 +263,29 @@ def test_sni_in_capitals_is_graded_on_the_chain_served(matrix: Serve) -> None:
     body = matrix.wait_for(t["alias"], lambda b: b["probes"]["ee"]["deliveries"])
     assert body["probes"]["ee"]["deliveries"][0]["tls"]["sni"] == "EE.X.TEST"
     assert body["probes"]["ee"]["grade"]["grade"] == "pass", body["probes"]["ee"]["grade"]
+
+
+def test_reset_right_after_the_handshake_keeps_the_tls_facts(serve: Serve) -> None:
+    """A sender that completes TLS and resets the connection (no QUIT, no close_notify)."""
+    t = serve.new_test()
+    ctx = insecure_context()
+    for _ in range(3):
+        raw = starttls_socket(serve.smtp_port, "reset.sender.example")
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = ctx.wrap_bio(incoming, outgoing, server_hostname="wrong.x.test")
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                incoming.write(raw.recv(65536))
+        raw.sendall(outgoing.read())
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        raw.close()  # RST
+    send(serve.smtp_port, [t["addresses"]["do"], t["addresses"]["dont"]], sni="do.x.test")
+    body = serve.wait_for(t["alias"], lambda b: len(sessions_of(b, "wrong")) == 3)
+    for s in sessions_of(body, "wrong"):
+        assert s["tls"] is not None and s["tls"]["version"] and s["tls"]["sni"] == "wrong.x.test", s
+        assert s["outcome"] == "tls-then-left", s
+    assert body["probes"]["wrong"]["status"] == "refused"
