@@ -132,3 +132,50 @@ def test_plaintext_failure_explains_plaintext() -> None:
     g = v.grades["do"]
     assert g.grade == Grade.FAIL and g.proves(do) is not None
     assert "plaintext" in (g.proves(do) or "") and "could not deliver" not in (g.proves(do) or "")
+
+
+def failed_here(probe: probes.Probe) -> Session:
+    """A session whose handshake failed on our side (e.g. no shared cipher): never shown the certificate."""
+    return Session(
+        id="f", started=T0 + 2, ended=T0 + 3, client_ip=CLIENT, client_port=1, local_ip="198.51.100.1", local_port=25,
+        helo="mx.sender.example", starttls=True, tls=None, probe=probe.name, alias=None,
+        outcome=Outcome.TLS_FAILED_HERE, error="SSLError: [SSL: NO_SHARED_CIPHER] no shared cipher",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("probe", [p for p in ALL if p.starttls], ids=lambda p: p.name)
+def test_failure_on_our_side_is_no_evidence(probe: probes.Probe) -> None:
+    """Issue 11: "did not deliver" proves nothing when the sender never saw the certificate."""
+    got = graded(probe, [control_for(probe)], [failed_here(probe)], after_grace=True)
+    assert got == Grade.INCONCLUSIVE
+    assert graded(probe, [control_for(probe)], [failed_here(probe)], after_grace=False) == Grade.PENDING
+
+
+def test_wrong_failed_on_our_side_does_not_make_validates() -> None:
+    do, dont, wrong = (probes.CATALOGUE[n] for n in ("do", "dont", "wrong"))
+    v = evaluate(ALL, Test("abc", T0), [failed_here(wrong)], [delivery(do), delivery(dont)], T0 + GRACE + 2, GRACE,
+                 DOMAIN)  # fmt: skip
+    assert v.code.value == "incomplete" and "failed on our side" in v.summary and "NO_SHARED_CIPHER" in v.summary
+    assert v.grades["wrong"].grade is Grade.INCONCLUSIVE
+
+
+@pytest.mark.parametrize("sni", ["EE.X.TEST", "ee.x.test.", "Ee.X.Test"])
+def test_sni_is_compared_as_a_dns_name(sni: str) -> None:
+    """Issue 11: the receiver picks the chain case-insensitively; grading follows it."""
+    ee = probes.CATALOGUE["ee"]
+    assert graded(ee, [control_for(ee), delivery(ee, sni=sni)], [], after_grace=False) == Grade.PASS
+
+
+def test_grade_follows_the_chain_the_session_recorded() -> None:
+    """The chain recorded for the delivering session decides, whatever the SNI's spelling."""
+    ee = probes.CATALOGUE["ee"]
+    shown = Session(
+        id="s1", started=T0, ended=T0 + 1, client_ip=CLIENT, client_port=1, local_ip="198.51.100.1", local_port=25,
+        starttls=True, tls=Tls("TLSv1.3", "X", "EE.x.test"), probe="ee", alias="abc", rcpts=[ee.address("abc", DOMAIN)],
+        outcome=Outcome.DELIVERED, chain="ee",
+    )  # fmt: skip
+    d = Delivery("abc", "ee", T0 + 1, CLIENT, "mx", "a@sender.example", ee.address("abc", DOMAIN),
+                 Tls("TLSv1.3", "X", "EE.x.test"), session_id="s1")  # fmt: skip
+    assert graded(ee, [control_for(ee), d], [shown], after_grace=False) == Grade.PASS
+    default = Session(**{**shown.__dict__, "chain": "default"})
+    assert graded(ee, [control_for(ee), d], [default], after_grace=False) == Grade.INCONCLUSIVE

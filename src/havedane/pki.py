@@ -8,9 +8,13 @@ Layout of the TLS directory (written by `havedane init`):
     chain-ecdsa.pem, chain-rsa.pem  leaf + CA: DANE-TA (2 1 1) needs the CA in the chain
                                     (RFC 7671 §5.2.2)
     chain-<name>.pem, leaf-<name>.* the conformance probes' chains (probes.Chain), served
-                                    only to senders that name such a probe in SNI
+                                    only to senders that name such a probe in SNI (ECDSA)
+    chain-<name>-rsa.pem, ...       each one's RSA sibling: same shape, RSA 2048 leaf
 
-Both leaves are served side by side; TLSA 3 1 1 is published for each.
+Both leaves of a chain are served side by side (OpenSSL picks by the signature
+algorithms the client offers, RFC 8446 §4.2.3 / RFC 5246 §7.4.1.4.1), so that a sender
+that cannot verify ECDSA is shown the same certificate, not a failed handshake; TLSA
+3 1 1 is published for each leaf.
 """
 
 from __future__ import annotations
@@ -147,29 +151,36 @@ def _write_chain(tls_dir: Path, name: str, key: PrivateKey, chain: list[x509.Cer
     (tls_dir / f"chain-{name}.pem").write_bytes(b"".join(pem(c) for c in chain))
 
 
+def sibling(name: str, kind: str) -> str:
+    """File name stem of a probe chain's leaf of `kind`: the ECDSA one keeps the bare name."""
+    return name if kind == "ecdsa" else f"{name}-{kind}"
+
+
 def create_probe_chains(tls_dir: Path, domain: str, ca: x509.Certificate, ca_key: PrivateKey) -> None:
-    """The chains the conformance probes serve to senders that name them in SNI."""
+    """The chains the conformance probes serve to senders that name them in SNI, each
+    with an ECDSA and an RSA leaf (the issuing CAs stay ECDSA, as the default chain's)."""
     long_ago = _now() - datetime.timedelta(days=400)
     hosts = {c: [p.tls_host(domain) for p in probes.CATALOGUE.values() if p.chain is c] for c in probes.Chain}
     elsewhere = f"elsewhere.{domain}"  # a name no probe answers to
-
-    # DANE-EE: self-signed, expired, naming another host (RFC 7672 §3.1.1 ignores all three).
-    key = new_key("ecdsa")
-    ee = make_leaf(["elsewhere.invalid"], key, ca, key, days=30, not_before=long_ago, self_signed=True)
-    _write_chain(tls_dir, probes.Chain.EE, key, [ee])
-    # DANE-TA with a leaf naming another host, and with an expired leaf.
-    key = new_key("ecdsa")
-    _write_chain(tls_dir, probes.Chain.BADNAME, key, [make_leaf([elsewhere], key, ca, ca_key), ca])
-    key = new_key("ecdsa")
-    expired = make_leaf(hosts[probes.Chain.EXPIRED], key, ca, ca_key, days=30, not_before=long_ago)
-    _write_chain(tls_dir, probes.Chain.EXPIRED, key, [expired, ca])
-    # A leaf from an unrelated CA, sent with that CA and our genuine (public) CA: the
-    # genuine CA is in the chain, but the leaf does not chain to it (RFC 7671 §5.2.2).
     rogue_key = new_key("ecdsa")
     rogue_ca = make_ca(f"havedane rogue CA for {domain}", rogue_key)
-    key = new_key("ecdsa")
-    rogue = make_leaf(hosts[probes.Chain.ROGUE], key, rogue_ca, rogue_key)
-    _write_chain(tls_dir, probes.Chain.ROGUE, key, [rogue, rogue_ca, ca])
+    for kind in LEAF_KINDS:
+        # DANE-EE: self-signed, expired, naming another host (RFC 7672 §3.1.1 ignores all three).
+        key = new_key(kind)
+        ee = make_leaf(["elsewhere.invalid"], key, ca, key, days=30, not_before=long_ago, self_signed=True)
+        _write_chain(tls_dir, sibling(probes.Chain.EE, kind), key, [ee])
+        # DANE-TA with a leaf naming another host, and with an expired leaf.
+        key = new_key(kind)
+        badname = make_leaf([elsewhere], key, ca, ca_key)
+        _write_chain(tls_dir, sibling(probes.Chain.BADNAME, kind), key, [badname, ca])
+        key = new_key(kind)
+        expired = make_leaf(hosts[probes.Chain.EXPIRED], key, ca, ca_key, days=30, not_before=long_ago)
+        _write_chain(tls_dir, sibling(probes.Chain.EXPIRED, kind), key, [expired, ca])
+        # A leaf from an unrelated CA, sent with that CA and our genuine (public) CA: the
+        # genuine CA is in the chain, but the leaf does not chain to it (RFC 7671 §5.2.2).
+        key = new_key(kind)
+        rogue = make_leaf(hosts[probes.Chain.ROGUE], key, rogue_ca, rogue_key)
+        _write_chain(tls_dir, sibling(probes.Chain.ROGUE, kind), key, [rogue, rogue_ca, ca])
 
 
 def load_chain(tls_dir: Path, name: str) -> Chain:
@@ -178,15 +189,25 @@ def load_chain(tls_dir: Path, name: str) -> Chain:
     return Chain(name, chain_file, tls_dir / f"leaf-{name}.key", certs[0], tuple(certs[1:]))
 
 
+def load_probe_chain(tls_dir: Path, name: str) -> list[Chain]:
+    """A conformance probe's chains: the ECDSA one (FileNotFoundError when missing) and
+    its RSA sibling. A setup made before RSA siblings existed has none: it is served
+    ECDSA only, and an RSA-only sender's failed handshake is recorded as ours."""
+    chains = [load_chain(tls_dir, name)]
+    if (tls_dir / f"chain-{sibling(name, 'rsa')}.pem").exists():
+        chains.append(load_chain(tls_dir, sibling(name, "rsa")))
+    return chains
+
+
 def load_probe_chains(tls_dir: Path) -> dict[str, Chain]:
-    """The conformance probes' chains, by name; raises FileNotFoundError when missing."""
+    """The conformance probes' (ECDSA) chains, by name; raises FileNotFoundError when missing."""
     return {c.value: load_chain(tls_dir, c.value) for c in probes.Chain}
 
 
 def leaves_for(probe: probes.Probe, tls_dir: Path) -> list[x509.Certificate]:
     """The leaf certificates a sender that names `probe` in SNI is served."""
     if probe.chain is not None:
-        return [load_chain(tls_dir, probe.chain.value).leaf]
+        return [c.leaf for c in load_probe_chain(tls_dir, probe.chain.value)]
     return [c.leaf for c in load_chains(tls_dir)]
 
 

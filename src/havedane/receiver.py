@@ -36,23 +36,42 @@ IDENT = "havedane"
 DEFAULT_CHAIN = "default"
 
 
+def _note_certificate_sent(
+    conn: object, direction: str, _version: object, content_type: object, msg_type: object, _data: object
+) -> None:
+    """OpenSSL's message callback: mark the connection once our Certificate message is
+    written (in TLS 1.2 and 1.3 it goes out in the same flight as the ServerHello; the
+    handshake then waits for the client, so the flight is on the wire)."""
+    if direction == "write" and content_type == _HANDSHAKE and msg_type == _CERTIFICATE:
+        conn.havedane_certificate_sent = True  # type: ignore[attr-defined]
+
+
+_HANDSHAKE = ssl._TLSContentType.HANDSHAKE  # type: ignore[attr-defined]
+_CERTIFICATE = ssl._TLSMessageType.CERTIFICATE  # type: ignore[attr-defined]
+
+
 def _context(chains: list[pki.Chain]) -> ssl.SSLContext:
-    """Old protocol versions and every cipher allowed, so that old senders are
-    measured rather than turned away."""
+    """Old protocol versions and old ciphers allowed, so that old senders are measured
+    rather than turned away; but no anonymous (aNULL: ADH, AECDH) or null-encryption
+    suites: a session that shows no certificate tests nothing (RFC 7672 §1.3)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1
-    ctx.set_ciphers("ALL:@SECLEVEL=0")
+    ctx.set_ciphers("ALL:!aNULL:!eNULL:@SECLEVEL=0")
     for chain in chains:
         ctx.load_cert_chain(chain.cert_file, chain.key_file)
+    # CPython's (private, stable since 3.8) hook for OpenSSL's message callback: the only way
+    # to know whether the sender was shown our certificate when a handshake fails.
+    ctx._msg_callback = _note_certificate_sent  # type: ignore[attr-defined]
     return ctx
 
 
-def tls_context(chains: list[pki.Chain], by_sni: dict[str, pki.Chain] | None = None) -> ssl.SSLContext:
+def tls_context(chains: list[pki.Chain], by_sni: dict[str, list[pki.Chain]] | None = None) -> ssl.SSLContext:
     """The server context: the default chains loaded (OpenSSL picks by the client's
     signature algorithms), SNI captured on the SSLObject, and for the names in
-    `by_sni` a context serving that chain instead (the conformance probes)."""
+    `by_sni` a context serving those chains instead (a conformance probe's ECDSA chain and
+    its RSA sibling, recorded under the first one's name)."""
     ctx = _context(chains)
-    special = {name.lower(): (chain.kind, _context([chain])) for name, chain in (by_sni or {}).items()}
+    special = {name.lower(): (served[0].kind, _context(served)) for name, served in (by_sni or {}).items()}
 
     def on_sni(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
         sslobj.havedane_sni = name  # type: ignore[attr-defined]
@@ -67,9 +86,31 @@ def tls_context(chains: list[pki.Chain], by_sni: dict[str, pki.Chain] | None = N
 def probe_contexts(config: Config) -> ssl.SSLContext:
     """The TLS context for `config`: default chains plus each enabled probe's own."""
     by_sni = {
-        p.tls_host(config.domain): pki.load_chain(config.tls_dir, p.chain.value) for p in config.probes if p.chain
+        p.tls_host(config.domain): pki.load_probe_chain(config.tls_dir, p.chain.value) for p in config.probes if p.chain
     }
     return tls_context(pki.load_chains(config.tls_dir), by_sni)
+
+
+def refused_after(certificate_sent: bool, error: BaseException | None) -> bool:
+    """Whether a failed handshake is the sender's refusal of our certificate.
+
+    Only what the sender did once it was shown the certificate counts (RFC 7672 §2.2: a
+    DANE sender that cannot authenticate the server must not deliver; it learns that
+    from our Certificate message, RFC 8446 §4.4.2 / RFC 5246 §7.4.2):
+    - a fatal alert it sent (OpenSSL names a received alert SSLV3_ALERT_*, TLSV1_ALERT_*,
+      TLSV13_ALERT_*: bad_certificate, unknown_ca, certificate_unknown, ...), or
+    - closing or resetting the connection (EOF, reset) after our certificate flight.
+    Anything else is ours and no evidence either way: a failure before our Certificate was
+    written (no shared cipher, version, group or signature algorithm, no ClientHello at all,
+    e.g. HTTP on the port: OpenSSL's own reason, and our alert), or an error our stack
+    detected after it (a record it could not read). A handshake that completed and then
+    ended without MAIL is not decided here: that is `tls-then-left`.
+    """
+    if not certificate_sent:
+        return False
+    if isinstance(error, ssl.SSLEOFError | ConnectionResetError | BrokenPipeError):
+        return True
+    return isinstance(error, ssl.SSLError) and "ALERT" in (error.reason or "")
 
 
 def _split(address: str) -> tuple[str, str]:
@@ -347,6 +388,13 @@ class ReceiverSMTP(SMTP):
                 return
             self._admitted = True
             self.receiver.connections.add(self)
+        elif self._tls_protocol is not None:
+            # The STARTTLS handshake just completed: asyncio calls this before it reads what
+            # came after the client's Finished. Record the TLS facts now: a fatal alert or a
+            # reset in that same read puts the SSL object in an error state where version()
+            # and cipher() say nothing, and the command that waited for the handshake only
+            # resumes after that read.
+            self._record_tls()
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -472,13 +520,15 @@ class ReceiverSMTP(SMTP):
         try:
             await super().smtp_STARTTLS(arg)
         except TLSSetupException as e:
-            self.record.outcome = Outcome.HANDSHAKE_FAILED
+            raw = getattr(self._tls_protocol, "_sslobj", None)
+            shown = getattr(raw, "havedane_certificate_sent", False)
+            refused = refused_after(shown, e.__cause__)
+            self.record.outcome = Outcome.HANDSHAKE_FAILED if refused else Outcome.TLS_FAILED_HERE
             self.record.error = (
                 f"{type(e.__cause__).__name__}: {e.__cause__}"[:200] if e.__cause__ else "handshake failed"
             )
             sni = self._sni()
-            raw = getattr(self._tls_protocol, "_sslobj", None)
-            self.record.chain = getattr(raw, "havedane_chain", DEFAULT_CHAIN)
+            self.record.chain = getattr(raw, "havedane_chain", DEFAULT_CHAIN) if shown else None
             if sni:
                 self.record.tls = None
                 probe = probes.probe_for_host(self.receiver.config.probes, self.receiver.config.domain, sni)
@@ -489,7 +539,7 @@ class ReceiverSMTP(SMTP):
     def _record_tls(self) -> None:
         """What the completed handshake showed (nothing before it completes)."""
         sslobj = self._ssl_object()
-        if sslobj is not None:
+        if sslobj is not None and self.record.tls is None:
             cipher = sslobj.cipher()
             self.record.tls = Tls(sslobj.version() or "", cipher[0] if cipher else "", self._sni())
             self.record.chain = getattr(sslobj, "havedane_chain", DEFAULT_CHAIN)

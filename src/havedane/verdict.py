@@ -37,8 +37,10 @@ class Code(enum.StrEnum):
     INCOMPLETE = "incomplete"
 
 
-# A session that reached a probe, got (or aborted) TLS and left without MAIL: the
-# behaviour of a DANE sender whose TLSA check failed (RFC 7672 §2.2).
+# A session that reached a probe, was shown our certificate and left without MAIL (after
+# completing TLS, or by aborting the handshake): the behaviour of a DANE sender whose TLSA
+# check failed (RFC 7672 §2.2). Not `tls-failed-here`: a handshake that failed before our
+# certificate was sent, or in our stack, shows nothing about the sender (receiver.refused_after).
 REFUSAL_OUTCOMES = {Outcome.TLS_THEN_LEFT, Outcome.HANDSHAKE_FAILED}
 
 
@@ -54,6 +56,12 @@ class ProbeResult:
     @property
     def over_tls(self) -> bool:
         return bool(self.deliveries) and all(d.tls is not None for d in self.deliveries)
+
+    @property
+    def failed_here(self) -> Session | None:
+        """A session whose TLS handshake failed on our side: the sender tried, but was never
+        shown the certificate, so its staying away proves nothing."""
+        return next((s for s in self.sessions if s.outcome is Outcome.TLS_FAILED_HERE), None)
 
 
 @dataclass(frozen=True)
@@ -153,6 +161,11 @@ def _refusal_words(results: list[ProbeResult], domain: str) -> str:
     return " ".join(words)
 
 
+def _failed_here_words(r: ProbeResult) -> str:
+    s = r.failed_here
+    return f"Our TLS error: {s.error}." if s is not None and s.error else ""
+
+
 def evaluate(
     probes: tuple[Probe, ...],
     test: Test,
@@ -173,7 +186,8 @@ def evaluate(
     plaintext = [r for r in must_deliver if r.probe.tlsa is Tlsa.MATCH and r.deliveries and not r.over_tls]
     leaked = [r for r in must_refuse if r.status is Status.DELIVERED]
     missing = [r for r in must_deliver if r.status is not Status.DELIVERED]
-    held = all(r.status in (Status.REFUSED, Status.NOT_DELIVERED) for r in must_refuse)
+    ours = [r for r in must_refuse if r.status is Status.NOT_DELIVERED and r.failed_here is not None]
+    held = not ours and all(r.status in (Status.REFUSED, Status.NOT_DELIVERED) for r in must_refuse)
 
     if plaintext:
         code = Code.NO_TLS
@@ -212,6 +226,14 @@ def evaluate(
         )
         summary = " ".join(parts)
         code = Code.VALIDATES
+    elif grace_over and ours and not missing:
+        summary = (
+            f"Your mail server ({_client(deliveries)}) delivered where it should. It also connected to "
+            f"{_names(ours, domain)}, but the TLS handshake failed on our side before it was shown our "
+            "certificate, and nothing arrived there: that proves nothing either way, so the test cannot conclude. "
+            + " ".join(_failed_here_words(r) for r in ours)
+        )
+        code = Code.INCOMPLETE
     elif grace_over and missing:
         summary = (
             f"Your mail server ({_client(deliveries)}) delivered some of the messages, but nothing arrived for "
@@ -237,14 +259,26 @@ def evaluate(
 
 def saw_its_chain(result: ProbeResult, domain: str) -> bool:
     """Whether the evidence for a probe with a chain of its own came from connections
-    that were shown that chain (they named the probe's TLS host in SNI)."""
+    that were shown that chain. The chain the receiver recorded for the session decides
+    (it chose it from the SNI, case-insensitively: DNS names are, RFC 4343; RFC 6066 §3);
+    a delivery whose session is not at hand falls back to its SNI, compared the same way."""
     if result.probe.chain is None:
         return True
-    host = result.probe.tls_host(domain)
-    evidence = [d.tls.sni if d.tls else None for d in result.deliveries]
-    if result.refusal is not None:
-        evidence.append(result.refusal.tls.sni if result.refusal.tls else result.refusal.chain)
-    return any(e == host or e == result.probe.chain for e in evidence)
+    host = result.probe.tls_host(domain).lower()
+    chains = {s.id: s.chain for s in result.sessions}
+    evidence = [result.refusal] if result.refusal is not None else []
+
+    def shown(chain: str | None, sni: str | None) -> bool:
+        if chain is not None:
+            return chain == result.probe.chain
+        return sni is not None and sni.lower().rstrip(".") == host
+
+    if any(shown(s.chain, s.tls.sni if s.tls else None) for s in evidence):
+        return True
+    return any(
+        shown(chains.get(d.session_id) if d.session_id else None, d.tls.sni if d.tls else None)
+        for d in result.deliveries
+    )
 
 
 def grade(result: ProbeResult, results: dict[str, ProbeResult], grace_over: bool, domain: str) -> Graded:
@@ -255,6 +289,9 @@ def grade(result: ProbeResult, results: dict[str, ProbeResult], grace_over: bool
     if status in (Status.DELIVERED, Status.REFUSED) and not saw_its_chain(result, domain):
         return Graded(Grade.INCONCLUSIVE, f"your server did not name {probe.tls_host(domain)} in SNI, so it was "
                       "shown our default certificate, not the one this probe is about")  # fmt: skip
+    if status is Status.NOT_DELIVERED and result.failed_here is not None:
+        return Graded(Grade.INCONCLUSIVE, "the TLS handshake failed on our side before your server was shown our "
+                      "certificate, and nothing arrived: that proves nothing either way")  # fmt: skip
     control = results.get(probe.control) if probe.control else None
     if control is not None and control.status is not Status.DELIVERED and status is not Status.DELIVERED:
         if grace_over:

@@ -19,7 +19,10 @@ class Outcome(enum.StrEnum):
     OPEN = "open"  # still connected (or the process died before it ended)
     DELIVERED = "delivered"  # at least one message accepted
     TLS_THEN_LEFT = "tls-then-left"  # TLS completed, then QUIT/close/alert without MAIL: a refusal
-    HANDSHAKE_FAILED = "handshake-failed"  # the client aborted the TLS handshake (e.g. a fatal alert)
+    HANDSHAKE_FAILED = "handshake-failed"  # shown our certificate, the client aborted the handshake: a refusal
+    # The handshake failed before our certificate was sent (no shared cipher, version or group;
+    # no ClientHello) or in our own TLS stack: ours, and no evidence either way.
+    TLS_FAILED_HERE = "tls-failed-here"
     LEFT = "left"  # no TLS, no delivery (e.g. EHLO then QUIT: TLS required but not offered)
     REJECTED = "rejected"  # tried to send, every recipient refused
     TIMEOUT = "timeout"

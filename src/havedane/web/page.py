@@ -29,6 +29,8 @@ OUTCOMES = {
     "delivered": "delivered and closed the connection",
     "tls-then-left": "completed TLS, saw our certificate and left without sending mail",
     "handshake-failed": "aborted the TLS handshake after seeing our certificate",
+    "tls-failed-here": "could not complete TLS with us: the handshake failed on our side before it was shown our "
+    "certificate (no evidence either way)",
     "left": "left without sending mail",
     "rejected": "tried to send, but every recipient was refused",
     "timeout": "went silent; we closed the connection",
@@ -283,6 +285,7 @@ SEEN_OUTCOMES = {
     "delivered": "delivered",
     "tls-then-left": "refused after TLS",
     "handshake-failed": "refused during the TLS handshake",
+    "tls-failed-here": "TLS failed on our side",
     "left": "connected, left without sending",
     "rejected": "connected, recipient refused",
     "timeout": "connected, then went silent",
