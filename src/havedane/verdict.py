@@ -16,6 +16,7 @@ classic probes' expectations in the catalogue (never from their names):
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from havedane.probes import Expect, Probe, Tlsa
@@ -50,6 +51,7 @@ class ProbeResult:
     sessions: tuple[Session, ...]
     refusal: Session | None  # the session that shows a refusal, if any
     correlated: bool  # the refusal is tied to the test by client address only
+    competing: int = 0  # other tests from that address whose window holds the refusal too
 
     @property
     def over_tls(self) -> bool:
@@ -112,7 +114,12 @@ def reached(session: Session, probe: Probe, domain: str) -> bool:
 
 
 def probe_result(
-    probe: Probe, sessions: list[Session], deliveries: list[Delivery], grace_over: bool, domain: str
+    probe: Probe,
+    sessions: list[Session],
+    deliveries: list[Delivery],
+    grace_over: bool,
+    domain: str,
+    competing: Mapping[str, int] | None = None,
 ) -> ProbeResult:
     mine = tuple(s for s in sessions if reached(s, probe, domain))
     delivered = tuple(d for d in deliveries if d.probe == probe.name)
@@ -125,7 +132,9 @@ def probe_result(
         status = Status.NOT_DELIVERED
     else:
         status = Status.PENDING
-    return ProbeResult(probe, status, delivered, mine, refusal, refusal is not None and refusal.alias is None)
+    correlated = refusal is not None and refusal.alias is None
+    others = (competing or {}).get(refusal.id, 0) if refusal is not None and correlated else 0
+    return ProbeResult(probe, status, delivered, mine, refusal, correlated, others)
 
 
 def _client(deliveries: list[Delivery]) -> str:
@@ -149,6 +158,12 @@ def _refusal_words(results: list[ProbeResult], domain: str) -> str:
         how = "aborted the TLS handshake" if r.refusal.outcome is Outcome.HANDSHAKE_FAILED else (
             "completed TLS, saw our certificate and left without sending")  # fmt: skip
         tied = " (tied to this test by its client address)" if r.correlated else ""
+        if r.competing:
+            tied = (
+                f" (tied to this test by its client address; it could also belong to another test sent from that "
+                f"address at the same time: {r.competing} other test{'s' if r.competing > 1 else ''} waited for "
+                "mail from it then)"
+            )
         words.append(f"A server at {r.refusal.client_ip} connected to {r.probe.host(domain)}, {how}{tied}.")
     return " ".join(words)
 
@@ -161,11 +176,12 @@ def evaluate(
     now: float,
     grace: float,
     domain: str,
+    competing: Mapping[str, int] | None = None,
 ) -> Verdict:
     first = min((d.received_at for d in deliveries), default=None)
     grace_ends = None if first is None else first + grace
     grace_over = grace_ends is not None and now >= grace_ends
-    results = {p.name: probe_result(p, sessions, deliveries, grace_over, domain) for p in probes}
+    results = {p.name: probe_result(p, sessions, deliveries, grace_over, domain, competing) for p in probes}
     classic = [results[p.name] for p in probes if p.classic]
 
     must_deliver = [r for r in classic if r.probe.expect is Expect.DELIVER]
