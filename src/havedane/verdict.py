@@ -81,11 +81,12 @@ class Graded:
     grade: Grade
     reason: str
     plaintext: bool = False  # failed by sending in cleartext where TLS is mandatory
+    instead: str | None = None  # a pass that proves less than the catalogue's words (see stayed_away)
 
     def proves(self, probe: Probe) -> str | None:
         """What this grade proves about the sender, in the catalogue's words."""
         if self.grade is Grade.PASS:
-            return probe.proves_pass
+            return self.instead or probe.proves_pass
         if self.grade is Grade.FAIL:
             return PLAINTEXT_CONSEQUENCE if self.plaintext else probe.proves_fail
         return None
@@ -95,6 +96,17 @@ PLAINTEXT_CONSEQUENCE = (
     "Your server sent mail in plaintext to a domain whose signed TLSA records make TLS mandatory "
     "(RFC 7672 §2.2): it does not apply DANE, and anyone on the path can read that mail."
 )
+
+
+def stayed_away(result: ProbeResult) -> str:
+    """What a must-refuse probe that nothing was delivered to, and no session refused,
+    shows: only that nothing arrived, not that the sender checked anything."""
+    seen = "no connection to it showed a refusal" if result.sessions else "nothing connected to it"
+    return (
+        f"Nothing arrived here within the grace period, and {seen}. A DANE-validating server holds such mail "
+        "back, so this is what one looks like, but it does not show that your server checked our certificate: "
+        "a server that was never sent this message, or is holding it for another reason, looks the same."
+    )
 
 
 def is_refusal(session: Session, probe: Probe) -> bool:
@@ -219,13 +231,19 @@ def evaluate(
         if refused:
             parts.append(_refusal_words(refused, domain))
         if stayed:
+            seen = "" if any(r.sessions for r in stayed) else ", and nothing connected there"
             parts.append(
-                f"Nothing arrived for {_names(stayed, domain)} within {grace:.0f} seconds of the first delivery."
+                f"Nothing arrived for {_names(stayed, domain)} within {grace:.0f} seconds of the first delivery"
+                f"{seen}. That is what a DANE-validating server does, but staying away does not show that your "
+                "server checked our certificate: a server that was never sent that message, or is holding it for "
+                "another reason, looks the same. If you sent it, your server did not deliver where the TLSA "
+                "records do not match our certificate, as a DANE-validating server must (RFC 7672)."
             )
-        parts.append(
-            "It did not deliver where the TLSA records do not match our certificate: your server validates "
-            "DANE (RFC 7672). Expect a delay notice for the message it is still holding back; that is correct."
-        )
+        else:
+            parts.append(
+                "It refused where the TLSA records do not match our certificate: your server validates DANE (RFC 7672)."
+            )
+        parts.append("Expect a delay notice for the message it is still holding back; that is correct.")
         summary = " ".join(parts)
         code = Code.VALIDATES
     elif grace_over and missing:
@@ -290,6 +308,9 @@ def grade(result: ProbeResult, results: dict[str, ProbeResult], grace_over: bool
     if status is Status.REFUSED:
         return Graded(Grade.PASS, "connected and refused to deliver")
     if status is Status.NOT_DELIVERED:
+        if probe.expect is Expect.REFUSE:  # the expected refusal was not seen: say only what was
+            reason = "nothing arrived within the grace period" + ("" if result.sessions else ", and nothing connected")
+            return Graded(Grade.PASS, reason, instead=stayed_away(result))
         return Graded(Grade.PASS, "did not deliver" + (" (and never connected)" if not result.sessions else ""))
     return Graded(Grade.PENDING, "waiting for mail")
 
