@@ -16,8 +16,21 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from havedane import config as configmod
+from havedane import report
+from havedane.dns import check
 from havedane.store import postgres, sqlite
-from havedane.store.base import Delivery, Outcome, Session, Store, StoreError, Test, Tls, TooManyTests
+from havedane.store.base import (
+    CHECK_HELO,
+    Delivery,
+    Outcome,
+    Session,
+    Store,
+    StoreError,
+    Test,
+    Tls,
+    TooManyTests,
+)
 from havedane.store.sqlite import SchemaTooNew, open_store
 from pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
@@ -394,3 +407,72 @@ async def test_postgres_feed_survives_a_lost_listen_connection(postgres_url: str
     finally:
         await store.close()
         await other.close()
+
+
+# -- correlation by client address is bounded (issue 11, item 6) ------------------------------
+
+CONFIG = configmod.load(None, env={"HAVEDANE_DOMAIN": "x.test", "HAVEDANE_VERDICT_GRACE": "60"})
+
+
+def refusal_session(sid: str, started: float, helo: str = "mx.sender.example") -> Session:
+    """A sender that completed TLS at `wrong` and left without MAIL: no alias, tied by address only."""
+    s = session(sid, started)
+    s.ended, s.helo, s.starttls, s.probe = started + 0.5, helo, True, "wrong"
+    s.tls, s.outcome = Tls("TLSv1.3", "TLS_AES_256_GCM_SHA384", "wrong.x.test"), Outcome.TLS_THEN_LEFT
+    return s
+
+
+async def sent(store: Store, alias: str, created: float, first: float, client_ip: str = "192.0.2.1") -> None:
+    """A test whose `do` and `dont` arrived from `client_ip`, the first at `first`."""
+    await store.create_test(Test(alias, created))
+    await store.add_deliveries([delivery(alias, 0, "do", received_at=first, client_ip=client_ip),
+                                delivery(alias, 1, "dont", received_at=first + 1, client_ip=client_ip)])  # fmt: skip
+
+
+async def wrong_of(store: Store, alias: str, now: float) -> dict[str, object]:
+    r = await report.load(store, CONFIG, alias, now)
+    assert r is not None
+    wrong: dict[str, object] = report.to_json(CONFIG, r)["probes"]["wrong"]
+    return wrong
+
+
+async def test_a_later_refusal_is_tied_only_to_the_test_whose_window_it_falls_in(store: Store) -> None:
+    # A visitor's first test, then half an hour later a second one from the same mail server.
+    await sent(store, "first", T0, T0 + 10)
+    await sent(store, "second", T0 + 1800, T0 + 1810)
+    await store.save_session(refusal_session("refusal", T0 + 1812))
+    first, second = await wrong_of(store, "first", T0 + 3600), await wrong_of(store, "second", T0 + 3600)
+    assert (first["status"], first["sessions"]) == ("not-delivered", [])
+    assert second["status"] == "refused"
+    assert [s["id"] for s in second["sessions"]] == ["refusal"]  # type: ignore[index]
+    assert second["sessions"][0]["competing_tests"] == 0  # type: ignore[index]
+
+
+async def test_a_refusal_long_after_the_grace_period_is_not_tied(store: Store) -> None:
+    await sent(store, "t", T0, T0 + 10)
+    await store.save_session(refusal_session("late", T0 + 10 + CONFIG.grace + 5))
+    await store.save_session(refusal_session("early", T0 + 10 - report.MARGIN - 5))
+    assert (await wrong_of(store, "t", T0 + 3600))["sessions"] == []
+
+
+async def test_sessions_of_havedane_check_are_never_tied_to_a_test(store: Store) -> None:
+    await sent(store, "t", T0, T0 + 10)
+    await store.save_session(refusal_session("check", T0 + 12, helo=CHECK_HELO))
+    assert check.CHECK_HELO == CHECK_HELO  # `havedane check` says this name in its EHLO
+    wrong = await wrong_of(store, "t", T0 + 3600)
+    assert (wrong["status"], wrong["sessions"]) == ("not-delivered", [])
+
+
+async def test_two_tests_from_one_address_compete_for_a_refusal_and_say_so(store: Store) -> None:
+    await sent(store, "a", T0, T0 + 10)
+    await sent(store, "b", T0 + 5, T0 + 20)
+    await sent(store, "elsewhere", T0 + 5, T0 + 20, client_ip="198.51.100.7")  # another sender: no competition
+    await store.save_session(refusal_session("refusal", T0 + 25))
+    for alias in ("a", "b"):
+        wrong = await wrong_of(store, alias, T0 + 3600)
+        assert wrong["status"] == "refused"
+        (s,) = wrong["sessions"]  # type: ignore[misc]
+        assert (s["id"], s["correlated_by_client_ip"], s["competing_tests"]) == ("refusal", True, 1)
+    r = await report.load(store, CONFIG, "a", T0 + 3600)
+    assert r is not None
+    assert "could also belong to another test" in r.verdict.summary

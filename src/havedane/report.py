@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from havedane.config import Config
 from havedane.store.base import Delivery, Session, Store, Test, Tls
 from havedane.verdict import Verdict, evaluate
+
+# A session without MAIL carries no alias: it is tied to a test by the client address
+# that delivered the test's other probes, but only while that test waits for mail: from
+# MARGIN seconds before its first delivery (a sender tries its recipients in parallel,
+# the refusal may come first; never before the test was created) to the end of its grace
+# period. Outside that window it may be anyone's, e.g. the next test from the same server.
+MARGIN = 60.0
 
 
 @dataclass(frozen=True)
@@ -16,6 +23,8 @@ class Report:
     test: Test
     verdict: Verdict
     now: float
+    # Session id -> how many other tests from the same address it could belong to.
+    competing: dict[str, int] = field(default_factory=dict)
 
 
 def iso(t: float | None) -> str | None:
@@ -29,12 +38,41 @@ async def load(store: Store, config: Config, alias: str, now: float) -> Report |
     if test is None:
         return None
     deliveries = await store.deliveries_for(alias)
-    # Sessions without MAIL carry no alias: tie them to this test by the client
-    # addresses that delivered its other probes (worded as such on the page).
-    client_ips = sorted({d.client_ip for d in deliveries})
-    sessions = await store.sessions_for(alias, client_ips, test.created)
-    verdict = evaluate(config.probes, test, sessions, deliveries, now, config.grace, config.domain)
-    return Report(test, verdict, now)
+    first = min((d.received_at for d in deliveries), default=None)
+    if first is None:
+        sessions = await store.sessions_for(alias, [], test.created)
+    else:
+        client_ips = sorted({d.client_ip for d in deliveries})
+        since, until = window(test.created, first, config.grace)
+        sessions = await store.sessions_for(alias, client_ips, since, until)
+    competing = await competitors(store, alias, [s for s in sessions if s.alias is None], config.grace)
+    verdict = evaluate(config.probes, test, sessions, deliveries, now, config.grace, config.domain, competing)
+    return Report(test, verdict, now, competing)
+
+
+def window(created: float, first: float, grace: float) -> tuple[float, float]:
+    """When a session without alias may belong to a test: see MARGIN."""
+    return max(created, first - MARGIN), first + grace
+
+
+async def competitors(store: Store, alias: str, untied: list[Session], grace: float) -> dict[str, int]:
+    """For each session tied by address: how many other tests from that address were
+    waiting for mail when it started (their windows hold it too)."""
+    if not untied:
+        return {}
+    starts = [s.started for s in untied]
+    # A competing test's first delivery lies within [start - grace, start + MARGIN]; its
+    # delivery from this address, within its own grace period after that.
+    others = [
+        t for t in await store.tests_sent_from(
+            sorted({s.client_ip for s in untied}), min(starts) - grace, max(starts) + MARGIN + grace)
+        if t.alias != alias
+    ]  # fmt: skip
+    counts = {}
+    for s in untied:
+        since_until = [window(t.created, t.first, grace) for t in others if t.client_ip == s.client_ip]
+        counts[s.id] = sum(since <= s.started <= until for since, until in since_until)
+    return counts
 
 
 def tls_json(tls: Tls | None) -> dict[str, Any] | None:
@@ -54,7 +92,7 @@ def delivery_json(d: Delivery) -> dict[str, Any]:
     }
 
 
-def session_json(s: Session) -> dict[str, Any]:
+def session_json(s: Session, competing: dict[str, int]) -> dict[str, Any]:
     return {
         "id": s.id,
         "started": iso(s.started),
@@ -69,6 +107,7 @@ def session_json(s: Session) -> dict[str, Any]:
         "probe": s.probe,
         "outcome": s.outcome.value,
         "correlated_by_client_ip": s.alias is None,
+        "competing_tests": competing.get(s.id, 0),
         "error": s.error,
     }
 
@@ -95,7 +134,7 @@ def to_json(config: Config, report: Report) -> dict[str, Any]:
                 "grade": {"grade": v.grades[name].grade.value, "reason": v.grades[name].reason},
                 "proves": v.grades[name].proves(r.probe),
                 "deliveries": [delivery_json(d) for d in r.deliveries],
-                "sessions": [session_json(s) for s in r.sessions],
+                "sessions": [session_json(s, report.competing) for s in r.sessions],
             }
             for name, r in v.probes.items()
         },

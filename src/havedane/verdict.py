@@ -16,6 +16,7 @@ classic probes' expectations in the catalogue (never from their names):
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from havedane.probes import Expect, Probe, Tlsa
@@ -52,6 +53,7 @@ class ProbeResult:
     sessions: tuple[Session, ...]
     refusal: Session | None  # the session that shows a refusal, if any
     correlated: bool  # the refusal is tied to the test by client address only
+    competing: int = 0  # other tests from that address whose window holds the refusal too
 
     @property
     def over_tls(self) -> bool:
@@ -87,11 +89,12 @@ class Graded:
     grade: Grade
     reason: str
     plaintext: bool = False  # failed by sending in cleartext where TLS is mandatory
+    instead: str | None = None  # a pass that proves less than the catalogue's words (see stayed_away)
 
     def proves(self, probe: Probe) -> str | None:
         """What this grade proves about the sender, in the catalogue's words."""
         if self.grade is Grade.PASS:
-            return probe.proves_pass
+            return self.instead or probe.proves_pass
         if self.grade is Grade.FAIL:
             return PLAINTEXT_CONSEQUENCE if self.plaintext else probe.proves_fail
         return None
@@ -101,6 +104,17 @@ PLAINTEXT_CONSEQUENCE = (
     "Your server sent mail in plaintext to a domain whose signed TLSA records make TLS mandatory "
     "(RFC 7672 §2.2): it does not apply DANE, and anyone on the path can read that mail."
 )
+
+
+def stayed_away(result: ProbeResult) -> str:
+    """What a must-refuse probe that nothing was delivered to, and no session refused,
+    shows: only that nothing arrived, not that the sender checked anything."""
+    seen = "no connection to it showed a refusal" if result.sessions else "nothing connected to it"
+    return (
+        f"Nothing arrived here within the grace period, and {seen}. A DANE-validating server holds such mail "
+        "back, so this is what one looks like, but it does not show that your server checked our certificate: "
+        "a server that was never sent this message, or is holding it for another reason, looks the same."
+    )
 
 
 def is_refusal(session: Session, probe: Probe) -> bool:
@@ -120,7 +134,12 @@ def reached(session: Session, probe: Probe, domain: str) -> bool:
 
 
 def probe_result(
-    probe: Probe, sessions: list[Session], deliveries: list[Delivery], grace_over: bool, domain: str
+    probe: Probe,
+    sessions: list[Session],
+    deliveries: list[Delivery],
+    grace_over: bool,
+    domain: str,
+    competing: Mapping[str, int] | None = None,
 ) -> ProbeResult:
     mine = tuple(s for s in sessions if reached(s, probe, domain))
     delivered = tuple(d for d in deliveries if d.probe == probe.name)
@@ -133,7 +152,9 @@ def probe_result(
         status = Status.NOT_DELIVERED
     else:
         status = Status.PENDING
-    return ProbeResult(probe, status, delivered, mine, refusal, refusal is not None and refusal.alias is None)
+    correlated = refusal is not None and refusal.alias is None
+    others = (competing or {}).get(refusal.id, 0) if refusal is not None and correlated else 0
+    return ProbeResult(probe, status, delivered, mine, refusal, correlated, others)
 
 
 def _client(deliveries: list[Delivery]) -> str:
@@ -157,6 +178,12 @@ def _refusal_words(results: list[ProbeResult], domain: str) -> str:
         how = "aborted the TLS handshake" if r.refusal.outcome is Outcome.HANDSHAKE_FAILED else (
             "completed TLS, saw our certificate and left without sending")  # fmt: skip
         tied = " (tied to this test by its client address)" if r.correlated else ""
+        if r.competing:
+            tied = (
+                f" (tied to this test by its client address; it could also belong to another test sent from that "
+                f"address at the same time: {r.competing} other test{'s' if r.competing > 1 else ''} waited for "
+                "mail from it then)"
+            )
         words.append(f"A server at {r.refusal.client_ip} connected to {r.probe.host(domain)}, {how}{tied}.")
     return " ".join(words)
 
@@ -174,11 +201,12 @@ def evaluate(
     now: float,
     grace: float,
     domain: str,
+    competing: Mapping[str, int] | None = None,
 ) -> Verdict:
     first = min((d.received_at for d in deliveries), default=None)
     grace_ends = None if first is None else first + grace
     grace_over = grace_ends is not None and now >= grace_ends
-    results = {p.name: probe_result(p, sessions, deliveries, grace_over, domain) for p in probes}
+    results = {p.name: probe_result(p, sessions, deliveries, grace_over, domain, competing) for p in probes}
     classic = [results[p.name] for p in probes if p.classic]
 
     must_deliver = [r for r in classic if r.probe.expect is Expect.DELIVER]
@@ -217,13 +245,19 @@ def evaluate(
         if refused:
             parts.append(_refusal_words(refused, domain))
         if stayed:
+            seen = "" if any(r.sessions for r in stayed) else ", and nothing connected there"
             parts.append(
-                f"Nothing arrived for {_names(stayed, domain)} within {grace:.0f} seconds of the first delivery."
+                f"Nothing arrived for {_names(stayed, domain)} within {grace:.0f} seconds of the first delivery"
+                f"{seen}. That is what a DANE-validating server does, but staying away does not show that your "
+                "server checked our certificate: a server that was never sent that message, or is holding it for "
+                "another reason, looks the same. If you sent it, your server did not deliver where the TLSA "
+                "records do not match our certificate, as a DANE-validating server must (RFC 7672)."
             )
-        parts.append(
-            "It did not deliver where the TLSA records do not match our certificate: your server validates "
-            "DANE (RFC 7672). Expect a delay notice for the message it is still holding back; that is correct."
-        )
+        else:
+            parts.append(
+                "It refused where the TLSA records do not match our certificate: your server validates DANE (RFC 7672)."
+            )
+        parts.append("Expect a delay notice for the message it is still holding back; that is correct.")
         summary = " ".join(parts)
         code = Code.VALIDATES
     elif grace_over and ours and not missing:
@@ -311,6 +345,9 @@ def grade(result: ProbeResult, results: dict[str, ProbeResult], grace_over: bool
     if status is Status.REFUSED:
         return Graded(Grade.PASS, "connected and refused to deliver")
     if status is Status.NOT_DELIVERED:
+        if probe.expect is Expect.REFUSE:  # the expected refusal was not seen: say only what was
+            reason = "nothing arrived within the grace period" + ("" if result.sessions else ", and nothing connected")
+            return Graded(Grade.PASS, reason, instead=stayed_away(result))
         return Graded(Grade.PASS, "did not deliver" + (" (and never connected)" if not result.sessions else ""))
     return Graded(Grade.PENDING, "waiting for mail")
 

@@ -64,7 +64,7 @@ def test_refusal_evidence_is_tied_by_client_address_and_counts_retries() -> None
 def test_a_handshake_abort_is_a_refusal_too() -> None:
     r = state([refusal(1, T0 + 3, Outcome.HANDSHAKE_FAILED)], [delivery("do", T0 + 1), delivery("dont", T0 + 2)])
     words = text(render(r))
-    assert "aborted the TLS handshake after seeing our certificate, and sent nothing" in words
+    assert "aborted the TLS handshake before it completed, and sent nothing" in words
     assert "handshake not completed" in words  # the timeline
 
 
@@ -283,3 +283,58 @@ def test_every_session_outcome_has_words() -> None:
 
     for outcome in Outcome:
         assert outcome.value in page.OUTCOMES and outcome.value in page.SEEN_OUTCOMES, outcome
+
+
+# -- words that claim only what was seen (issue 11, item 7) -----------------------------------
+
+
+def card(html: str, name: str) -> str:
+    return text(html.split(f'id="probe-{name}"', 1)[1].split("</article>", 1)[0])
+
+
+def test_nothing_at_wrong_is_not_called_a_certificate_check() -> None:
+    # The visitor forgot to mail `wrong`: nothing connected there at all.
+    r = state([], [delivery("do", T0 + 1), delivery("dont", T0 + 2)], now=T0 + 120)
+    wrong = r["probes"]["wrong"]
+    assert wrong["grade"]["grade"] == "pass" and r["verdict"]["code"] == "validates"
+    for claim in (wrong["proves"], r["verdict"]["summary"], card(render(r), "wrong")):
+        assert "checked our certificate" not in claim.replace("does not show that your server checked our", "")
+        assert "does not show that your server checked our certificate" in claim
+    assert "Nothing arrived" in card(render(r), "wrong") and "nothing connected" in wrong["proves"]
+
+
+def test_a_refusal_seen_is_still_called_a_certificate_check() -> None:
+    r = state([refusal(1, T0 + 3)], [delivery("do", T0 + 1), delivery("dont", T0 + 2)])
+    assert "checked our certificate against the TLSA records and refused" in r["probes"]["wrong"]["proves"]
+    assert "does not show" not in r["verdict"]["summary"]
+
+
+def test_mail_and_rcpt_without_data_is_not_called_leaving_without_sending() -> None:
+    s = refusal(1, T0 + 3)
+    s.mail_from, s.rcpts, s.outcome = "a@sender.example", [f"abc@wrong.{DOMAIN}"], Outcome.LEFT
+    r = state([s], [delivery("do", T0 + 1), delivery("dont", T0 + 2)], now=T0 + 120)
+    words = card(render(r), "wrong")
+    assert "left without sending mail" not in words
+    assert "named the sender and a recipient (MAIL FROM, RCPT TO), then left before sending the message" in words
+    assert page.seen(r["probes"]["wrong"]).text == "left after RCPT TO, before DATA"
+    assert any("before sending the message" in e.text for e in page.timeline(r).events)
+
+
+def test_an_aborted_handshake_claims_no_certificate_seen() -> None:
+    r = state([refusal(1, T0 + 3, Outcome.HANDSHAKE_FAILED)], [delivery("do", T0 + 1), delivery("dont", T0 + 2)])
+    words = card(render(r), "wrong")
+    assert "after seeing our certificate" not in words and "saw our certificate" not in words
+    assert "aborted the TLS handshake before it completed" in words
+    assert "TLS handshake not completed" in words and "none (plaintext)" not in words
+
+
+def test_a_refusal_two_tests_compete_for_says_so() -> None:
+    test = Test("abc", T0, CLIENT)
+    sessions, deliveries = [refusal(1, T0 + 3)], [delivery("do", T0 + 1), delivery("dont", T0 + 2)]
+    verdict = evaluate(CONFIG.probes, test, sessions, deliveries, T0 + 10, CONFIG.grace, DOMAIN, {"s1": 1})
+    r = report.to_json(CONFIG, report.Report(test, verdict, T0 + 10, {"s1": 1}))
+    assert r["probes"]["wrong"]["sessions"][0]["competing_tests"] == 1
+    html = render(r)
+    assert "could also belong to 1 other test" in card(html, "wrong")
+    assert any("could also belong to another test" in e.text for e in page.timeline(r).events)
+    assert "could also belong to another test" in r["verdict"]["summary"]

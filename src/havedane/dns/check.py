@@ -28,6 +28,7 @@ from cryptography import x509
 from havedane import probes
 from havedane.config import Config
 from havedane.dns import tlsa
+from havedane.store.base import CHECK_HELO
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def served_chain(address: str, port: int, sni: str, timeout: float = 10.0) -> li
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # we compare with TLSA ourselves; PKIX does not apply (RFC 7672 §3.1)
-    with smtplib.SMTP(address, port, timeout=timeout, local_hostname="havedane-check.invalid") as smtp:
+    with smtplib.SMTP(address, port, timeout=timeout, local_hostname=CHECK_HELO) as smtp:
         smtp.ehlo()
         if not smtp.has_extn("starttls"):
             raise ConnectionError("STARTTLS not offered")
@@ -205,7 +206,7 @@ def check_smtp(
 
 
 def starttls_offered(address: str, port: int, timeout: float = 10.0) -> bool:
-    with smtplib.SMTP(address, port, timeout=timeout, local_hostname="havedane-check.invalid") as smtp:
+    with smtplib.SMTP(address, port, timeout=timeout, local_hostname=CHECK_HELO) as smtp:
         smtp.ehlo()
         return smtp.has_extn("starttls")
 

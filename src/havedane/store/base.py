@@ -12,6 +12,10 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+# The EHLO name of `havedane check`'s own connections: they are never a sender's, so never
+# tied to a test by client address (the check may run from the sender's host).
+CHECK_HELO = "havedane-check.invalid"
+
 
 class Outcome(enum.StrEnum):
     """How a connection ended."""
@@ -88,6 +92,16 @@ class Delivery:
     id: int | None = None
 
 
+@dataclass(frozen=True)
+class Sent:
+    """A test that received mail from `client_ip`; `first` is its first delivery from anyone."""
+
+    alias: str
+    client_ip: str
+    created: float
+    first: float
+
+
 class StoreError(Exception):
     """The store cannot do what was asked right now (busy, gone): retry later."""
 
@@ -126,9 +140,19 @@ class Store(abc.ABC):
     async def deliveries_for(self, alias: str) -> list[Delivery]: ...
 
     @abc.abstractmethod
-    async def sessions_for(self, alias: str, client_ips: list[str], since: float) -> list[Session]:
-        """Sessions that named the alias, and sessions without any alias (no MAIL)
-        from one of `client_ips` since `since`: the refusals correlated by client address."""
+    async def sessions_for(
+        self, alias: str, client_ips: list[str], since: float, until: float | None = None
+    ) -> list[Session]:
+        """Sessions that named the alias, and sessions without any alias (no MAIL) from one
+        of `client_ips` that started between `since` and `until` (inclusive; None: no end),
+        except those of `havedane check` (EHLO CHECK_HELO): the refusals correlated by
+        client address."""
+
+    @abc.abstractmethod
+    async def tests_sent_from(self, client_ips: list[str], since: float, until: float) -> list[Sent]:
+        """Every test with a delivery from one of `client_ips` received between `since` and
+        `until` (inclusive), once per such address: the tests that may compete for a
+        session tied by client address."""
 
     @abc.abstractmethod
     async def recent_tests_from(self, client_ip: str, since: float) -> int:

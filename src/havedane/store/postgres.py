@@ -14,6 +14,7 @@ process checks the version at open and refuses a schema it does not know.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,11 +24,11 @@ import psycopg.conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from havedane.store import notify
-from havedane.store.base import Delivery, Session, Store, StoreError, Test, TooManyTests
+from havedane.store.base import CHECK_HELO, Delivery, Sent, Session, Store, StoreError, Test, TooManyTests
 from havedane.store.rows import DELIVERY_COLUMNS, SESSION_COLUMNS, delivery_from_row, session_from_row
 from havedane.store.sqlite import SchemaTooNew
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -80,6 +81,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "CREATE INDEX deliveries_alias ON deliveries (alias, id)",
     ),
+    # The tests a session tied by client address may belong to (Store.tests_sent_from).
+    2: ("CREATE INDEX deliveries_client ON deliveries (client_ip, received_at)",),
 }
 
 # Advisory lock keys (any constants; they only have to differ from each other).
@@ -314,13 +317,29 @@ class PostgresStore(Store):
         rows = await self._rows(f"SELECT id, {DELIVERY_COLUMNS} FROM deliveries WHERE alias = %s ORDER BY id", (alias,))
         return [delivery_from_row(r) for r in rows]
 
-    async def sessions_for(self, alias: str, client_ips: list[str], since: float) -> list[Session]:
+    async def sessions_for(
+        self, alias: str, client_ips: list[str], since: float, until: float | None = None
+    ) -> list[Session]:
         rows = await self._rows(
             f"SELECT {SESSION_COLUMNS} FROM sessions WHERE alias = %s"
-            " OR (alias IS NULL AND client_ip = ANY(%s) AND started >= %s) ORDER BY started",
-            (alias, client_ips, since),
+            " OR (alias IS NULL AND client_ip = ANY(%s) AND started BETWEEN %s AND %s"
+            " AND lower(coalesce(helo, '')) <> %s) ORDER BY started",
+            (alias, [_text(ip) for ip in client_ips], since, math.inf if until is None else until, CHECK_HELO),
         )
         return [session_from_row(r, list(r[13])) for r in rows]
+
+    async def tests_sent_from(self, client_ips: list[str], since: float, until: float) -> list[Sent]:
+        if not client_ips:
+            return []
+        rows = await self._rows(
+            "SELECT d.alias, d.client_ip, t.created,"
+            " (SELECT min(received_at) FROM deliveries f WHERE f.alias = d.alias)"
+            " FROM (SELECT DISTINCT alias, client_ip FROM deliveries"
+            " WHERE client_ip = ANY(%s) AND received_at BETWEEN %s AND %s) AS d"
+            " JOIN tests t ON t.alias = d.alias ORDER BY d.alias, d.client_ip",
+            ([_text(ip) for ip in client_ips], since, until),
+        )
+        return [Sent(*r) for r in rows]
 
     async def recent_tests_from(self, client_ip: str, since: float) -> int:
         rows = await self._rows(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import queue
 import sqlite3
 import threading
@@ -21,10 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from havedane.store.base import Delivery, Session, Store, StoreError, Test, TooManyTests
+from havedane.store.base import CHECK_HELO, Delivery, Sent, Session, Store, StoreError, Test, TooManyTests
 from havedane.store.rows import DELIVERY_COLUMNS, SESSION_COLUMNS, delivery_from_row, session_from_row
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 OTHERS_POLL = 0.1  # seconds between checks for commits by other processes (PRAGMA data_version)
 
 MIGRATIONS: dict[int, str] = {
@@ -78,6 +79,8 @@ MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX deliveries_alias ON deliveries (alias);
     """,
+    # The tests a session tied by client address may belong to (Store.tests_sent_from).
+    2: "CREATE INDEX deliveries_client ON deliveries (client_ip, received_at);",
 }
 
 
@@ -312,14 +315,34 @@ class SQLiteStore(Store):
         rows = self._query(f"SELECT id, {DELIVERY_COLUMNS} FROM deliveries WHERE alias = ? ORDER BY id", (alias,))
         return [delivery_from_row(r) for r in rows]
 
-    async def sessions_for(self, alias: str, client_ips: list[str], since: float) -> list[Session]:
+    async def sessions_for(
+        self, alias: str, client_ips: list[str], since: float, until: float | None = None
+    ) -> list[Session]:
         marks = ", ".join("?" * len(client_ips))
-        correlated = f" OR (alias IS NULL AND client_ip IN ({marks}) AND started >= ?)" if client_ips else ""
+        correlated = (
+            f" OR (alias IS NULL AND client_ip IN ({marks}) AND started BETWEEN ? AND ?"
+            " AND lower(coalesce(helo, '')) <> ?)"
+            if client_ips
+            else ""
+        )
         rows = self._query(
             f"SELECT {SESSION_COLUMNS} FROM sessions WHERE alias = ?{correlated} ORDER BY started",
-            (alias, *client_ips, since) if client_ips else (alias,),
+            (alias, *client_ips, since, math.inf if until is None else until, CHECK_HELO) if client_ips else (alias,),
         )
         return [session_from_row(r, json.loads(r[13])) for r in rows]
+
+    async def tests_sent_from(self, client_ips: list[str], since: float, until: float) -> list[Sent]:
+        if not client_ips:
+            return []
+        rows = self._query(
+            "SELECT d.alias, d.client_ip, t.created,"
+            " (SELECT min(received_at) FROM deliveries f WHERE f.alias = d.alias)"
+            " FROM (SELECT DISTINCT alias, client_ip FROM deliveries"
+            f" WHERE client_ip IN ({', '.join('?' * len(client_ips))}) AND received_at BETWEEN ? AND ?) AS d"
+            " JOIN tests t ON t.alias = d.alias ORDER BY d.alias, d.client_ip",
+            (*client_ips, since, until),
+        )
+        return [Sent(*r) for r in rows]
 
     async def recent_tests_from(self, client_ip: str, since: float) -> int:
         rows = self._query("SELECT count(*) FROM tests WHERE client_ip = ? AND created >= ?", (client_ip, since))

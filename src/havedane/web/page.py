@@ -28,7 +28,9 @@ OUTCOMES = {
     "open": "is still connected",
     "delivered": "delivered and closed the connection",
     "tls-then-left": "completed TLS, saw our certificate and left without sending mail",
-    "handshake-failed": "aborted the TLS handshake after seeing our certificate",
+    # Since the receiver tells our own TLS failures apart, handshake-failed means the sender was
+    # sent our certificate and then aborted: what it saw is known, that it validated it is not.
+    "handshake-failed": "was sent our certificate, then aborted the TLS handshake before it completed",
     "tls-failed-here": "could not complete TLS with us: the handshake failed on our side before it was shown our "
     "certificate (no evidence either way)",
     "left": "left without sending mail",
@@ -38,6 +40,27 @@ OUTCOMES = {
     "server-shutdown": "was still connected when our server restarted",
 }
 REFUSALS = {"tls-then-left", "handshake-failed"}
+# A session that named the sender and its recipients but never sent DATA ends as "left" too.
+LEFT_BEFORE_DATA = (
+    "named the sender and a recipient (MAIL FROM, RCPT TO), then left before sending the message (no DATA)"
+)
+
+
+def session_words(s: dict[str, Any]) -> str:
+    """How a session ended, in the visitor's words, claiming no more than it shows."""
+    if s["outcome"] == "left" and s["mail_from"] is not None and s["rcpts"]:
+        return LEFT_BEFORE_DATA
+    return str(OUTCOMES.get(s["outcome"], s["outcome"]))
+
+
+def tied_words(s: dict[str, Any]) -> str:
+    """Why a session without a recipient of this test is shown with it (empty: it named one)."""
+    if not s["correlated_by_client_ip"]:
+        return ""
+    if s["competing_tests"]:
+        return " (tied to this test by its client address; it could also belong to another test from that address)"
+    return " (tied to this test by its client address)"
+
 
 VERDICTS = {
     "validates": ("ok", "Your server validates DANE"),
@@ -177,6 +200,8 @@ def facts(item: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("Client IP", item["client_ip"]), ("HELO", item["helo"] or "(none)")]
     if "starttls" in item and not item["starttls"]:
         rows.append(("TLS", "not requested (no STARTTLS)"))
+    elif "starttls" in item and tls is None:
+        rows.append(("TLS", "handshake not completed"))  # asked for TLS: not plaintext by choice
     else:
         rows.append(("TLS", tls_text(tls)))
     if tls is not None:
@@ -215,9 +240,9 @@ def timeline(r: dict[str, Any]) -> Timeline:
             if s["ended"] is not None and s["outcome"] != "delivered":
                 refused = s["outcome"] in REFUSALS and s["mail_from"] is None
                 tone = "info" if not refused else ("bad" if must_deliver else "ok")
-                text = "The server " + OUTCOMES.get(s["outcome"], s["outcome"])
-                if refused and s["correlated_by_client_ip"]:
-                    text += " (tied to this test by its client address)"
+                text = "The server " + session_words(s)
+                if refused:
+                    text += tied_words(s)
                 add(s["ended"], 3, p["host"], tone, text, [])
         for d in p["deliveries"]:
             if p["grade"]["grade"] == "inconclusive":
@@ -362,6 +387,8 @@ def seen(p: dict[str, Any]) -> Seen:
             return Seen("left when no TLS was offered", left[0]["started"], ", ".join(tries) or None)
     s = sessions[-1]
     text = SEEN_OUTCOMES.get(s["outcome"], s["outcome"])
+    if s["outcome"] == "left" and s["mail_from"] is not None and s["rcpts"]:
+        text = "left after RCPT TO, before DATA"
     return Seen(text, s["started"], ", ".join(tries) or None)
 
 
@@ -445,6 +472,8 @@ def environment(config: Config) -> jinja2.Environment:
         dane_host=dane_host,
         join_names=join_names,
         outcomes=OUTCOMES,
+        session_words=session_words,
+        grace=config.grace,
         expect_words=EXPECT_WORDS,
         noscript_refresh=NOSCRIPT_REFRESH,
         domain=config.domain,
