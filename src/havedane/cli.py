@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import ipaddress
 import logging
@@ -17,13 +16,14 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cryptography import x509
 
-from havedane import __version__, pki
+from havedane import __version__, argtypes, pki
 from havedane import config as configmod
 from havedane.config import Config, ConfigError, Listen
 from havedane.store.base import Store
@@ -79,20 +79,47 @@ def init(
     existing = [p for p in (path, directory / "tls" / "ca.key") if p.exists()]
     if existing and not force:
         raise Failure(f"{existing[0]} exists: refusing to overwrite it (use --force to replace the setup)")
-    directory.mkdir(parents=True, exist_ok=True)
-    path.write_text(configmod.render(domain, smtp_listen or ["127.0.0.1:2525"], web_listen or "127.0.0.1:8080"))
-    config = configmod.load(path, env={})
-    pki.create(config.tls_dir, domain)
+    text = configmod.render(domain, smtp_listen or ["127.0.0.1:2525"], web_listen or "127.0.0.1:8080")
+    if directory.exists() and not directory.is_dir():
+        raise Failure(f"--dir: {directory} exists and is not a directory", 2)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise Failure(f"--dir: cannot create {directory}: {e.strerror or e}", 2) from None
+    try:
+        # Everything is made in a staging folder and moved into place at the end, the
+        # configuration last: a run that fails half-way leaves nothing that blocks the next.
+        staging = Path(tempfile.mkdtemp(prefix=".havedane-init-", dir=directory))
+        try:
+            (staging / "havedane.toml").write_text(text)
+            pki.create(staging / "tls", domain)
+            _move_into(staging / "tls", directory / "tls")
+            os.replace(staging / "havedane.toml", path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except OSError as e:
+        where = e.filename or directory
+        raise Failure(f"--dir: cannot write {where}: {e.strerror or e}", 2) from None
+    _create_database(configmod.load(path, env={}))
+    return path
+
+
+def _move_into(new: Path, target: Path) -> None:
+    """Move the files of `new` into `target` (replacing those of the same name)."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    for f in new.iterdir():
+        os.replace(f, target / f.name)
+
+
+def _create_database(config: Config) -> None:
+    """Create the SQLite database, or bring it up to date. An existing one is kept,
+    with every test in it, whatever else is replaced."""
     if config.store_url.startswith("sqlite:///"):
         from havedane.store import sqlite
 
-        db = Path(config.store_url.removeprefix("sqlite:///"))
-        if force and db.exists():
-            for suffix in ("", "-wal", "-shm"):
-                with contextlib.suppress(FileNotFoundError):
-                    Path(f"{db}{suffix}").unlink()
-        sqlite.upgrade(db)
-    return path
+        sqlite.upgrade(Path(config.store_url.removeprefix("sqlite:///")))
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -140,7 +167,7 @@ async def serve(
     try:
         pki.load_chains(config.tls_dir)  # before anything starts: a missing file is one clear line
     except FileNotFoundError as e:
-        raise Failure(f"certificates missing ({e.filename}): run `havedane init` first") from None
+        raise Failure(f"certificates missing ({e.filename}): run `havedane init` first", 2) from None
     store = open_store(config.store_url, config.store_busy_timeout)
     try:
         await store.open()
@@ -154,7 +181,7 @@ async def serve(
         context = probe_contexts(config)
     except FileNotFoundError as e:
         raise Failure(
-            f"certificate {e.filename} missing: run `havedane init --force` to make the probes' chains"
+            f"certificate {e.filename} missing: run `havedane init --force` to make the probes' chains", 2
         ) from None
     receiver = Receiver(config, store, context)
     try:
@@ -291,6 +318,8 @@ def cmd_records(args: argparse.Namespace) -> int:
 def cmd_zone(args: argparse.Namespace) -> int:
     from havedane.dns import zone
 
+    if args.knot_conf and not args.out:  # Knot would be told to serve a file never written
+        raise Failure("--knot-conf needs --out FILE: the Knot configuration names the zone file it serves", 2)
     config = load_config(args.config)
     leaves, ca = _certificates(config)
     probe_leaves = _probe_leaves(config)
@@ -391,9 +420,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="havedane", description="Tells whether outgoing mail servers validate DANE (RFC 7672)."
-    )
+    p = argtypes.Parser(prog="havedane", description="Tells whether outgoing mail servers validate DANE (RFC 7672).")
     p.add_argument("--version", action="version", version=f"havedane {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -404,7 +431,8 @@ def parser() -> argparse.ArgumentParser:
         return c
 
     c = command("init", "write havedane.toml, the CA and certificates, and the database", cmd_init)
-    c.add_argument("--domain", required=True, help="the DNSSEC-signed base domain, e.g. havedane.example")
+    c.add_argument("--domain", required=True, type=argtypes.domain_arg,
+                   help="the DNSSEC-signed base domain, e.g. havedane.example")  # fmt: skip
     c.add_argument("--dir", default=".", help="where to write (default: the current directory)")
     c.add_argument("--force", action="store_true", help="replace an existing setup")
 
@@ -423,23 +451,24 @@ def parser() -> argparse.ArgumentParser:
     c = command("zone", "print a complete zone file for the base domain (--sign: signed, DS on stderr)", cmd_zone)
     c.add_argument("--sign", action="store_true", help="sign the zone (ECDSA P-256, NSEC) with keys kept in DIR/dnssec")
     c.add_argument("--address", action="append", metavar="IP", help="the receiver's public address (repeatable)")
-    c.add_argument("--out", metavar="FILE", help="write the zone here instead of standard output")
-    c.add_argument("--knot-conf", metavar="FILE", help="also write a sample Knot DNS configuration serving the zones")
+    c.add_argument(
+        "--out", metavar="FILE", type=argtypes.output_file, help="write the zone here instead of standard output"
+    )
+    c.add_argument("--knot-conf", metavar="FILE", type=argtypes.output_file,
+                   help="also write a Knot DNS configuration serving the zones (needs --out)")  # fmt: skip
 
     c = command(
         "check", "verify the live deployment from outside: DNSSEC, TLSA vs served certificates, SMTP, web", cmd_check
     )
-    c.add_argument(
-        "--resolver", metavar="IP", help="validating resolver to ask (default: the first in /etc/resolv.conf)"
-    )
-    c.add_argument(
-        "--smtp-port", type=int, default=25, metavar="PORT", help="SMTP port of the probe hosts (default 25)"
-    )
+    c.add_argument("--resolver", metavar="IP", type=argtypes.ip,
+                   help="validating resolver to ask (default: the first in /etc/resolv.conf)")  # fmt: skip
+    c.add_argument("--smtp-port", type=argtypes.port, default=25, metavar="PORT",
+                   help="SMTP port of the probe hosts (default 25)")  # fmt: skip
 
     c = command("deliver", "Postfix pipe mode: record one message from stdin, envelope from argv", cmd_deliver)
     c.add_argument("--sender", required=True, help="Postfix ${sender}")
     c.add_argument("--recipient", required=True, help="Postfix ${recipient} (one per call)")
-    c.add_argument("--client-address", help="Postfix ${client_address}")
+    c.add_argument("--client-address", type=argtypes.client_address, help="Postfix ${client_address}")
     c.add_argument("--client-helo", help="Postfix ${client_helo}")
 
     c = command(
@@ -447,7 +476,7 @@ def parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--havedane", default=shutil.which("havedane") or "/usr/local/bin/havedane",
                    help="path of the havedane command Postfix runs")  # fmt: skip
-    c.add_argument("--user", default="havedane", help="user the pipe runs as (default havedane)")
+    c.add_argument("--user", default="havedane", type=argtypes.user, help="user the pipe runs as (default havedane)")
 
     db = sub.add_parser("db", help="database maintenance", description="database maintenance")
     dbsub = db.add_subparsers(dest="db_command", metavar="COMMAND", required=True)
