@@ -122,7 +122,47 @@ def _create_database(config: Config) -> None:
         sqlite.upgrade(Path(config.store_url.removeprefix("sqlite:///")))
 
 
+def add_missing(path: Path) -> list[str]:
+    """`init --add-missing`: the chains and database that are missing, made with the
+    existing CA; the configuration, the CA and the database are kept as they are."""
+    if not path.exists():
+        raise Failure(f"no {path}: run `havedane init --domain D` first", 2)
+    try:
+        config = configmod.load(path)
+    except ConfigError as e:
+        raise Failure(f"config: {e}", 2) from None
+    try:
+        added = pki.add_missing(config.tls_dir, config.domain)
+    except FileNotFoundError as e:
+        raise Failure(
+            f"{e.filename} missing: without the CA every published TLSA record changes; "
+            "`havedane init --force` makes a new one (the database is kept)",
+            2,
+        ) from None
+    except (OSError, ValueError) as e:
+        raise Failure(f"cannot add the missing certificates: {e}") from None
+    _create_database(config)
+    if added:
+        print(f"made {', '.join(added)} with the existing CA in {config.tls_dir}")
+        print(f"publish `havedane records --config {path}` again: the DANE-EE (3 1 1) records of new leaves changed")
+    else:
+        print(f"nothing was missing in {config.tls_dir}")
+    return added
+
+
+def missing_certificate(e: FileNotFoundError, config: Config) -> Failure:
+    where = f" --config {config.path}" if config.path else ""
+    return Failure(f"certificates missing ({e.filename}): run `havedane init --add-missing{where}`", 2)
+
+
 def cmd_init(args: argparse.Namespace) -> int:
+    if args.add_missing:
+        if args.force:
+            raise Failure("--add-missing keeps the setup, --force replaces it: give one of them", 2)
+        add_missing(Path(args.config) if args.config else Path(args.dir) / "havedane.toml")
+        return 0
+    if not args.domain:
+        raise Failure("init: --domain is required (or --add-missing, to complete an existing setup)", 2)
     path = init(args.domain, Path(args.dir), args.force)
     print(f"wrote {path}, certificates in {path.parent / 'tls'}, database {path.parent / 'havedane.sqlite3'}")
     print(f"next: havedane records --config {path} --address <public IP>   (DNS to publish)")
@@ -167,7 +207,7 @@ async def serve(
     try:
         pki.load_chains(config.tls_dir)  # before anything starts: a missing file is one clear line
     except FileNotFoundError as e:
-        raise Failure(f"certificates missing ({e.filename}): run `havedane init` first", 2) from None
+        raise missing_certificate(e, config) from None
     store = open_store(config.store_url, config.store_busy_timeout)
     try:
         await store.open()
@@ -180,9 +220,7 @@ async def serve(
     try:
         context = probe_contexts(config)
     except FileNotFoundError as e:
-        raise Failure(
-            f"certificate {e.filename} missing: run `havedane init --force` to make the probes' chains", 2
-        ) from None
+        raise missing_certificate(e, config) from None
     receiver = Receiver(config, store, context)
     try:
         if role != "web":
@@ -280,7 +318,7 @@ def _certificates(config: Config) -> tuple[list[x509.Certificate], x509.Certific
     try:
         return [c.leaf for c in pki.load_chains(config.tls_dir)], pki.load_ca(config.tls_dir)
     except FileNotFoundError as e:
-        raise Failure(f"certificates missing ({e.filename}): run `havedane init` first") from None
+        raise missing_certificate(e, config) from None
 
 
 def _probe_leaves(config: Config) -> dict[str, list[x509.Certificate]]:
@@ -289,8 +327,7 @@ def _probe_leaves(config: Config) -> dict[str, list[x509.Certificate]]:
     try:
         return {p.name: pki.leaves_for(p, config.tls_dir) for p in config.probes if p.chain is not None}
     except FileNotFoundError as e:
-        missing = f"certificate {e.filename} missing"
-        raise Failure(f"{missing}: run `havedane init --force` to make the probes' chains") from None
+        raise missing_certificate(e, config) from None
 
 
 def cmd_records(args: argparse.Namespace) -> int:
@@ -379,13 +416,30 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     except Failure as e:
         print(f"havedane deliver: {e}", file=sys.stderr)
         return postfix.EX_CONFIG
-    store = open_store(config.store_url, config.store_busy_timeout)
-    code, reason = postfix.deliver(
-        config, store, args.sender, args.recipient, args.client_address, args.client_helo, sys.stdin.buffer
-    )
+    try:
+        store = open_store(config.store_url, config.store_busy_timeout)
+        code, reason = postfix.deliver(
+            config, store, _utf8(args.sender) or "", _utf8(args.recipient) or "", args.client_address,
+            _utf8(args.client_helo), sys.stdin.buffer,
+        )  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - pipe(8) bounces on 1: a failure of ours must defer instead
+        what = " ".join(str(e).split())  # one line for Postfix's log
+        code, reason = postfix.EX_TEMPFAIL, f"unexpected error, Postfix will retry: {type(e).__name__}: {what}"
     # pipe(8) shows what a failed command printed in the bounce or the log.
     print(f"havedane deliver: {reason}", file=sys.stderr if code else sys.stdout)
     return code
+
+
+def _utf8(value: str | None) -> str | None:
+    """An argument as valid UTF-8. Postfix passes the sender and HELO as the client
+    sent them (8-bit, not always UTF-8), which Python keeps as surrogate escapes."""
+    if value is None:
+        return None
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        raw = value.encode("utf-8", "replace")
+    return raw.decode("utf-8", "replace")
 
 
 def cmd_postfix_config(args: argparse.Namespace) -> int:
@@ -431,10 +485,19 @@ def parser() -> argparse.ArgumentParser:
         return c
 
     c = command("init", "write havedane.toml, the CA and certificates, and the database", cmd_init)
-    c.add_argument("--domain", required=True, type=argtypes.domain_arg,
+    c.add_argument("--domain", type=argtypes.domain_arg,
                    help="the DNSSEC-signed base domain, e.g. havedane.example")  # fmt: skip
     c.add_argument("--dir", default=".", help="where to write (default: the current directory)")
-    c.add_argument("--force", action="store_true", help="replace an existing setup")
+    c.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing setup: new configuration and CA (republish the DNS); the database is kept",
+    )
+    c.add_argument(
+        "--add-missing",
+        action="store_true",
+        help="complete an existing setup: make missing certificates with its CA, keep everything else",
+    )
 
     c = command("serve", "run the SMTP receiver and the web app in one process", cmd_serve)
     c.add_argument("--smtp-listen", action="append", type=_listen, metavar="ADDR:PORT",
