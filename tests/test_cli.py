@@ -117,3 +117,49 @@ def test_records_json_and_zone(tmp_path: Path) -> None:
     assert not set(by_name["_25._tcp.do.x.test. TLSA"]) & set(by_name["_25._tcp.wrong.x.test. TLSA"])
     r = havedane("records", "--config", cfg, "--address", "not-an-ip")
     assert r.returncode == 2 and "--address" in r.stderr
+
+
+def test_force_keeps_the_database(tmp_path: Path) -> None:
+    from test_postfix import deliver, new_alias, stored
+
+    cfg = tmp_path / "havedane.toml"
+    assert havedane("init", "--domain", "x.test", "--dir", str(tmp_path)).returncode == 0
+    alias = new_alias(cfg)
+    assert deliver(cfg, f"{alias}@do.x.test", b"Subject: x\r\n\r\nx\r\n").returncode == 0
+    r = havedane("init", "--domain", "x.test", "--dir", str(tmp_path), "--force")
+    assert r.returncode == 0, r.stderr
+    assert [row[0] for row in stored(cfg, alias)] == ["do"]
+
+
+def test_add_missing_keeps_the_ca_and_everything_present(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    d = tmp_path / "d"
+    assert havedane("init", "--domain", "x.test", "--dir", str(d)).returncode == 0
+    tls = d / "tls"
+    before = {p.name: p.read_bytes() for p in [*tls.iterdir(), d / "havedane.toml", d / "havedane.sqlite3"]}
+    gone = sorted(p.name for p in tls.glob("*rogue*")) + ["leaf-rsa.key"]
+    assert len(gone) >= 4
+    for name in gone:
+        (tls / name).unlink()
+    r = havedane("serve", "--config", str(d / "havedane.toml"))
+    assert r.returncode == 2 and "havedane init --add-missing" in r.stderr and "--force" not in r.stderr, r.stderr
+    r = havedane("init", "--add-missing", "--dir", str(d))
+    assert r.returncode == 0, r.stderr
+    after = {p.name: p.read_bytes() for p in [*tls.iterdir(), d / "havedane.toml", d / "havedane.sqlite3"]}
+    assert set(after) == set(before)
+    # what was there is untouched (the CA the published TLSA name, the config, the database) ...
+    for name in set(before) - {"leaf-rsa.key", "leaf-rsa.pem", "chain-rsa.pem"} - set(gone):
+        assert after[name] == before[name], name
+    # ... and what was missing is made anew, issued by that CA
+    ca = x509.load_pem_x509_certificate(before["ca.pem"])
+    for chain in ("chain-rogue.pem", "chain-rsa.pem"):
+        certs = x509.load_pem_x509_certificates(after[chain])
+        assert certs[-1] == ca, chain
+    assert stat.S_IMODE((tls / "leaf-rsa.key").stat().st_mode) == 0o600
+
+
+def test_add_missing_without_a_setup_is_one_line(tmp_path: Path) -> None:
+    r = havedane("init", "--add-missing", "--dir", str(tmp_path))
+    assert r.returncode == 2 and "havedane init --domain" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -64,6 +64,22 @@ def test_environment_overrides_every_section(tmp_path: Path) -> None:
         ('domain = "x.test"\n[probes]\nenabled = ["do", "maybe"]\n', {}, "probes.enabled: unknown probe maybe"),
         ('domain = "x.test"\n[store]\nurl = "mysql://x"\n', {}, "store.url"),
         ('domain = "x.test\n', {}, "not valid TOML"),
+        # Probe sets that cannot give a verdict: a must-deliver and a must-refuse classic probe are needed.
+        ('domain = "x.test"\n[probes]\nenabled = ["do", "dont"]\n', {}, "probes.enabled: no verdict"),
+        ('domain = "x.test"\n[probes]\nenabled = ["wrong"]\n', {}, "probes.enabled: no verdict"),
+        (
+            'domain = "x.test"\n[probes]\nenabled = []\nmatrix = true\naddresses = { notls = "192.0.2.8", '
+            '"unusable-notls" = "192.0.2.9" }\n',
+            {},
+            "probes.enabled: no verdict",
+        ),  # fmt: skip
+        # Values that cannot work.
+        ('domain = "x.test"\n[smtp]\ntimeout = 0\n', {}, "smtp.timeout: must be greater than 0"),
+        ('domain = "x.test"\n[retention]\ndays = 0\n', {}, "retention.days: must be greater than 0"),
+        ('domain = "x.test"\n[smtp]\nlisten = []\n', {}, "smtp.listen: must name at least one"),
+        ('domain = "x.test"\n', {"HAVEDANE_VERDICT_GRCE": "5"}, "HAVEDANE_VERDICT_GRCE"),
+        ('domain = "1.2.3.4"\n', {}, "domain: must be a domain name"),
+        ('domain = "-foo.example"\n', {}, "domain: must be a domain name"),
     ],
 )
 def test_bad_config_is_one_line_naming_the_key(tmp_path: Path, text: str, env: dict[str, str], message: str) -> None:
@@ -76,3 +92,16 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path: Path, text: str, env: d
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError, match="no such file"):
         config.load(tmp_path / "nope.toml", env={})
+
+
+def test_international_domain_is_its_a_label(tmp_path: Path) -> None:
+    assert config.load(write(tmp_path, 'domain = "Bücher.Example."\n'), env={}).domain == "xn--bcher-kva.example"
+
+
+def test_smallest_gradable_probe_set_loads(tmp_path: Path) -> None:
+    c = config.load(write(tmp_path, 'domain = "x.test"\n[probes]\nenabled = ["dont", "wrong"]\n'), env={})
+    assert [p.name for p in c.probes] == ["dont", "wrong"]
+
+
+def test_test_suite_variables_are_not_config(tmp_path: Path) -> None:
+    config.load(write(tmp_path, 'domain = "x.test"\n'), env={"HAVEDANE_PG_BIN": "/usr/lib/postgresql/15/bin"})

@@ -151,3 +151,32 @@ def test_postfix_config_snippets(setup_dir: Path) -> None:
 def test_cli_lists_bridge_commands() -> None:
     sub = next(a for a in cli.parser()._actions if a.dest == "command")
     assert {"deliver", "postfix-config", "check"} <= set(sub.choices)  # type: ignore[arg-type]
+
+
+def test_deliver_records_8bit_envelope_cleaned(setup_dir: Path) -> None:
+    # Postfix passes the sender and HELO as the client sent them: bytes that may not be UTF-8.
+    alias = new_alias(setup_dir)
+    r = subprocess.run(
+        [sys.executable.encode(), b"-m", b"havedane", b"deliver", b"--config", str(setup_dir).encode(),
+         b"--sender", b"\xe9t\xe9@sender.example", b"--recipient", f"{alias}@do.x.test".encode(),
+         b"--client-address", b"192.0.2.44", b"--client-helo", b"h\xc3\xa9lo.example\xff"],
+        input=b"Subject: x\r\n\r\nx\r\n", capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert b"Traceback" not in r.stderr
+    row = stored(setup_dir, alias)[0]
+    assert row[2:4] == ("h\u00e9lo.example\ufffd", "\ufffdt\ufffd@sender.example")
+
+
+def test_deliver_unexpected_error_is_ex_tempfail(setup_dir: Path) -> None:
+    # A failure nobody foresaw (here: the database aborts the insert) must make Postfix
+    # retry (75), never bounce the sender's mail (pipe(8) bounces on 1).
+    alias = new_alias(setup_dir)
+    db = sqlite3.connect(setup_dir.parent / "havedane.sqlite3")
+    db.execute("CREATE TRIGGER boom BEFORE INSERT ON deliveries BEGIN SELECT RAISE(ABORT, 'boom'); END")
+    db.commit()
+    db.close()
+    r = deliver(setup_dir, f"{alias}@do.x.test", b"Subject: x\r\n\r\nx\r\n")
+    assert r.returncode == postfix.EX_TEMPFAIL == 75, r.stderr
+    assert b"Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert b"boom" in r.stderr

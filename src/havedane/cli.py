@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import ipaddress
 import logging
@@ -23,20 +22,14 @@ from pathlib import Path
 
 from cryptography import x509
 
-from havedane import __version__, pki
+from havedane import __version__, argtypes, pki
 from havedane import config as configmod
 from havedane.config import Config, ConfigError, Listen
+from havedane.failure import Failure
+from havedane.setupdir import add_missing, init
 from havedane.store.base import Store
 
 EMBEDDED_DOMAIN = "havedane.localhost"
-
-
-class Failure(Exception):
-    """A one-line reason for the user; `code` is the exit status."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def default_data_dir() -> Path:
@@ -67,35 +60,19 @@ def load_config(arg: str | None) -> Config:
 # -- init ---------------------------------------------------------------------
 
 
-def init(
-    domain: str, directory: Path, force: bool, smtp_listen: list[str] | None = None, web_listen: str | None = None
-) -> Path:
-    """Write havedane.toml, the CA and certificates, and the database into `directory`."""
-    try:
-        domain = configmod._domain(domain)
-    except ValueError as e:
-        raise Failure(f"--domain: {e}", 2) from None
-    path = directory / "havedane.toml"
-    existing = [p for p in (path, directory / "tls" / "ca.key") if p.exists()]
-    if existing and not force:
-        raise Failure(f"{existing[0]} exists: refusing to overwrite it (use --force to replace the setup)")
-    directory.mkdir(parents=True, exist_ok=True)
-    path.write_text(configmod.render(domain, smtp_listen or ["127.0.0.1:2525"], web_listen or "127.0.0.1:8080"))
-    config = configmod.load(path, env={})
-    pki.create(config.tls_dir, domain)
-    if config.store_url.startswith("sqlite:///"):
-        from havedane.store import sqlite
-
-        db = Path(config.store_url.removeprefix("sqlite:///"))
-        if force and db.exists():
-            for suffix in ("", "-wal", "-shm"):
-                with contextlib.suppress(FileNotFoundError):
-                    Path(f"{db}{suffix}").unlink()
-        sqlite.upgrade(db)
-    return path
+def missing_certificate(e: FileNotFoundError, config: Config) -> Failure:
+    where = f" --config {config.path}" if config.path else ""
+    return Failure(f"certificates missing ({e.filename}): run `havedane init --add-missing{where}`", 2)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    if args.add_missing:
+        if args.force:
+            raise Failure("--add-missing keeps the setup, --force replaces it: give one of them", 2)
+        add_missing(Path(args.config) if args.config else Path(args.dir) / "havedane.toml")
+        return 0
+    if not args.domain:
+        raise Failure("init: --domain is required (or --add-missing, to complete an existing setup)", 2)
     path = init(args.domain, Path(args.dir), args.force)
     print(f"wrote {path}, certificates in {path.parent / 'tls'}, database {path.parent / 'havedane.sqlite3'}")
     print(f"next: havedane records --config {path} --address <public IP>   (DNS to publish)")
@@ -140,7 +117,7 @@ async def serve(
     try:
         pki.load_chains(config.tls_dir)  # before anything starts: a missing file is one clear line
     except FileNotFoundError as e:
-        raise Failure(f"certificates missing ({e.filename}): run `havedane init` first") from None
+        raise missing_certificate(e, config) from None
     store = open_store(config.store_url, config.store_busy_timeout)
     try:
         await store.open()
@@ -153,9 +130,7 @@ async def serve(
     try:
         context = probe_contexts(config)
     except FileNotFoundError as e:
-        raise Failure(
-            f"certificate {e.filename} missing: run `havedane init --force` to make the probes' chains"
-        ) from None
+        raise missing_certificate(e, config) from None
     receiver = Receiver(config, store, context)
     try:
         if role != "web":
@@ -253,7 +228,7 @@ def _certificates(config: Config) -> tuple[list[x509.Certificate], x509.Certific
     try:
         return [c.leaf for c in pki.load_chains(config.tls_dir)], pki.load_ca(config.tls_dir)
     except FileNotFoundError as e:
-        raise Failure(f"certificates missing ({e.filename}): run `havedane init` first") from None
+        raise missing_certificate(e, config) from None
 
 
 def _probe_leaves(config: Config) -> dict[str, list[x509.Certificate]]:
@@ -262,8 +237,7 @@ def _probe_leaves(config: Config) -> dict[str, list[x509.Certificate]]:
     try:
         return {p.name: pki.leaves_for(p, config.tls_dir) for p in config.probes if p.chain is not None}
     except FileNotFoundError as e:
-        missing = f"certificate {e.filename} missing"
-        raise Failure(f"{missing}: run `havedane init --force` to make the probes' chains") from None
+        raise missing_certificate(e, config) from None
 
 
 def cmd_records(args: argparse.Namespace) -> int:
@@ -291,6 +265,8 @@ def cmd_records(args: argparse.Namespace) -> int:
 def cmd_zone(args: argparse.Namespace) -> int:
     from havedane.dns import zone
 
+    if args.knot_conf and not args.out:  # Knot would be told to serve a file never written
+        raise Failure("--knot-conf needs --out FILE: the Knot configuration names the zone file it serves", 2)
     config = load_config(args.config)
     leaves, ca = _certificates(config)
     probe_leaves = _probe_leaves(config)
@@ -347,10 +323,16 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     except Failure as e:
         print(f"havedane deliver: {e}", file=sys.stderr)
         return postfix.EX_CONFIG
-    store = open_store(config.store_url, config.store_busy_timeout)
-    code, reason = postfix.deliver(
-        config, store, args.sender, args.recipient, args.client_address, args.client_helo, sys.stdin.buffer
-    )
+    try:
+        store = open_store(config.store_url, config.store_busy_timeout)
+        utf8 = postfix.utf8_arg
+        code, reason = postfix.deliver(
+            config, store, utf8(args.sender) or "", utf8(args.recipient) or "", args.client_address,
+            utf8(args.client_helo), sys.stdin.buffer,
+        )  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - pipe(8) bounces on 1: a failure of ours must defer instead
+        what = " ".join(str(e).split())  # one line for Postfix's log
+        code, reason = postfix.EX_TEMPFAIL, f"unexpected error, Postfix will retry: {type(e).__name__}: {what}"
     # pipe(8) shows what a failed command printed in the bounce or the log.
     print(f"havedane deliver: {reason}", file=sys.stderr if code else sys.stdout)
     return code
@@ -388,9 +370,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="havedane", description="Tells whether outgoing mail servers validate DANE (RFC 7672)."
-    )
+    p = argtypes.Parser(prog="havedane", description="Tells whether outgoing mail servers validate DANE (RFC 7672).")
     p.add_argument("--version", action="version", version=f"havedane {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -401,9 +381,19 @@ def parser() -> argparse.ArgumentParser:
         return c
 
     c = command("init", "write havedane.toml, the CA and certificates, and the database", cmd_init)
-    c.add_argument("--domain", required=True, help="the DNSSEC-signed base domain, e.g. havedane.example")
+    c.add_argument("--domain", type=argtypes.domain_arg,
+                   help="the DNSSEC-signed base domain, e.g. havedane.example")  # fmt: skip
     c.add_argument("--dir", default=".", help="where to write (default: the current directory)")
-    c.add_argument("--force", action="store_true", help="replace an existing setup")
+    c.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing setup: new configuration and CA (republish the DNS); the database is kept",
+    )
+    c.add_argument(
+        "--add-missing",
+        action="store_true",
+        help="complete an existing setup: make missing certificates with its CA, keep everything else",
+    )
 
     c = command("serve", "run the SMTP receiver and the web app in one process", cmd_serve)
     c.add_argument("--smtp-listen", action="append", type=_listen, metavar="ADDR:PORT",
@@ -420,23 +410,24 @@ def parser() -> argparse.ArgumentParser:
     c = command("zone", "print a complete zone file for the base domain (--sign: signed, DS on stderr)", cmd_zone)
     c.add_argument("--sign", action="store_true", help="sign the zone (ECDSA P-256, NSEC) with keys kept in DIR/dnssec")
     c.add_argument("--address", action="append", metavar="IP", help="the receiver's public address (repeatable)")
-    c.add_argument("--out", metavar="FILE", help="write the zone here instead of standard output")
-    c.add_argument("--knot-conf", metavar="FILE", help="also write a sample Knot DNS configuration serving the zones")
+    c.add_argument(
+        "--out", metavar="FILE", type=argtypes.output_file, help="write the zone here instead of standard output"
+    )
+    c.add_argument("--knot-conf", metavar="FILE", type=argtypes.output_file,
+                   help="also write a Knot DNS configuration serving the zones (needs --out)")  # fmt: skip
 
     c = command(
         "check", "verify the live deployment from outside: DNSSEC, TLSA vs served certificates, SMTP, web", cmd_check
     )
-    c.add_argument(
-        "--resolver", metavar="IP", help="validating resolver to ask (default: the first in /etc/resolv.conf)"
-    )
-    c.add_argument(
-        "--smtp-port", type=int, default=25, metavar="PORT", help="SMTP port of the probe hosts (default 25)"
-    )
+    c.add_argument("--resolver", metavar="IP", type=argtypes.ip,
+                   help="validating resolver to ask (default: the first in /etc/resolv.conf)")  # fmt: skip
+    c.add_argument("--smtp-port", type=argtypes.port, default=25, metavar="PORT",
+                   help="SMTP port of the probe hosts (default 25)")  # fmt: skip
 
     c = command("deliver", "Postfix pipe mode: record one message from stdin, envelope from argv", cmd_deliver)
     c.add_argument("--sender", required=True, help="Postfix ${sender}")
     c.add_argument("--recipient", required=True, help="Postfix ${recipient} (one per call)")
-    c.add_argument("--client-address", help="Postfix ${client_address}")
+    c.add_argument("--client-address", type=argtypes.client_address, help="Postfix ${client_address}")
     c.add_argument("--client-helo", help="Postfix ${client_helo}")
 
     c = command(
@@ -444,7 +435,7 @@ def parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--havedane", default=shutil.which("havedane") or "/usr/local/bin/havedane",
                    help="path of the havedane command Postfix runs")  # fmt: skip
-    c.add_argument("--user", default="havedane", help="user the pipe runs as (default havedane)")
+    c.add_argument("--user", default="havedane", type=argtypes.user, help="user the pipe runs as (default havedane)")
 
     db = sub.add_parser("db", help="database maintenance", description="database maintenance")
     dbsub = db.add_subparsers(dest="db_command", metavar="COMMAND", required=True)

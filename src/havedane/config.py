@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -99,6 +100,15 @@ def _positive_float(v: Any) -> float:
     return float(v)
 
 
+def _above_zero(v: Any) -> float:
+    """A duration that cannot be zero: 0 would close every connection at once
+    ([smtp] timeout) or expire every test at birth ([retention] days)."""
+    f = _positive_float(v)
+    if f == 0:
+        raise ValueError("must be greater than 0")
+    return f
+
+
 def _bool(v: Any) -> bool:
     if isinstance(v, bool):
         return v
@@ -116,7 +126,10 @@ def _str_list(v: Any) -> list[str]:
 
 
 def _listen_list(v: Any) -> list[Listen]:
-    return [parse_listen(s) for s in _str_list(v)]
+    listen = [parse_listen(s) for s in _str_list(v)]
+    if not listen:  # probes with addresses of their own take the port of the first
+        raise ValueError("must name at least one ADDRESS:PORT")
+    return listen
 
 
 def _listen(v: Any) -> Listen:
@@ -146,11 +159,22 @@ def _addresses(v: Any) -> dict[str, str]:
     return dict(v)
 
 
+LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")  # RFC 1123 §2.1 host name label
+
+
 def _domain(v: Any) -> str:
-    d = _str(v).lower().rstrip(".")
+    """A host name in ASCII: an international name is taken as its A-label
+    (RFC 5891), the form DNS and certificates carry."""
+    bad = ValueError(f"must be a domain name like havedane.example, got {v!r}")
+    d = _str(v).strip().lower().rstrip(".")
+    try:
+        d = d.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise bad from None
     labels = d.split(".")
-    if len(labels) < 2 or not all(lbl and len(lbl) < 64 and lbl.replace("-", "").isalnum() for lbl in labels):
-        raise ValueError(f"must be a domain name like havedane.example, got {v!r}")
+    # An all-numeric last label is an IP address, not a domain (RFC 3696 §2).
+    if len(labels) < 2 or len(d) > 253 or labels[-1].isdigit() or not all(LABEL.fullmatch(x) for x in labels):
+        raise bad
     return d
 
 
@@ -162,7 +186,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "listen": (_listen_list, ["127.0.0.1:2525"]),
         "hostname": (_str, None),
         "max_message_size": (_positive_int, 1_048_576),
-        "timeout": (_positive_float, 300.0),
+        "timeout": (_above_zero, 300.0),
         "max_connections": (_positive_int, 200),
         "max_connections_per_client": (_positive_int, 20),
         "max_recipients": (_positive_int, 20),
@@ -177,7 +201,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
     "tls": {"dir": (_str, "tls")},
     "verdict": {"grace": (_positive_float, 60.0)},
     "retention": {
-        "days": (_positive_float, 7.0),
+        "days": (_above_zero, 7.0),
         "max_tests": (_positive_int, 100_000),
         "max_orphan_sessions": (_positive_int, 100_000),
     },
@@ -185,14 +209,37 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
 }
 
 
+# HAVEDANE_* variables that are not configuration: read by the test suite only.
+NOT_CONFIG = {"HAVEDANE_PG_BIN", "HAVEDANE_CHROMIUM", "HAVEDANE_LAB_KEEP"}
+
+
 def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
+    known = set(NOT_CONFIG)
     for section, keys in SCHEMA.items():
         for key in keys:
             name = "HAVEDANE_" + (f"{section}_{key}" if section else key).upper()
+            known.add(name)
             if name in env:
                 out.setdefault(section, {})[key] = env[name]
+    # A typo (HAVEDANE_VERDICT_GRCE) would otherwise be ignored in silence, like an
+    # unknown key in the file would not be.
+    unknown = sorted(n for n in env if n.startswith("HAVEDANE_") and n not in known)
+    if unknown:
+        raise ConfigError(f"unknown environment variable {unknown[0]} (not a configuration key)")
     return out
+
+
+def _gradable(enabled: tuple[probes.Probe, ...], names: list[str] | None) -> None:
+    """The headline verdict compares what a sender delivered with what it refused
+    (RFC 7672 §2.2): without a classic probe of each kind there is nothing to compare."""
+    for deliver, kind in ((True, "must deliver to"), (False, "must refuse")):
+        if not any(p.classic and (p.expect is probes.Expect.DELIVER) is deliver for p in enabled):
+            choices = [p.name for p in probes.CLASSIC if (p.expect is probes.Expect.DELIVER) is deliver]
+            raise ConfigError(
+                f"probes.enabled: no verdict is possible without a classic probe a sender {kind} "
+                f"(add one of {', '.join(choices)}; got {names})"
+            )
 
 
 def load(path: Path | None, env: Mapping[str, str] | None = None, default_domain: str | None = None) -> Config:
@@ -245,6 +292,7 @@ def load(path: Path | None, env: Mapping[str, str] | None = None, default_domain
         enabled = probes.enabled(parsed["probes"]["enabled"], parsed["probes"]["matrix"])
     except KeyError as e:
         raise ConfigError(f"probes.enabled: unknown probe {e.args[0]} (known: {', '.join(probes.CATALOGUE)})") from None
+    _gradable(enabled, parsed["probes"]["enabled"])
     probe_addresses: dict[str, str] = parsed["probes"]["addresses"]
     homeless = [p.name for p in enabled if not p.starttls and p.name not in probe_addresses]
     if homeless:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,11 +139,42 @@ def create(tls_dir: Path, domain: str) -> None:
     ca = make_ca(f"havedane CA for {domain}", ca_key)
     write_key(tls_dir / "ca.key", ca_key)
     (tls_dir / "ca.pem").write_bytes(pem(ca))
+    write_chains(tls_dir, domain, ca, ca_key)
+
+
+def write_chains(tls_dir: Path, domain: str, ca: x509.Certificate, ca_key: PrivateKey) -> None:
+    """Every chain `havedane init` makes, issued by `ca`: the default leaves and the
+    conformance probes' chains."""
     for kind in LEAF_KINDS:
         key = new_key(kind)
         leaf = make_leaf(default_names(domain), key, ca, ca_key)
         _write_chain(tls_dir, kind, key, [leaf, ca])
     create_probe_chains(tls_dir, domain, ca, ca_key)
+
+
+def add_missing(tls_dir: Path, domain: str) -> list[str]:
+    """Make the chains that are missing from tls_dir with its existing CA, so that the
+    published DANE-TA (2 1 1) records still match; what is present is left alone.
+    Returns the names of the chains made. Raises FileNotFoundError without the CA."""
+    ca = load_ca(tls_dir)
+    ca_key = serialization.load_pem_private_key((tls_dir / "ca.key").read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise ValueError(f"{tls_dir / 'ca.key'}: not an ECDSA or RSA key")
+    added = []
+    # Made in full beside the old ones (the same file system, so that os.replace moves
+    # them), then only the missing chains are moved: whatever chains init makes.
+    with tempfile.TemporaryDirectory(prefix=".add-missing-", dir=tls_dir) as tmp:
+        staging = Path(tmp)
+        write_chains(staging, domain, ca, ca_key)
+        for chain in sorted(staging.glob("chain-*.pem")):
+            name = chain.name.removeprefix("chain-").removesuffix(".pem")
+            files = [f"chain-{name}.pem", f"leaf-{name}.pem", f"leaf-{name}.key"]
+            if all((tls_dir / f).exists() for f in files):
+                continue
+            for f in files:
+                os.replace(staging / f, tls_dir / f)
+            added.append(name)
+    return added
 
 
 def _write_chain(tls_dir: Path, name: str, key: PrivateKey, chain: list[x509.Certificate]) -> None:

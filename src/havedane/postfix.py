@@ -99,6 +99,18 @@ def first_headers(head: bytes, names: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def utf8_arg(value: str | None) -> str | None:
+    """An argument as valid UTF-8. Postfix passes the sender and HELO as the client
+    sent them (8-bit, not always UTF-8), which Python keeps as surrogate escapes."""
+    if value is None:
+        return None
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        raw = value.encode("utf-8", "replace")
+    return raw.decode("utf-8", "replace")
+
+
 async def record(store: Store, delivery: Delivery) -> None:
     await store.open()
     try:

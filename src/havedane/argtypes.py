@@ -1,0 +1,60 @@
+"""Argument types of the `havedane` command line: what cannot work is refused while
+parsing, in one line naming the option (exit 2), before anything is read or written."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import re
+import typing
+from pathlib import Path
+
+from havedane import config as configmod
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line (exit 2), like every other error of the command."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def domain_arg(value: str) -> str:
+    try:
+        return configmod._domain(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def port(value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {value!r}")
+    return int(value)
+
+
+def ip(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an IP address, got {value!r}") from None
+
+
+def client_address(value: str) -> str:
+    """Postfix's ${client_address}: an address, or "unknown"."""
+    return value if value == "unknown" else ip(value)
+
+
+def user(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", value):  # POSIX portable user names
+        raise argparse.ArgumentTypeError(f"must be a user name like havedane, got {value!r}")
+    return value
+
+
+def output_file(value: str) -> str:
+    """A file to write: not a directory, in a directory that exists."""
+    path = Path(value)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value} is a directory: give a file name")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{path.parent} does not exist (create it first)")
+    return value
