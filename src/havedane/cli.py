@@ -141,7 +141,7 @@ async def serve(
         pki.load_chains(config.tls_dir)  # before anything starts: a missing file is one clear line
     except FileNotFoundError as e:
         raise Failure(f"certificates missing ({e.filename}): run `havedane init` first") from None
-    store = open_store(config.store_url, config.store_busy_timeout)
+    store = open_store(config.store_url, config.store_busy_timeout, config.store_write_timeout)
     try:
         await store.open()
     except Exception as e:  # noqa: BLE001 - reported as one line
@@ -350,7 +350,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     except Failure as e:
         print(f"havedane deliver: {e}", file=sys.stderr)
         return postfix.EX_CONFIG
-    store = open_store(config.store_url, config.store_busy_timeout)
+    store = open_store(config.store_url, config.store_busy_timeout, config.store_write_timeout)
     code, reason = postfix.deliver(
         config, store, args.sender, args.recipient, args.client_address, args.client_helo, sys.stdin.buffer
     )

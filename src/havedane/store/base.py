@@ -89,6 +89,10 @@ class StoreError(Exception):
     """The store cannot do what was asked right now (busy, gone): retry later."""
 
 
+class StoreFull(StoreError):
+    """The disk (or the database's quota) is full: nothing more can be written until space is freed."""
+
+
 class TooManyTests(StoreError):
     """The upper bound on stored tests is reached: refuse, never evict."""
 

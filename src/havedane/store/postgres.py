@@ -13,6 +13,7 @@ process checks the version at open and refuses a schema it does not know.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -23,7 +24,7 @@ import psycopg.conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from havedane.store import notify
-from havedane.store.base import Delivery, Session, Store, StoreError, Test, TooManyTests
+from havedane.store.base import Delivery, Session, Store, StoreError, StoreFull, Test, TooManyTests
 from havedane.store.rows import DELIVERY_COLUMNS, SESSION_COLUMNS, delivery_from_row, session_from_row
 from havedane.store.sqlite import SchemaTooNew
 
@@ -118,6 +119,8 @@ def where(url: str) -> str:
 
 
 def _failure(url: str, e: psycopg.Error) -> StoreError:
+    if isinstance(e, psycopg.errors.DiskFull):  # SQLSTATE 53100: said as such, not as "busy"
+        return StoreFull(f"PostgreSQL {where(url)}: the disk is full: {notify.first_line(e)}")
     return StoreError(f"PostgreSQL {where(url)}: {notify.first_line(e)}")
 
 
@@ -190,9 +193,10 @@ Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 
 
 class PostgresStore(Store):
-    def __init__(self, url: str, min_size: int = 1, max_size: int = 10) -> None:
+    def __init__(self, url: str, min_size: int = 1, max_size: int = 10, write_timeout: float = 30.0) -> None:
         super().__init__()
         self.url = url
+        self.write_timeout = write_timeout
         self.feed = notify.Feed(lambda changes: notify.listen(notify.with_keepalive(url), changes))
         self.changes = self.feed
         self._min_size = min_size
@@ -218,6 +222,7 @@ class PostgresStore(Store):
             min_size=self._min_size,
             max_size=self._max_size,
             kwargs={"autocommit": True},
+            configure=self._configure,
             timeout=10,
             name="havedane",
             open=False,
@@ -236,6 +241,10 @@ class PostgresStore(Store):
             await self._pool.close()
             self._pool = None
 
+    async def _configure(self, conn: Conn) -> None:
+        # The server gives up on a statement (a lock wait included) after the bound too.
+        await conn.execute(f"SET statement_timeout = {int(self.write_timeout * 1000)}")
+
     @staticmethod
     async def _version(conn: Conn) -> int:
         try:
@@ -250,10 +259,15 @@ class PostgresStore(Store):
         if self._pool is None:
             raise StoreError("store is closed")
         try:
-            async with self._pool.connection() as conn:
+            # Bounded on this side as well: a server that stops answering never hangs a client.
+            async with asyncio.timeout(self.write_timeout), self._pool.connection() as conn:
                 yield conn
         except psycopg.Error as e:
             raise _failure(self.url, e) from e
+        except TimeoutError:
+            raise StoreError(
+                f"PostgreSQL {where(self.url)}: no answer within {self.write_timeout:g} s ([store] write_timeout)"
+            ) from None
 
     @contextlib.asynccontextmanager
     async def _transaction(self, changed: set[str] | None) -> AsyncIterator[psycopg.AsyncCursor[tuple[Any, ...]]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import queue
 import sqlite3
 import threading
@@ -21,11 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from havedane.store.base import Delivery, Session, Store, StoreError, Test, TooManyTests
+from havedane.store.base import Delivery, Session, Store, StoreError, StoreFull, Test, TooManyTests
 from havedane.store.rows import DELIVERY_COLUMNS, SESSION_COLUMNS, delivery_from_row, session_from_row
 
 SCHEMA_VERSION = 1
 OTHERS_POLL = 0.1  # seconds between checks for commits by other processes (PRAGMA data_version)
+PRUNE_BATCH = 1000  # rows per pruning transaction: tens of milliseconds of the writer each
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -82,6 +84,15 @@ MIGRATIONS: dict[int, str] = {
 
 
 Job = Callable[[sqlite3.Connection], Any]
+Item = tuple[Job, asyncio.Future[Any], set[str] | None]
+log = logging.getLogger("havedane.store")
+
+
+def store_error(e: sqlite3.Error) -> StoreError:
+    """SQLite's error as the store's: a full disk (SQLITE_FULL) is said as such, not as "busy"."""
+    if getattr(e, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL:
+        return StoreFull(f"the disk is full: {e}")
+    return StoreError(f"database write failed: {e}")
 
 
 class SchemaTooNew(StoreError):
@@ -145,11 +156,13 @@ def _delivery_row(d: Delivery) -> tuple[Any, ...]:
 
 
 class SQLiteStore(Store):
-    def __init__(self, path: Path, busy_timeout: float = 10.0) -> None:
+    def __init__(self, path: Path, busy_timeout: float = 10.0, write_timeout: float = 30.0) -> None:
         super().__init__()
         self.path = path
         self.busy_timeout = busy_timeout
-        self._jobs: queue.SimpleQueue[tuple[Job, asyncio.Future[Any], set[str] | None] | None] = queue.SimpleQueue()
+        self.write_timeout = write_timeout
+        self._jobs: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
+        self._died: str | None = None  # why the writer thread stopped, if it did
         self._writer: threading.Thread | None = None
         self._read: sqlite3.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -177,9 +190,11 @@ class SQLiteStore(Store):
     # -- the writer thread -------------------------------------------------
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
+        batch: list[Item] = []
         try:
             seen = self._others_wrote(conn, None)
             while True:
+                batch = []
                 try:
                     first = self._jobs.get(timeout=OTHERS_POLL)
                 except queue.Empty:
@@ -199,8 +214,28 @@ class SQLiteStore(Store):
                     batch.append(item)
                 self._commit(conn, batch)
                 seen = self._others_wrote(conn, seen)
+        except BaseException as e:
+            # Whatever killed the writer, no caller may wait for it forever: fail what it
+            # held and what is queued, and every later write at once (`_write`).
+            self._died = f"{type(e).__name__}: {e}"
+            log.error("the database writer stopped (%s): every write fails until havedane restarts", self._died)
+            self._fail_pending(batch)
         finally:
             conn.close()
+
+    def _fail_pending(self, batch: list[Item]) -> None:
+        items: list[Any] = list(batch)
+        while True:
+            try:
+                items.append(self._jobs.get_nowait())
+            except queue.Empty:
+                break
+        error = StoreError(f"the database writer stopped ({self._died})")
+        failed: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = [
+            (item[1], None, error) for item in items if isinstance(item, tuple) and len(item) == 3
+        ]
+        if self._loop is not None and failed:
+            self._loop.call_soon_threadsafe(self._settle, failed, set())
 
     def _others_wrote(self, conn: sqlite3.Connection, seen: int | None) -> int | None:
         """Wake every live page when another process committed. `data_version` of the
@@ -215,7 +250,7 @@ class SQLiteStore(Store):
             self._loop.call_soon_threadsafe(self.changes.notify, None)
         return version
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[tuple[Job, asyncio.Future[Any], set[str] | None]]) -> None:
+    def _commit(self, conn: sqlite3.Connection, batch: list[Item]) -> None:
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         changed: set[str] | None = set()
         try:
@@ -232,14 +267,16 @@ class SQLiteStore(Store):
                     elif changed is not None:
                         changed |= aliases
                 except Exception as e:  # noqa: BLE001 - handed to the caller
+                    if not conn.in_transaction:
+                        raise  # SQLite rolled the whole transaction back (e.g. SQLITE_FULL): all fail
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
-                    results.append((fut, None, e))
+                    results.append((fut, None, store_error(e) if isinstance(e, sqlite3.Error) else e))
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            error = StoreError(f"database write failed: {e}")
+            error = store_error(e)
             results = [(fut, None, error) for _, fut, _ in batch]
             changed = set()
         assert self._loop is not None
@@ -261,9 +298,18 @@ class SQLiteStore(Store):
     async def _write(self, job: Job, aliases: set[str] | None) -> Any:
         if self._writer is None:
             raise StoreError("store is closed")
+        if self._died is not None or not self._writer.is_alive():
+            raise StoreError(f"the database writer stopped ({self._died}): restart havedane")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._jobs.put((job, fut, aliases))
-        return await fut
+        try:
+            return await asyncio.wait_for(fut, self.write_timeout)
+        except TimeoutError:
+            # A frozen disk or a lock held elsewhere. The job may still commit later: the
+            # caller answers "try again" (451/503), so at worst a sender delivers twice.
+            raise StoreError(
+                f"database write did not finish within {self.write_timeout:g} s ([store] write_timeout)"
+            ) from None
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         if self._read is None:
@@ -326,30 +372,39 @@ class SQLiteStore(Store):
         return int(rows[0][0])
 
     async def prune(self, older_than: float, orphan_sessions_older_than: float, max_orphans: int | None = None) -> int:
-        def job(conn: sqlite3.Connection) -> int:
-            old = "SELECT alias FROM tests WHERE created < ?"
-            conn.execute(f"DELETE FROM deliveries WHERE alias IN ({old})", (older_than,))
-            conn.execute(f"DELETE FROM sessions WHERE alias IN ({old})", (older_than,))
-            conn.execute("DELETE FROM sessions WHERE alias IS NULL AND started < ?", (orphan_sessions_older_than,))
-            if max_orphans is not None:
-                conn.execute(
-                    "DELETE FROM sessions WHERE alias IS NULL AND id NOT IN "
-                    "(SELECT id FROM sessions WHERE alias IS NULL ORDER BY started DESC LIMIT ?)",
-                    (max_orphans,),
-                )
-            return conn.execute("DELETE FROM tests WHERE created < ?", (older_than,)).rowcount
+        # In batches of PRUNE_BATCH rows, each its own job: the writer commits deliveries
+        # queued meanwhile between two batches instead of after the whole prune.
+        old = "SELECT alias FROM tests WHERE created < ?"
+        await self._delete("deliveries", f"alias IN ({old})", (older_than,))
+        await self._delete("sessions", f"alias IN ({old})", (older_than,))
+        await self._delete("sessions", "alias IS NULL AND started < ?", (orphan_sessions_older_than,))
+        if max_orphans is not None:
+            # The newest `max_orphans` (by started, then id) stay: everything up to the first one beyond them goes.
+            rows = self._query(
+                "SELECT started, id FROM sessions WHERE alias IS NULL ORDER BY started DESC, id DESC LIMIT 1 OFFSET ?",
+                (max_orphans,),
+            )
+            if rows:
+                await self._delete("sessions", "alias IS NULL AND (started, id) <= (?, ?)", rows[0])
+        return await self._delete("tests", "created < ?", (older_than,), key="alias")
 
-        result: int = await self._write(job, set())
-        return result
+    async def _delete(self, table: str, where: str, params: tuple[Any, ...], key: str = "rowid") -> int:
+        sql = f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} WHERE {where} LIMIT {PRUNE_BATCH})"
+        total = 0
+        while True:
+            deleted: int = await self._write(lambda conn: conn.execute(sql, params).rowcount, set())
+            total += deleted
+            if deleted < PRUNE_BATCH:
+                return total
 
 
-def open_store(url: str, busy_timeout: float = 10.0) -> Store:
+def open_store(url: str, busy_timeout: float = 10.0, write_timeout: float = 30.0) -> Store:
     """A store for `url`: sqlite:///path or postgresql://…"""
     if url.startswith("sqlite:///"):
-        return SQLiteStore(Path(url.removeprefix("sqlite:///")), busy_timeout)
+        return SQLiteStore(Path(url.removeprefix("sqlite:///")), busy_timeout, write_timeout)
     if url.startswith(("postgresql://", "postgres://")):
         from havedane.store import postgres  # type: ignore[attr-defined,unused-ignore]
 
-        store: Store = postgres.PostgresStore(url)
+        store: Store = postgres.PostgresStore(url, write_timeout=write_timeout)
         return store
     raise StoreError(f"unsupported store url {url!r}")

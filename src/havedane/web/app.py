@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import ipaddress
 import json
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -23,12 +24,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from havedane import report
 from havedane.config import Config
-from havedane.store.base import Store, StoreError, Test, TooManyTests
+from havedane.store.base import Store, StoreError, StoreFull, Test, TooManyTests
 from havedane.web import page
 
 HERE = Path(__file__).parent
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 ALIAS_LENGTH = 16  # 16 * log2(36) = 82.7 bits from the CSPRNG: not guessable
+log = logging.getLogger("havedane.web")
 KEEPALIVE = 15.0  # seconds between SSE comments on a quiet stream (proxies drop idle connections)
 
 SECURITY_HEADERS = [
@@ -270,7 +272,11 @@ class Web:
         return HTMLResponse(page, status_code=status)
 
     async def store_error(self, request: Request, exc: Exception) -> Response:
-        return json_error(503, "the database is busy; try again", {"Retry-After": "5"})
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+        if isinstance(exc, StoreFull):
+            # 507 Insufficient Storage (RFC 4918 §11.5): the operator must free space.
+            return json_error(507, "the server's disk is full; try again later", {"Retry-After": "300"})
+        return json_error(503, "the database is busy or unavailable; try again", {"Retry-After": "5"})
 
     async def server_error(self, request: Request, exc: Exception) -> Response:
         return json_error(500, "internal error")
