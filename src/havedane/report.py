@@ -1,14 +1,23 @@
-"""A test's current state: read from the store, judged, and shaped for the API and the page."""
+"""A test's current state: read from the store, judged, and shaped for the API and the page.
+
+One test can receive any amount of mail, so a report reads a bounded number of rows and
+counts the rest (the API and the page say "showing N of M"), and the judging runs in a
+worker thread: the event loop that also serves SMTP is never held by a big test.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from havedane.config import Config
 from havedane.store.base import Delivery, Session, Store, Test, Tls
 from havedane.verdict import Verdict, evaluate
+
+DELIVERIES_SHOWN = 50  # per probe, the newest (and the first of each kind: store.base.KINDS_SHOWN)
+SESSIONS_SHOWN = 100  # per test, the newest (and the oldest without MAIL: store.base.SESSIONS_WITHOUT_MAIL)
 
 
 @dataclass(frozen=True)
@@ -16,6 +25,9 @@ class Report:
     test: Test
     verdict: Verdict
     now: float
+    deliveries_total: dict[str, int] = field(default_factory=dict)  # per probe
+    sessions_total: int = 0
+    sessions_shown: int = 0
 
 
 def iso(t: float | None) -> str | None:
@@ -28,13 +40,17 @@ async def load(store: Store, config: Config, alias: str, now: float) -> Report |
     test = await store.get_test(alias)
     if test is None:
         return None
-    deliveries = await store.deliveries_for(alias)
+    deliveries = await store.deliveries_for(alias, DELIVERIES_SHOWN)
+    totals = await store.delivery_totals(alias)
     # Sessions without MAIL carry no alias: tie them to this test by the client
     # addresses that delivered its other probes (worded as such on the page).
     client_ips = sorted({d.client_ip for d in deliveries})
-    sessions = await store.sessions_for(alias, client_ips, test.created)
-    verdict = evaluate(config.probes, test, sessions, deliveries, now, config.grace, config.domain)
-    return Report(test, verdict, now)
+    sessions = await store.sessions_for(alias, client_ips, test.created, SESSIONS_SHOWN)
+    sessions_total = await store.session_total(alias, client_ips, test.created)
+    verdict = await asyncio.to_thread(
+        evaluate, config.probes, test, sessions, deliveries, now, config.grace, config.domain
+    )
+    return Report(test, verdict, now, totals, sessions_total, len(sessions))
 
 
 def tls_json(tls: Tls | None) -> dict[str, Any] | None:
@@ -95,10 +111,13 @@ def to_json(config: Config, report: Report) -> dict[str, Any]:
                 "grade": {"grade": v.grades[name].grade.value, "reason": v.grades[name].reason},
                 "proves": v.grades[name].proves(r.probe),
                 "deliveries": [delivery_json(d) for d in r.deliveries],
+                "deliveries_total": report.deliveries_total.get(name, 0),
                 "sessions": [session_json(s) for s in r.sessions],
             }
             for name, r in v.probes.items()
         },
+        "sessions_total": report.sessions_total,
+        "sessions_shown": report.sessions_shown,
         "verdict": {"code": v.code.value, "summary": v.summary, "grace_ends": iso(v.grace_ends)},
         "conformance": v.conformance,
     }  # fmt: skip

@@ -24,8 +24,25 @@ import psycopg.conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from havedane.store import notify
-from havedane.store.base import Delivery, Session, Store, StoreError, StoreFull, Test, TooManyTests
-from havedane.store.rows import DELIVERY_COLUMNS, SESSION_COLUMNS, delivery_from_row, session_from_row
+from havedane.store.base import (
+    KINDS_SHOWN,
+    SESSIONS_WITHOUT_MAIL,
+    Delivery,
+    Session,
+    Store,
+    StoreError,
+    StoreFull,
+    Test,
+    TooManyTests,
+)
+from havedane.store.rows import (
+    DELIVERY_COLUMNS,
+    SESSION_COLUMNS,
+    bounded_deliveries,
+    delivery_from_row,
+    merge_sessions,
+    session_from_row,
+)
 from havedane.store.sqlite import SchemaTooNew
 
 SCHEMA_VERSION = 1
@@ -324,17 +341,42 @@ class PostgresStore(Store):
         async with self._connection() as conn:
             await conn.execute(SAVE_SESSION, _session_row(session))
 
-    async def deliveries_for(self, alias: str) -> list[Delivery]:
-        rows = await self._rows(f"SELECT id, {DELIVERY_COLUMNS} FROM deliveries WHERE alias = %s ORDER BY id", (alias,))
+    async def deliveries_for(self, alias: str, per_probe: int | None = None) -> list[Delivery]:
+        if per_probe is None:
+            sql = f"SELECT id, {DELIVERY_COLUMNS} FROM deliveries WHERE alias = %s ORDER BY id"
+            rows = await self._rows(sql, (alias,))
+        else:
+            rows = await self._rows(bounded_deliveries("%s"), (alias, per_probe, KINDS_SHOWN))
         return [delivery_from_row(r) for r in rows]
 
-    async def sessions_for(self, alias: str, client_ips: list[str], since: float) -> list[Session]:
-        rows = await self._rows(
-            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE alias = %s"
-            " OR (alias IS NULL AND client_ip = ANY(%s) AND started >= %s) ORDER BY started",
+    async def delivery_totals(self, alias: str) -> dict[str, int]:
+        rows = await self._rows("SELECT probe, count(*) FROM deliveries WHERE alias = %s GROUP BY probe", (alias,))
+        return {probe: int(count) for probe, count in rows}
+
+    @staticmethod
+    def _sessions_where(alias: str, client_ips: list[str], since: float) -> tuple[str, tuple[Any, ...]]:
+        return (
+            "(alias = %s OR (alias IS NULL AND client_ip = ANY(%s) AND started >= %s))",
             (alias, client_ips, since),
         )
-        return [session_from_row(r, list(r[13])) for r in rows]
+
+    async def sessions_for(
+        self, alias: str, client_ips: list[str], since: float, limit: int | None = None
+    ) -> list[Session]:
+        where, params = self._sessions_where(alias, client_ips, since)
+        select = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE {where}"
+        if limit is None:
+            return [session_from_row(r, list(r[13])) for r in await self._rows(f"{select} ORDER BY started", params)]
+        newest = await self._rows(f"{select} ORDER BY started DESC, id DESC LIMIT %s", (*params, limit))
+        quiet = await self._rows(
+            f"{select} AND mail_from IS NULL ORDER BY started, id LIMIT %s", (*params, SESSIONS_WITHOUT_MAIL)
+        )
+        return merge_sessions(*([session_from_row(r, list(r[13])) for r in rows] for rows in (newest, quiet)))
+
+    async def session_total(self, alias: str, client_ips: list[str], since: float) -> int:
+        where, params = self._sessions_where(alias, client_ips, since)
+        rows = await self._rows(f"SELECT count(*) FROM sessions WHERE {where}", params)
+        return int(rows[0][0])
 
     async def recent_tests_from(self, client_ip: str, since: float) -> int:
         rows = await self._rows(

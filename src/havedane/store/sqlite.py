@@ -22,8 +22,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from havedane.store.base import Delivery, Session, Store, StoreError, StoreFull, Test, TooManyTests
-from havedane.store.rows import DELIVERY_COLUMNS, SESSION_COLUMNS, delivery_from_row, session_from_row
+from havedane.store.base import (
+    KINDS_SHOWN,
+    SESSIONS_WITHOUT_MAIL,
+    Delivery,
+    Session,
+    Store,
+    StoreError,
+    StoreFull,
+    Test,
+    TooManyTests,
+)
+from havedane.store.rows import (
+    DELIVERY_COLUMNS,
+    SESSION_COLUMNS,
+    bounded_deliveries,
+    delivery_from_row,
+    merge_sessions,
+    session_from_row,
+)
 
 SCHEMA_VERSION = 1
 OTHERS_POLL = 0.1  # seconds between checks for commits by other processes (PRAGMA data_version)
@@ -163,6 +180,9 @@ class SQLiteStore(Store):
         self.write_timeout = write_timeout
         self._jobs: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
         self._died: str | None = None  # why the writer thread stopped, if it did
+        self._local = threading.local()  # each worker thread's read connection (_read_off_loop)
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
         self._writer: threading.Thread | None = None
         self._read: sqlite3.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -186,6 +206,10 @@ class SQLiteStore(Store):
         if self._read is not None:
             self._read.close()
             self._read = None
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
 
     # -- the writer thread -------------------------------------------------
 
@@ -311,6 +335,25 @@ class SQLiteStore(Store):
                 f"database write did not finish within {self.write_timeout:g} s ([store] write_timeout)"
             ) from None
 
+    async def _read_off_loop(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """A read that may touch many rows (a report): in a worker thread, on that thread's
+        own connection, so the event loop serving SMTP is never held by it."""
+        if self._read is None:
+            raise StoreError("store is closed")
+
+        def run() -> list[tuple[Any, ...]]:
+            conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+            try:
+                if conn is None:
+                    conn = self._local.conn = connect(self.path, self.busy_timeout)
+                    with self._readers_lock:
+                        self._readers.append(conn)
+                return conn.execute(sql, params).fetchall()
+            except sqlite3.Error as e:
+                raise StoreError(f"database read failed: {e}") from e
+
+        return await asyncio.to_thread(run)
+
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         if self._read is None:
             raise StoreError("store is closed")
@@ -354,18 +397,42 @@ class SQLiteStore(Store):
 
         await self._write(job, {session.alias} if session.alias else None)
 
-    async def deliveries_for(self, alias: str) -> list[Delivery]:
-        rows = self._query(f"SELECT id, {DELIVERY_COLUMNS} FROM deliveries WHERE alias = ? ORDER BY id", (alias,))
+    async def deliveries_for(self, alias: str, per_probe: int | None = None) -> list[Delivery]:
+        if per_probe is None:
+            sql = f"SELECT id, {DELIVERY_COLUMNS} FROM deliveries WHERE alias = ? ORDER BY id"
+            rows = await self._read_off_loop(sql, (alias,))
+        else:
+            rows = await self._read_off_loop(bounded_deliveries("?"), (alias, per_probe, KINDS_SHOWN))
         return [delivery_from_row(r) for r in rows]
 
-    async def sessions_for(self, alias: str, client_ips: list[str], since: float) -> list[Session]:
+    async def delivery_totals(self, alias: str) -> dict[str, int]:
+        sql = "SELECT probe, count(*) FROM deliveries WHERE alias = ? GROUP BY probe"
+        rows = await self._read_off_loop(sql, (alias,))
+        return {probe: int(count) for probe, count in rows}
+
+    def _sessions_where(self, alias: str, client_ips: list[str], since: float) -> tuple[str, tuple[Any, ...]]:
         marks = ", ".join("?" * len(client_ips))
         correlated = f" OR (alias IS NULL AND client_ip IN ({marks}) AND started >= ?)" if client_ips else ""
-        rows = self._query(
-            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE alias = ?{correlated} ORDER BY started",
-            (alias, *client_ips, since) if client_ips else (alias,),
+        return f"(alias = ?{correlated})", (alias, *client_ips, since) if client_ips else (alias,)
+
+    async def sessions_for(
+        self, alias: str, client_ips: list[str], since: float, limit: int | None = None
+    ) -> list[Session]:
+        where, params = self._sessions_where(alias, client_ips, since)
+        select = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE {where}"
+        if limit is None:
+            rows = await self._read_off_loop(f"{select} ORDER BY started", params)
+            return [session_from_row(r, json.loads(r[13])) for r in rows]
+        newest = await self._read_off_loop(f"{select} ORDER BY started DESC, id DESC LIMIT ?", (*params, limit))
+        quiet = await self._read_off_loop(
+            f"{select} AND mail_from IS NULL ORDER BY started, id LIMIT ?", (*params, SESSIONS_WITHOUT_MAIL)
         )
-        return [session_from_row(r, json.loads(r[13])) for r in rows]
+        return merge_sessions(*([session_from_row(r, json.loads(r[13])) for r in rows] for rows in (newest, quiet)))
+
+    async def session_total(self, alias: str, client_ips: list[str], since: float) -> int:
+        where, params = self._sessions_where(alias, client_ips, since)
+        rows = await self._read_off_loop(f"SELECT count(*) FROM sessions WHERE {where}", params)
+        return int(rows[0][0])
 
     async def recent_tests_from(self, client_ip: str, since: float) -> int:
         rows = self._query("SELECT count(*) FROM tests WHERE client_ip = ? AND created >= ?", (client_ip, since))

@@ -115,6 +115,8 @@ class Web:
         # per-minute check before any of them commits.
         self._creating: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self.templates = page.environment(config)
+        for name in ("index.html", "test.html", "result.html", "error.html"):
+            self.templates.get_template(name)  # compiled now: compiling holds the GIL for ~0.1 s
         # The API's JSON per alias, until the test changes (store.changes, fed across
         # processes too) or the verdict may move with time (the grace period), and at
         # most CACHE_SECONDS as a bound should a change notice ever be missed.
@@ -192,7 +194,7 @@ class Web:
         rep = await self._report(alias)
         if rep is None:
             return json_error(404, "no such test")
-        body = json.dumps(report.to_json(self.config, rep), ensure_ascii=False, separators=(",", ":")).encode()
+        body = await asyncio.to_thread(self._json_bytes, rep)
         expires = now + CACHE_SECONDS
         if rep.verdict.grace_ends is not None and rep.verdict.grace_ends > now:
             expires = min(expires, rep.verdict.grace_ends)
@@ -209,9 +211,15 @@ class Web:
             )
             return HTMLResponse(page, status_code=404)
         name = "result.html" if request.query_params.get("fragment") == "1" else "test.html"
-        body = report.to_json(self.config, rep)
-        html = self.templates.get_template(name).render(r=body, state=state_id(body)[1])
+        html = await asyncio.to_thread(self._render, name, rep)  # off the loop that serves SMTP
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+    def _json_bytes(self, rep: report.Report) -> bytes:
+        return json.dumps(report.to_json(self.config, rep), ensure_ascii=False, separators=(",", ":")).encode()
+
+    def _render(self, name: str, rep: report.Report) -> str:
+        body = report.to_json(self.config, rep)
+        return self.templates.get_template(name).render(r=body, state=state_id(body)[1])
 
     async def index(self, request: Request) -> Response:
         return HTMLResponse(self.templates.get_template("index.html").render())
