@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import smtplib
 import sqlite3
 import time
 import uuid
@@ -21,11 +22,13 @@ import psycopg
 import pytest
 
 from havedane import config as configmod
+from havedane.config import Listen
+from havedane.receiver import Receiver
 from havedane.store import postgres
 from havedane.store.base import Delivery, Store, StoreError, StoreFull, Test
 from havedane.store.sqlite import SQLiteStore, open_store, upgrade
 from havedane.web.app import create_app
-from helpers import make_setup
+from helpers import free_port, make_setup
 from pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.anyio
@@ -173,6 +176,39 @@ async def test_the_web_says_503_and_logs_when_the_writer_is_gone(
         assert resp.status_code == 503 and resp.headers["retry-after"]
         assert any("writer" in r.getMessage() for r in caplog.records)
     finally:
+        await store.close()
+
+
+async def test_the_receiver_says_451_and_logs_when_the_writer_is_gone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = configmod.load(make_setup(tmp_path / "setup"), env={})
+    store = SQLiteStore(tmp_path / "gone.sqlite3", write_timeout=5.0)
+    await store.open()
+    receiver = Receiver(config, store, None)
+    port = free_port()
+    await receiver.start((Listen("127.0.0.1", port),))
+    try:
+        await store.create_test(Test("victim", time.time()))
+        store._jobs.put("not a job")  # type: ignore[arg-type]
+        assert store._writer is not None
+        await asyncio.to_thread(store._writer.join, 5)
+
+        def send() -> tuple[int, float]:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+                smtp.ehlo("sender.example")
+                smtp.mail("postmaster@sender.example")
+                smtp.rcpt("victim@do.x.test")
+                start = time.monotonic()
+                code, _ = smtp.data(b"Subject: hi\r\n\r\nhello\r\n")
+                return code, time.monotonic() - start
+
+        with caplog.at_level(logging.ERROR):
+            code, took = await asyncio.to_thread(send)
+        assert code == 451 and took < 2.0
+        assert any("not recorded" in r.getMessage() and "writer" in r.getMessage() for r in caplog.records)
+    finally:
+        await receiver.stop()
         await store.close()
 
 

@@ -447,7 +447,7 @@ class SQLiteStore(Store):
         await self._delete("sessions", "alias IS NULL AND started < ?", (orphan_sessions_older_than,))
         if max_orphans is not None:
             # The newest `max_orphans` (by started, then id) stay: everything up to the first one beyond them goes.
-            rows = self._query(
+            rows = await self._read_off_loop(
                 "SELECT started, id FROM sessions WHERE alias IS NULL ORDER BY started DESC, id DESC LIMIT 1 OFFSET ?",
                 (max_orphans,),
             )
