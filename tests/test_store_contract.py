@@ -219,6 +219,28 @@ async def test_sessions_for_correlates_by_client_address(store: Store) -> None:
     assert [s.id for s in await store.sessions_for("s2", [], T0)] == ["named"]
 
 
+async def test_bounded_reads_keep_the_newest_the_first_of_each_kind_and_count_the_rest(store: Store) -> None:
+    await store.create_test(Test("big", T0))
+    other_sni = Tls("TLSv1.2", "ECDHE-RSA-AES128-GCM-SHA256", "mx.elsewhere.example")
+    kinds = {2: None, 4: other_sni}  # one in plaintext, one with another SNI, among ten
+    await store.add_deliveries([delivery("big", n, tls=kinds.get(n, TLS)) for n in range(10)])
+    await store.add_deliveries([delivery("big", 10, probe="dont")])
+    got = await store.deliveries_for("big", per_probe=3)
+    assert [(d.probe, d.received_at - T0) for d in got] == [
+        ("do", 0), ("do", 2), ("do", 4), ("do", 7), ("do", 8), ("do", 9), ("dont", 10)
+    ]  # fmt: skip
+    assert await store.delivery_totals("big") == {"do": 10, "dont": 1}
+    assert await store.delivery_totals("nothing") == {}
+    for n in range(30):  # sessions that sent MAIL, and a few early ones that did not (refusals)
+        s = session(f"s{n:02d}", T0 + n, alias="big" if n % 10 else None)
+        s.mail_from = None if n in (1, 3) else "postmaster@sender.example"
+        await store.save_session(s)
+    bounded = await store.sessions_for("big", ["192.0.2.1"], T0, limit=5)
+    assert [s.id for s in bounded] == ["s01", "s03", "s25", "s26", "s27", "s28", "s29"]
+    assert await store.session_total("big", ["192.0.2.1"], T0) == 30
+    assert await store.session_total("big", [], T0) == 27
+
+
 async def test_recent_tests_from(store: Store) -> None:
     for i, ip in enumerate(["192.0.2.1", "192.0.2.1", "192.0.2.2", "192.0.2.1"]):
         await store.create_test(Test(f"r{i}", T0 + i * 10, ip))

@@ -118,7 +118,7 @@ async def serve(
         pki.load_chains(config.tls_dir)  # before anything starts: a missing file is one clear line
     except FileNotFoundError as e:
         raise missing_certificate(e, config) from None
-    store = open_store(config.store_url, config.store_busy_timeout)
+    store = open_store(config.store_url, config.store_busy_timeout, config.store_write_timeout)
     try:
         await store.open()
     except Exception as e:  # noqa: BLE001 - reported as one line
@@ -324,7 +324,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
         print(f"havedane deliver: {e}", file=sys.stderr)
         return postfix.EX_CONFIG
     try:
-        store = open_store(config.store_url, config.store_busy_timeout)
+        store = open_store(config.store_url, config.store_busy_timeout, config.store_write_timeout)
         utf8 = postfix.utf8_arg
         code, reason = postfix.deliver(
             config, store, utf8(args.sender) or "", utf8(args.recipient) or "", args.client_address,

@@ -62,6 +62,7 @@ class Config:
     trusted_proxies: tuple[str, ...]
     store_url: str
     store_busy_timeout: float
+    store_write_timeout: float
     tls_dir: Path
     grace: float
     retention_days: float
@@ -197,7 +198,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "public_url": (_str, None),
         "trusted_proxies": (_networks, []),
     },
-    "store": {"url": (_str, None), "busy_timeout": (_positive_float, 10.0)},
+    "store": {"url": (_str, None), "busy_timeout": (_positive_float, 10.0), "write_timeout": (_positive_float, 30.0)},
     "tls": {"dir": (_str, "tls")},
     "verdict": {"grace": (_positive_float, 60.0)},
     "retention": {
@@ -327,6 +328,7 @@ def load(path: Path | None, env: Mapping[str, str] | None = None, default_domain
         trusted_proxies=tuple(web["trusted_proxies"]),
         store_url=store_url,
         store_busy_timeout=parsed["store"]["busy_timeout"],
+        store_write_timeout=parsed["store"]["write_timeout"],
         tls_dir=tls_dir if tls_dir.is_absolute() else base / tls_dir,
         grace=parsed["verdict"]["grace"],
         retention_days=parsed["retention"]["days"],
@@ -368,6 +370,7 @@ trusted_proxies = []            # networks whose X-Forwarded-For is believed
 [store]
 url = "sqlite:///havedane.sqlite3"
 busy_timeout = 10               # seconds a writer waits for another (SQLite)
+write_timeout = 30              # seconds before any write gives up (451 / 503): a stuck disk never hangs
 
 [tls]
 dir = "tls"

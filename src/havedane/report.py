@@ -1,7 +1,13 @@
-"""A test's current state: read from the store, judged, and shaped for the API and the page."""
+"""A test's current state: read from the store, judged, and shaped for the API and the page.
+
+One test can receive any amount of mail, so a report reads a bounded number of rows and
+counts the rest (the API and the page say "showing N of M"), and the judging runs in a
+worker thread: the event loop that also serves SMTP is never held by a big test.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +22,8 @@ from havedane.verdict import Verdict, evaluate
 # the refusal may come first; never before the test was created) to the end of its grace
 # period. Outside that window it may be anyone's, e.g. the next test from the same server.
 MARGIN = 60.0
+DELIVERIES_SHOWN = 50  # per probe, the newest (and the first of each kind: store.base.KINDS_SHOWN)
+SESSIONS_SHOWN = 100  # per test, the newest (and the oldest without MAIL: store.base.SESSIONS_WITHOUT_MAIL)
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,9 @@ class Report:
     now: float
     # Session id -> how many other tests from the same address it could belong to.
     competing: dict[str, int] = field(default_factory=dict)
+    deliveries_total: dict[str, int] = field(default_factory=dict)  # per probe
+    sessions_total: int = 0
+    sessions_shown: int = 0
 
 
 def iso(t: float | None) -> str | None:
@@ -37,17 +48,22 @@ async def load(store: Store, config: Config, alias: str, now: float) -> Report |
     test = await store.get_test(alias)
     if test is None:
         return None
-    deliveries = await store.deliveries_for(alias)
-    first = min((d.received_at for d in deliveries), default=None)
+    deliveries = await store.deliveries_for(alias, DELIVERIES_SHOWN)
+    totals = await store.delivery_totals(alias)
+    first = min((d.received_at for d in deliveries), default=None)  # the bounded read keeps the first
     if first is None:
-        sessions = await store.sessions_for(alias, [], test.created)
+        client_ips: list[str] = []
+        since, until = test.created, None
     else:
         client_ips = sorted({d.client_ip for d in deliveries})
         since, until = window(test.created, first, config.grace)
-        sessions = await store.sessions_for(alias, client_ips, since, until)
+    sessions = await store.sessions_for(alias, client_ips, since, until, SESSIONS_SHOWN)
+    sessions_total = await store.session_total(alias, client_ips, since, until)
     competing = await competitors(store, alias, [s for s in sessions if s.alias is None], config.grace)
-    verdict = evaluate(config.probes, test, sessions, deliveries, now, config.grace, config.domain, competing)
-    return Report(test, verdict, now, competing)
+    verdict = await asyncio.to_thread(
+        evaluate, config.probes, test, sessions, deliveries, now, config.grace, config.domain, competing
+    )
+    return Report(test, verdict, now, competing, totals, sessions_total, len(sessions))
 
 
 def window(created: float, first: float, grace: float) -> tuple[float, float]:
@@ -134,10 +150,13 @@ def to_json(config: Config, report: Report) -> dict[str, Any]:
                 "grade": {"grade": v.grades[name].grade.value, "reason": v.grades[name].reason},
                 "proves": v.grades[name].proves(r.probe),
                 "deliveries": [delivery_json(d) for d in r.deliveries],
+                "deliveries_total": report.deliveries_total.get(name, 0),
                 "sessions": [session_json(s, report.competing) for s in r.sessions],
             }
             for name, r in v.probes.items()
         },
+        "sessions_total": report.sessions_total,
+        "sessions_shown": report.sessions_shown,
         "verdict": {"code": v.code.value, "summary": v.summary, "grace_ends": iso(v.grace_ends)},
         "conformance": v.conformance,
     }  # fmt: skip

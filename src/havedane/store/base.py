@@ -102,8 +102,16 @@ class Sent:
     first: float
 
 
+KINDS_SHOWN = 4  # per probe: first deliveries of distinct kinds kept by a bounded read
+SESSIONS_WITHOUT_MAIL = 20  # oldest sessions without MAIL kept by a bounded read
+
+
 class StoreError(Exception):
     """The store cannot do what was asked right now (busy, gone): retry later."""
+
+
+class StoreFull(StoreError):
+    """The disk (or the database's quota) is full: nothing more can be written until space is freed."""
 
 
 class TooManyTests(StoreError):
@@ -137,16 +145,28 @@ class Store(abc.ABC):
         """Insert or replace a session (it is saved again when it ends)."""
 
     @abc.abstractmethod
-    async def deliveries_for(self, alias: str) -> list[Delivery]: ...
+    async def deliveries_for(self, alias: str, per_probe: int | None = None) -> list[Delivery]:
+        """The test's deliveries, oldest first. With `per_probe`, a bounded read: of each
+        probe the newest `per_probe`, and the first of each kind (in plaintext, or over TLS
+        with a given SNI; at most KINDS_SHOWN kinds), which the verdict rests on."""
+
+    @abc.abstractmethod
+    async def delivery_totals(self, alias: str) -> dict[str, int]:
+        """How many deliveries each probe of the test received (probes with none absent)."""
 
     @abc.abstractmethod
     async def sessions_for(
-        self, alias: str, client_ips: list[str], since: float, until: float | None = None
+        self, alias: str, client_ips: list[str], since: float, until: float | None = None, limit: int | None = None
     ) -> list[Session]:
         """Sessions that named the alias, and sessions without any alias (no MAIL) from one
         of `client_ips` that started between `since` and `until` (inclusive; None: no end),
         except those of `havedane check` (EHLO CHECK_HELO): the refusals correlated by
-        client address."""
+        client address. Oldest first. With `limit`, a bounded read: the newest `limit` of
+        them, and the oldest SESSIONS_WITHOUT_MAIL that sent no MAIL (where refusals are)."""
+
+    @abc.abstractmethod
+    async def session_total(self, alias: str, client_ips: list[str], since: float, until: float | None = None) -> int:
+        """How many sessions `sessions_for` would return without a limit."""
 
     @abc.abstractmethod
     async def tests_sent_from(self, client_ips: list[str], since: float, until: float) -> list[Sent]:

@@ -13,6 +13,7 @@ process checks the version at open and refuses a schema it does not know.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import time
@@ -24,8 +25,27 @@ import psycopg.conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from havedane.store import notify
-from havedane.store.base import CHECK_HELO, Delivery, Sent, Session, Store, StoreError, Test, TooManyTests
-from havedane.store.rows import DELIVERY_COLUMNS, SESSION_COLUMNS, delivery_from_row, session_from_row
+from havedane.store.base import (
+    CHECK_HELO,
+    KINDS_SHOWN,
+    SESSIONS_WITHOUT_MAIL,
+    Delivery,
+    Sent,
+    Session,
+    Store,
+    StoreError,
+    StoreFull,
+    Test,
+    TooManyTests,
+)
+from havedane.store.rows import (
+    DELIVERY_COLUMNS,
+    SESSION_COLUMNS,
+    bounded_deliveries,
+    delivery_from_row,
+    merge_sessions,
+    session_from_row,
+)
 from havedane.store.sqlite import SchemaTooNew
 
 SCHEMA_VERSION = 2
@@ -121,6 +141,8 @@ def where(url: str) -> str:
 
 
 def _failure(url: str, e: psycopg.Error) -> StoreError:
+    if isinstance(e, psycopg.errors.DiskFull):  # SQLSTATE 53100: said as such, not as "busy"
+        return StoreFull(f"PostgreSQL {where(url)}: the disk is full: {notify.first_line(e)}")
     return StoreError(f"PostgreSQL {where(url)}: {notify.first_line(e)}")
 
 
@@ -193,9 +215,10 @@ Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 
 
 class PostgresStore(Store):
-    def __init__(self, url: str, min_size: int = 1, max_size: int = 10) -> None:
+    def __init__(self, url: str, min_size: int = 1, max_size: int = 10, write_timeout: float = 30.0) -> None:
         super().__init__()
         self.url = url
+        self.write_timeout = write_timeout
         self.feed = notify.Feed(lambda changes: notify.listen(notify.with_keepalive(url), changes))
         self.changes = self.feed
         self._min_size = min_size
@@ -221,6 +244,7 @@ class PostgresStore(Store):
             min_size=self._min_size,
             max_size=self._max_size,
             kwargs={"autocommit": True},
+            configure=self._configure,
             timeout=10,
             name="havedane",
             open=False,
@@ -239,6 +263,10 @@ class PostgresStore(Store):
             await self._pool.close()
             self._pool = None
 
+    async def _configure(self, conn: Conn) -> None:
+        # The server gives up on a statement (a lock wait included) after the bound too.
+        await conn.execute(f"SET statement_timeout = {int(self.write_timeout * 1000)}")
+
     @staticmethod
     async def _version(conn: Conn) -> int:
         try:
@@ -253,10 +281,15 @@ class PostgresStore(Store):
         if self._pool is None:
             raise StoreError("store is closed")
         try:
-            async with self._pool.connection() as conn:
+            # Bounded on this side as well: a server that stops answering never hangs a client.
+            async with asyncio.timeout(self.write_timeout), self._pool.connection() as conn:
                 yield conn
         except psycopg.Error as e:
             raise _failure(self.url, e) from e
+        except TimeoutError:
+            raise StoreError(
+                f"PostgreSQL {where(self.url)}: no answer within {self.write_timeout:g} s ([store] write_timeout)"
+            ) from None
 
     @contextlib.asynccontextmanager
     async def _transaction(self, changed: set[str] | None) -> AsyncIterator[psycopg.AsyncCursor[tuple[Any, ...]]]:
@@ -313,20 +346,45 @@ class PostgresStore(Store):
         async with self._connection() as conn:
             await conn.execute(SAVE_SESSION, _session_row(session))
 
-    async def deliveries_for(self, alias: str) -> list[Delivery]:
-        rows = await self._rows(f"SELECT id, {DELIVERY_COLUMNS} FROM deliveries WHERE alias = %s ORDER BY id", (alias,))
+    async def deliveries_for(self, alias: str, per_probe: int | None = None) -> list[Delivery]:
+        if per_probe is None:
+            sql = f"SELECT id, {DELIVERY_COLUMNS} FROM deliveries WHERE alias = %s ORDER BY id"
+            rows = await self._rows(sql, (alias,))
+        else:
+            rows = await self._rows(bounded_deliveries("%s"), (alias, per_probe, KINDS_SHOWN))
         return [delivery_from_row(r) for r in rows]
 
-    async def sessions_for(
-        self, alias: str, client_ips: list[str], since: float, until: float | None = None
-    ) -> list[Session]:
-        rows = await self._rows(
-            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE alias = %s"
-            " OR (alias IS NULL AND client_ip = ANY(%s) AND started BETWEEN %s AND %s"
-            " AND lower(coalesce(helo, '')) <> %s) ORDER BY started",
+    async def delivery_totals(self, alias: str) -> dict[str, int]:
+        rows = await self._rows("SELECT probe, count(*) FROM deliveries WHERE alias = %s GROUP BY probe", (alias,))
+        return {probe: int(count) for probe, count in rows}
+
+    @staticmethod
+    def _sessions_where(
+        alias: str, client_ips: list[str], since: float, until: float | None
+    ) -> tuple[str, tuple[Any, ...]]:
+        return (
+            "(alias = %s OR (alias IS NULL AND client_ip = ANY(%s) AND started BETWEEN %s AND %s"
+            " AND lower(coalesce(helo, '')) <> %s))",
             (alias, [_text(ip) for ip in client_ips], since, math.inf if until is None else until, CHECK_HELO),
         )
-        return [session_from_row(r, list(r[13])) for r in rows]
+
+    async def sessions_for(
+        self, alias: str, client_ips: list[str], since: float, until: float | None = None, limit: int | None = None
+    ) -> list[Session]:
+        where, params = self._sessions_where(alias, client_ips, since, until)
+        select = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE {where}"
+        if limit is None:
+            return [session_from_row(r, list(r[13])) for r in await self._rows(f"{select} ORDER BY started", params)]
+        newest = await self._rows(f"{select} ORDER BY started DESC, id DESC LIMIT %s", (*params, limit))
+        quiet = await self._rows(
+            f"{select} AND mail_from IS NULL ORDER BY started, id LIMIT %s", (*params, SESSIONS_WITHOUT_MAIL)
+        )
+        return merge_sessions(*([session_from_row(r, list(r[13])) for r in rows] for rows in (newest, quiet)))
+
+    async def session_total(self, alias: str, client_ips: list[str], since: float, until: float | None = None) -> int:
+        where, params = self._sessions_where(alias, client_ips, since, until)
+        rows = await self._rows(f"SELECT count(*) FROM sessions WHERE {where}", params)
+        return int(rows[0][0])
 
     async def tests_sent_from(self, client_ips: list[str], since: float, until: float) -> list[Sent]:
         if not client_ips:

@@ -21,6 +21,30 @@ DELIVERY_COLUMNS = (
 )
 
 
+def bounded_deliveries(mark: str) -> str:
+    """Of one test's deliveries, per probe: the newest (parameter 2) and the first of each
+    kind (plaintext, or TLS with a given SNI; parameter 3 kinds at most), oldest first.
+    What the verdict rests on (the first delivery, any in plaintext, the SNI) stays in."""
+    return f"""
+    SELECT id, {DELIVERY_COLUMNS} FROM (
+        SELECT *, SUM(CASE WHEN first_of_kind = 1 THEN 1 ELSE 0 END) OVER (PARTITION BY probe ORDER BY id) AS kinds
+        FROM (
+            SELECT id, {DELIVERY_COLUMNS},
+                ROW_NUMBER() OVER (PARTITION BY probe ORDER BY id DESC) AS newest,
+                ROW_NUMBER() OVER (PARTITION BY probe, tls_version IS NULL, sni ORDER BY id) AS first_of_kind
+            FROM deliveries WHERE alias = {mark}
+        ) AS ranked
+    ) AS counted
+    WHERE newest <= {mark} OR (first_of_kind = 1 AND kinds <= {mark})
+    ORDER BY id"""
+
+
+def merge_sessions(newest: list[Session], without_mail: list[Session]) -> list[Session]:
+    """The two halves of a bounded read of sessions, oldest first, each once."""
+    by_id = {s.id: s for s in without_mail + newest}
+    return sorted(by_id.values(), key=lambda s: (s.started, s.id))
+
+
 def tls_from(version: str | None, cipher: str | None, sni: str | None) -> Tls | None:
     return Tls(version, cipher or "", sni) if version else None
 

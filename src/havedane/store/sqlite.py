@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import queue
 import sqlite3
@@ -22,11 +23,31 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from havedane.store.base import CHECK_HELO, Delivery, Sent, Session, Store, StoreError, Test, TooManyTests
-from havedane.store.rows import DELIVERY_COLUMNS, SESSION_COLUMNS, delivery_from_row, session_from_row
+from havedane.store.base import (
+    CHECK_HELO,
+    KINDS_SHOWN,
+    SESSIONS_WITHOUT_MAIL,
+    Delivery,
+    Sent,
+    Session,
+    Store,
+    StoreError,
+    StoreFull,
+    Test,
+    TooManyTests,
+)
+from havedane.store.rows import (
+    DELIVERY_COLUMNS,
+    SESSION_COLUMNS,
+    bounded_deliveries,
+    delivery_from_row,
+    merge_sessions,
+    session_from_row,
+)
 
 SCHEMA_VERSION = 2
 OTHERS_POLL = 0.1  # seconds between checks for commits by other processes (PRAGMA data_version)
+PRUNE_BATCH = 1000  # rows per pruning transaction: tens of milliseconds of the writer each
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -85,6 +106,15 @@ MIGRATIONS: dict[int, str] = {
 
 
 Job = Callable[[sqlite3.Connection], Any]
+Item = tuple[Job, asyncio.Future[Any], set[str] | None]
+log = logging.getLogger("havedane.store")
+
+
+def store_error(e: sqlite3.Error) -> StoreError:
+    """SQLite's error as the store's: a full disk (SQLITE_FULL) is said as such, not as "busy"."""
+    if getattr(e, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL:
+        return StoreFull(f"the disk is full: {e}")
+    return StoreError(f"database write failed: {e}")
 
 
 class SchemaTooNew(StoreError):
@@ -148,11 +178,16 @@ def _delivery_row(d: Delivery) -> tuple[Any, ...]:
 
 
 class SQLiteStore(Store):
-    def __init__(self, path: Path, busy_timeout: float = 10.0) -> None:
+    def __init__(self, path: Path, busy_timeout: float = 10.0, write_timeout: float = 30.0) -> None:
         super().__init__()
         self.path = path
         self.busy_timeout = busy_timeout
-        self._jobs: queue.SimpleQueue[tuple[Job, asyncio.Future[Any], set[str] | None] | None] = queue.SimpleQueue()
+        self.write_timeout = write_timeout
+        self._jobs: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
+        self._died: str | None = None  # why the writer thread stopped, if it did
+        self._local = threading.local()  # each worker thread's read connection (_read_off_loop)
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
         self._writer: threading.Thread | None = None
         self._read: sqlite3.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -176,13 +211,19 @@ class SQLiteStore(Store):
         if self._read is not None:
             self._read.close()
             self._read = None
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
 
     # -- the writer thread -------------------------------------------------
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
+        batch: list[Item] = []
         try:
             seen = self._others_wrote(conn, None)
             while True:
+                batch = []
                 try:
                     first = self._jobs.get(timeout=OTHERS_POLL)
                 except queue.Empty:
@@ -202,8 +243,28 @@ class SQLiteStore(Store):
                     batch.append(item)
                 self._commit(conn, batch)
                 seen = self._others_wrote(conn, seen)
+        except BaseException as e:
+            # Whatever killed the writer, no caller may wait for it forever: fail what it
+            # held and what is queued, and every later write at once (`_write`).
+            self._died = f"{type(e).__name__}: {e}"
+            log.error("the database writer stopped (%s): every write fails until havedane restarts", self._died)
+            self._fail_pending(batch)
         finally:
             conn.close()
+
+    def _fail_pending(self, batch: list[Item]) -> None:
+        items: list[Any] = list(batch)
+        while True:
+            try:
+                items.append(self._jobs.get_nowait())
+            except queue.Empty:
+                break
+        error = StoreError(f"the database writer stopped ({self._died})")
+        failed: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = [
+            (item[1], None, error) for item in items if isinstance(item, tuple) and len(item) == 3
+        ]
+        if self._loop is not None and failed:
+            self._loop.call_soon_threadsafe(self._settle, failed, set())
 
     def _others_wrote(self, conn: sqlite3.Connection, seen: int | None) -> int | None:
         """Wake every live page when another process committed. `data_version` of the
@@ -218,7 +279,7 @@ class SQLiteStore(Store):
             self._loop.call_soon_threadsafe(self.changes.notify, None)
         return version
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[tuple[Job, asyncio.Future[Any], set[str] | None]]) -> None:
+    def _commit(self, conn: sqlite3.Connection, batch: list[Item]) -> None:
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         changed: set[str] | None = set()
         try:
@@ -235,14 +296,16 @@ class SQLiteStore(Store):
                     elif changed is not None:
                         changed |= aliases
                 except Exception as e:  # noqa: BLE001 - handed to the caller
+                    if not conn.in_transaction:
+                        raise  # SQLite rolled the whole transaction back (e.g. SQLITE_FULL): all fail
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
-                    results.append((fut, None, e))
+                    results.append((fut, None, store_error(e) if isinstance(e, sqlite3.Error) else e))
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            error = StoreError(f"database write failed: {e}")
+            error = store_error(e)
             results = [(fut, None, error) for _, fut, _ in batch]
             changed = set()
         assert self._loop is not None
@@ -264,9 +327,37 @@ class SQLiteStore(Store):
     async def _write(self, job: Job, aliases: set[str] | None) -> Any:
         if self._writer is None:
             raise StoreError("store is closed")
+        if self._died is not None or not self._writer.is_alive():
+            raise StoreError(f"the database writer stopped ({self._died}): restart havedane")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._jobs.put((job, fut, aliases))
-        return await fut
+        try:
+            return await asyncio.wait_for(fut, self.write_timeout)
+        except TimeoutError:
+            # A frozen disk or a lock held elsewhere. The job may still commit later: the
+            # caller answers "try again" (451/503), so at worst a sender delivers twice.
+            raise StoreError(
+                f"database write did not finish within {self.write_timeout:g} s ([store] write_timeout)"
+            ) from None
+
+    async def _read_off_loop(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """A read that may touch many rows (a report): in a worker thread, on that thread's
+        own connection, so the event loop serving SMTP is never held by it."""
+        if self._read is None:
+            raise StoreError("store is closed")
+
+        def run() -> list[tuple[Any, ...]]:
+            conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+            try:
+                if conn is None:
+                    conn = self._local.conn = connect(self.path, self.busy_timeout)
+                    with self._readers_lock:
+                        self._readers.append(conn)
+                return conn.execute(sql, params).fetchall()
+            except sqlite3.Error as e:
+                raise StoreError(f"database read failed: {e}") from e
+
+        return await asyncio.to_thread(run)
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         if self._read is None:
@@ -311,25 +402,49 @@ class SQLiteStore(Store):
 
         await self._write(job, {session.alias} if session.alias else None)
 
-    async def deliveries_for(self, alias: str) -> list[Delivery]:
-        rows = self._query(f"SELECT id, {DELIVERY_COLUMNS} FROM deliveries WHERE alias = ? ORDER BY id", (alias,))
+    async def deliveries_for(self, alias: str, per_probe: int | None = None) -> list[Delivery]:
+        if per_probe is None:
+            sql = f"SELECT id, {DELIVERY_COLUMNS} FROM deliveries WHERE alias = ? ORDER BY id"
+            rows = await self._read_off_loop(sql, (alias,))
+        else:
+            rows = await self._read_off_loop(bounded_deliveries("?"), (alias, per_probe, KINDS_SHOWN))
         return [delivery_from_row(r) for r in rows]
 
-    async def sessions_for(
-        self, alias: str, client_ips: list[str], since: float, until: float | None = None
-    ) -> list[Session]:
+    async def delivery_totals(self, alias: str) -> dict[str, int]:
+        sql = "SELECT probe, count(*) FROM deliveries WHERE alias = ? GROUP BY probe"
+        rows = await self._read_off_loop(sql, (alias,))
+        return {probe: int(count) for probe, count in rows}
+
+    def _sessions_where(
+        self, alias: str, client_ips: list[str], since: float, until: float | None
+    ) -> tuple[str, tuple[Any, ...]]:
+        if not client_ips:
+            return "(alias = ?)", (alias,)
         marks = ", ".join("?" * len(client_ips))
         correlated = (
             f" OR (alias IS NULL AND client_ip IN ({marks}) AND started BETWEEN ? AND ?"
             " AND lower(coalesce(helo, '')) <> ?)"
-            if client_ips
-            else ""
         )
-        rows = self._query(
-            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE alias = ?{correlated} ORDER BY started",
-            (alias, *client_ips, since, math.inf if until is None else until, CHECK_HELO) if client_ips else (alias,),
+        return f"(alias = ?{correlated})", (alias, *client_ips, since, math.inf if until is None else until, CHECK_HELO)
+
+    async def sessions_for(
+        self, alias: str, client_ips: list[str], since: float, until: float | None = None, limit: int | None = None
+    ) -> list[Session]:
+        where, params = self._sessions_where(alias, client_ips, since, until)
+        select = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE {where}"
+        if limit is None:
+            rows = await self._read_off_loop(f"{select} ORDER BY started", params)
+            return [session_from_row(r, json.loads(r[13])) for r in rows]
+        newest = await self._read_off_loop(f"{select} ORDER BY started DESC, id DESC LIMIT ?", (*params, limit))
+        quiet = await self._read_off_loop(
+            f"{select} AND mail_from IS NULL ORDER BY started, id LIMIT ?", (*params, SESSIONS_WITHOUT_MAIL)
         )
-        return [session_from_row(r, json.loads(r[13])) for r in rows]
+        return merge_sessions(*([session_from_row(r, json.loads(r[13])) for r in rows] for rows in (newest, quiet)))
+
+    async def session_total(self, alias: str, client_ips: list[str], since: float, until: float | None = None) -> int:
+        where, params = self._sessions_where(alias, client_ips, since, until)
+        rows = await self._read_off_loop(f"SELECT count(*) FROM sessions WHERE {where}", params)
+        return int(rows[0][0])
 
     async def tests_sent_from(self, client_ips: list[str], since: float, until: float) -> list[Sent]:
         if not client_ips:
@@ -349,30 +464,39 @@ class SQLiteStore(Store):
         return int(rows[0][0])
 
     async def prune(self, older_than: float, orphan_sessions_older_than: float, max_orphans: int | None = None) -> int:
-        def job(conn: sqlite3.Connection) -> int:
-            old = "SELECT alias FROM tests WHERE created < ?"
-            conn.execute(f"DELETE FROM deliveries WHERE alias IN ({old})", (older_than,))
-            conn.execute(f"DELETE FROM sessions WHERE alias IN ({old})", (older_than,))
-            conn.execute("DELETE FROM sessions WHERE alias IS NULL AND started < ?", (orphan_sessions_older_than,))
-            if max_orphans is not None:
-                conn.execute(
-                    "DELETE FROM sessions WHERE alias IS NULL AND id NOT IN "
-                    "(SELECT id FROM sessions WHERE alias IS NULL ORDER BY started DESC LIMIT ?)",
-                    (max_orphans,),
-                )
-            return conn.execute("DELETE FROM tests WHERE created < ?", (older_than,)).rowcount
+        # In batches of PRUNE_BATCH rows, each its own job: the writer commits deliveries
+        # queued meanwhile between two batches instead of after the whole prune.
+        old = "SELECT alias FROM tests WHERE created < ?"
+        await self._delete("deliveries", f"alias IN ({old})", (older_than,))
+        await self._delete("sessions", f"alias IN ({old})", (older_than,))
+        await self._delete("sessions", "alias IS NULL AND started < ?", (orphan_sessions_older_than,))
+        if max_orphans is not None:
+            # The newest `max_orphans` (by started, then id) stay: everything up to the first one beyond them goes.
+            rows = await self._read_off_loop(
+                "SELECT started, id FROM sessions WHERE alias IS NULL ORDER BY started DESC, id DESC LIMIT 1 OFFSET ?",
+                (max_orphans,),
+            )
+            if rows:
+                await self._delete("sessions", "alias IS NULL AND (started, id) <= (?, ?)", rows[0])
+        return await self._delete("tests", "created < ?", (older_than,), key="alias")
 
-        result: int = await self._write(job, set())
-        return result
+    async def _delete(self, table: str, where: str, params: tuple[Any, ...], key: str = "rowid") -> int:
+        sql = f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} WHERE {where} LIMIT {PRUNE_BATCH})"
+        total = 0
+        while True:
+            deleted: int = await self._write(lambda conn: conn.execute(sql, params).rowcount, set())
+            total += deleted
+            if deleted < PRUNE_BATCH:
+                return total
 
 
-def open_store(url: str, busy_timeout: float = 10.0) -> Store:
+def open_store(url: str, busy_timeout: float = 10.0, write_timeout: float = 30.0) -> Store:
     """A store for `url`: sqlite:///path or postgresql://…"""
     if url.startswith("sqlite:///"):
-        return SQLiteStore(Path(url.removeprefix("sqlite:///")), busy_timeout)
+        return SQLiteStore(Path(url.removeprefix("sqlite:///")), busy_timeout, write_timeout)
     if url.startswith(("postgresql://", "postgres://")):
         from havedane.store import postgres  # type: ignore[attr-defined,unused-ignore]
 
-        store: Store = postgres.PostgresStore(url)
+        store: Store = postgres.PostgresStore(url, write_timeout=write_timeout)
         return store
     raise StoreError(f"unsupported store url {url!r}")

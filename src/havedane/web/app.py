@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import ipaddress
 import json
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -23,12 +24,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from havedane import report
 from havedane.config import Config
-from havedane.store.base import Store, StoreError, Test, TooManyTests
+from havedane.store.base import Store, StoreError, StoreFull, Test, TooManyTests
 from havedane.web import page
 
 HERE = Path(__file__).parent
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 ALIAS_LENGTH = 16  # 16 * log2(36) = 82.7 bits from the CSPRNG: not guessable
+log = logging.getLogger("havedane.web")
 KEEPALIVE = 15.0  # seconds between SSE comments on a quiet stream (proxies drop idle connections)
 
 SECURITY_HEADERS = [
@@ -113,6 +115,8 @@ class Web:
         # per-minute check before any of them commits.
         self._creating: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self.templates = page.environment(config)
+        for name in ("index.html", "test.html", "result.html", "error.html"):
+            self.templates.get_template(name)  # compiled now: compiling holds the GIL for ~0.1 s
         # The API's JSON per alias, until the test changes (store.changes, fed across
         # processes too) or the verdict may move with time (the grace period), and at
         # most CACHE_SECONDS as a bound should a change notice ever be missed.
@@ -190,7 +194,7 @@ class Web:
         rep = await self._report(alias)
         if rep is None:
             return json_error(404, "no such test")
-        body = json.dumps(report.to_json(self.config, rep), ensure_ascii=False, separators=(",", ":")).encode()
+        body = await asyncio.to_thread(self._json_bytes, rep)
         expires = now + CACHE_SECONDS
         if rep.verdict.grace_ends is not None and rep.verdict.grace_ends > now:
             expires = min(expires, rep.verdict.grace_ends)
@@ -207,9 +211,15 @@ class Web:
             )
             return HTMLResponse(page, status_code=404)
         name = "result.html" if request.query_params.get("fragment") == "1" else "test.html"
-        body = report.to_json(self.config, rep)
-        html = self.templates.get_template(name).render(r=body, state=state_id(body)[1])
+        html = await asyncio.to_thread(self._render, name, rep)  # off the loop that serves SMTP
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+    def _json_bytes(self, rep: report.Report) -> bytes:
+        return json.dumps(report.to_json(self.config, rep), ensure_ascii=False, separators=(",", ":")).encode()
+
+    def _render(self, name: str, rep: report.Report) -> str:
+        body = report.to_json(self.config, rep)
+        return self.templates.get_template(name).render(r=body, state=state_id(body)[1])
 
     async def index(self, request: Request) -> Response:
         return HTMLResponse(self.templates.get_template("index.html").render())
@@ -270,7 +280,11 @@ class Web:
         return HTMLResponse(page, status_code=status)
 
     async def store_error(self, request: Request, exc: Exception) -> Response:
-        return json_error(503, "the database is busy; try again", {"Retry-After": "5"})
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+        if isinstance(exc, StoreFull):
+            # 507 Insufficient Storage (RFC 4918 §11.5): the operator must free space.
+            return json_error(507, "the server's disk is full; try again later", {"Retry-After": "300"})
+        return json_error(503, "the database is busy or unavailable; try again", {"Retry-After": "5"})
 
     async def server_error(self, request: Request, exc: Exception) -> Response:
         return json_error(500, "internal error")
