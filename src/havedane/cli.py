@@ -325,7 +325,7 @@ def cmd_zone(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from havedane.dns import check
+    from havedane import check
 
     config = load_config(args.config)
     resolver = args.resolver or check.system_resolver()
