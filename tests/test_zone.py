@@ -22,7 +22,7 @@ import dns.zone
 import pytest
 from cryptography import x509
 
-from havedane import pki, probes
+from havedane import pki, probes, zonekeys
 from havedane.dns import sign, zone
 from helpers import require
 
@@ -42,7 +42,8 @@ def build(
     certs: tuple[list[x509.Certificate], x509.Certificate], key_dir: Path, signed: bool, serial: int | None = 7
 ) -> zone.ZoneOutput:
     leaves, ca = certs
-    return zone.build_zone(DOMAIN, probes.CLASSIC, leaves, ca, ADDRESSES, key_dir, signed, serial=serial)
+    keys = zonekeys.load_all(key_dir, zone.signed_zones(DOMAIN, probes.CLASSIC)) if signed else None
+    return zone.build_zone(DOMAIN, probes.CLASSIC, leaves, ca, ADDRESSES, keys=keys, serial=serial)
 
 
 def parse(text: str) -> dns.zone.Zone:
@@ -117,7 +118,7 @@ def test_unsigned_zone_is_complete(certs: tuple[list[x509.Certificate], x509.Cer
 def test_zone_needs_an_address(certs: tuple[list[x509.Certificate], x509.Certificate], tmp_path: Path) -> None:
     leaves, ca = certs
     with pytest.raises(ValueError, match="--address"):
-        zone.build_zone(DOMAIN, probes.CLASSIC, leaves, ca, [], tmp_path, sign=False)
+        zone.build_zone(DOMAIN, probes.CLASSIC, leaves, ca, [])
 
 
 def test_signed_zone_validates_with_dnspython(
@@ -201,12 +202,12 @@ def test_serial_defaults_to_unix_time(certs: tuple[list[x509.Certificate], x509.
 def test_an_unusable_key_file_is_a_clear_error(tmp_path: Path) -> None:
     key_dir = tmp_path / "dnssec"
     key_dir.mkdir()
-    sign.key_path(key_dir, DOMAIN).write_text("not a key\n")
+    zonekeys.key_path(key_dir, DOMAIN).write_text("not a key\n")
     with pytest.raises(sign.SigningKeyError, match="not an unencrypted PEM private key"):
-        sign.load_or_create_key(key_dir, DOMAIN)
-    pki.write_key(sign.key_path(key_dir, DOMAIN), pki.new_key("rsa"))
+        zonekeys.load_or_create(key_dir, DOMAIN)
+    pki.write_key(zonekeys.key_path(key_dir, DOMAIN), pki.new_key("rsa"))
     with pytest.raises(sign.SigningKeyError, match="ECDSA P-256"):
-        sign.load_or_create_key(key_dir, DOMAIN)
+        zonekeys.load_or_create(key_dir, DOMAIN)
 
 
 def test_havedane_zone_sign_cli(tmp_path: Path) -> None:
@@ -242,8 +243,7 @@ def test_matrix_probes_get_their_zone_cuts(tmp_path: Path) -> None:
         [c.leaf for c in pki.load_chains(tls_dir)],
         pki.load_ca(tls_dir),
         ADDRESSES,
-        tmp_path / "dnssec",
-        sign=True,
+        keys=zonekeys.load_all(tmp_path / "dnssec", zone.signed_zones(DOMAIN, enabled)),
         probe_leaves={p.name: pki.leaves_for(p, tls_dir) for p in enabled if p.chain is not None},
         probe_addresses={"notls": "192.0.2.8", "unusable-notls": "192.0.2.9"},
     )
@@ -284,12 +284,12 @@ def test_knot_validates_only_the_zones_whose_signatures_are_all_valid(tmp_path: 
     pki.create(tls_dir, DOMAIN)
     enabled = probes.enabled(None, matrix=True)
     for signed, checked in ((True, {DOMAIN}), (False, set())):
+        keys = zonekeys.load_all(tmp_path / "dnssec", zone.signed_zones(DOMAIN, enabled)) if signed else None
         out = zone.build_zone(
-            DOMAIN, enabled, [c.leaf for c in pki.load_chains(tls_dir)], pki.load_ca(tls_dir), ADDRESSES,
-            tmp_path / "dnssec", sign=signed,
+            DOMAIN, enabled, [c.leaf for c in pki.load_chains(tls_dir)], pki.load_ca(tls_dir), ADDRESSES, keys=keys,
             probe_leaves={p.name: pki.leaves_for(p, tls_dir) for p in enabled if p.chain is not None},
         )  # fmt: skip
-        files = {DOMAIN: tmp_path / "x.zone", **{name: tmp_path / f"{name}.zone" for name in out.children}}
+        files = {DOMAIN: f"{tmp_path}/x.zone", **{name: f"{tmp_path}/{name}.zone" for name in out.children}}
         conf = zone.knot_conf(files, out.validated)
         on = set(re.findall(r"- domain: (\S+)\n.*\n    dnssec-validation: on\n", conf))
         assert on == checked, conf

@@ -263,6 +263,7 @@ def cmd_records(args: argparse.Namespace) -> int:
 
 
 def cmd_zone(args: argparse.Namespace) -> int:
+    from havedane import zonekeys
     from havedane.dns import zone
 
     if args.knot_conf and not args.out:  # Knot would be told to serve a file never written
@@ -271,9 +272,12 @@ def cmd_zone(args: argparse.Namespace) -> int:
     leaves, ca = _certificates(config)
     probe_leaves = _probe_leaves(config)
     try:
+        addresses = _addresses(config, args.address)
+        key_dir = config.data_dir / "dnssec"  # read, or made on first use, only to sign
+        keys = zonekeys.load_all(key_dir, zone.signed_zones(config.domain, config.probes)) if args.sign else None
         out = zone.build_zone(
-            config.domain, config.probes, leaves, ca, _addresses(config, args.address), config.data_dir / "dnssec",
-            args.sign, probe_leaves=probe_leaves, probe_addresses=config.probe_addresses,
+            config.domain, config.probes, leaves, ca, addresses, keys=keys,
+            probe_leaves=probe_leaves, probe_addresses=config.probe_addresses,
         )  # fmt: skip
     except ValueError as e:  # a bad key file (SigningKeyError), an address that is not one
         raise Failure(f"zone: {e}") from None
@@ -290,7 +294,7 @@ def cmd_zone(args: argparse.Namespace) -> int:
         files[name] = path.resolve()
         print(f"havedane: child zone {name.rstrip('.')} written to {path}", file=sys.stderr)
     if args.knot_conf:
-        Path(args.knot_conf).write_text(zone.knot_conf(files, out.validated))
+        Path(args.knot_conf).write_text(zone.knot_conf({n: str(p) for n, p in files.items()}, out.validated))
         print(f"havedane: Knot configuration written to {args.knot_conf}", file=sys.stderr)
     for line in out.ds:
         print(line, file=sys.stderr)
@@ -301,7 +305,7 @@ def cmd_zone(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from havedane.dns import check
+    from havedane import check
 
     config = load_config(args.config)
     resolver = args.resolver or check.system_resolver()

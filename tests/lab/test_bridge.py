@@ -22,7 +22,7 @@ import pytest
 
 import havedane
 from havedane import config as configmod
-from havedane import pki
+from havedane import pki, zonekeys
 from havedane.dns import zone
 
 from . import world
@@ -161,8 +161,9 @@ def test_postfix_bridge_validates_with_tls_from_received(lab: world.World) -> No
     # Postfix serves there, signed with the lab's key (the trust anchor holds).
     lab_cfg = configmod.load(lab.config, env={})
     cfg = configmod.load(bridge_config, env={})
+    keys = zonekeys.load_all(lab_cfg.data_dir / "dnssec", zone.signed_zones(cfg.domain, cfg.probes))
     out = zone.build_zone(cfg.domain, cfg.probes, [c.leaf for c in pki.load_chains(cfg.tls_dir)],
-                          pki.load_ca(cfg.tls_dir), [BRIDGE], lab_cfg.data_dir / "dnssec", sign=True)  # fmt: skip
+                          pki.load_ca(cfg.tls_dir), [BRIDGE], keys=keys)  # fmt: skip
 
     with contextlib.ExitStack() as stack:
         resolv = stack.enter_context(world.alternate_dns(lab, "bridge", out.text, validation=True))

@@ -17,7 +17,7 @@ import dns.zone
 import pytest
 
 from havedane import config as configmod
-from havedane import pki
+from havedane import pki, zonekeys
 from havedane.dns import sign, tlsa, zone
 
 from . import dnsservers, world
@@ -44,13 +44,13 @@ def variant(lab: world.World, signed: bool, change: Callable[[dns.zone.Zone], No
     leaves = [c.leaf for c in pki.load_chains(cfg.tls_dir)]
     probe_leaves = {p.name: pki.leaves_for(p, cfg.tls_dir) for p in cfg.probes if p.chain is not None}
     key_dir = cfg.data_dir / "dnssec"
-    out = zone.build_zone(cfg.domain, cfg.probes, leaves, pki.load_ca(cfg.tls_dir), [world.RECEIVER], key_dir,
-                          sign=False, probe_leaves=probe_leaves, probe_addresses=cfg.probe_addresses)  # fmt: skip
+    out = zone.build_zone(cfg.domain, cfg.probes, leaves, pki.load_ca(cfg.tls_dir), [world.RECEIVER],
+                          probe_leaves=probe_leaves, probe_addresses=cfg.probe_addresses)  # fmt: skip
     z = dns.zone.from_text(out.text, origin=cfg.domain + ".", relativize=False)
     if change is not None:
         change(z)
     if signed:
-        sign.sign(z, sign.load_or_create_key(key_dir, cfg.domain))
+        sign.sign(z, zonekeys.load_or_create(key_dir, cfg.domain))
     return zone.zone_text(z)
 
 
@@ -131,7 +131,7 @@ def ns_moved_to(lab: world.World, address: str) -> str:
     a = dns.rdataset.from_text("IN", "A", zone.TTL, address)
     z.find_node(dns.name.from_text(f"ns.{lab.zone}.")).replace_rdataset(a)
     cfg = configmod.load(lab.config, env={})
-    sign.sign(z, sign.load_or_create_key(cfg.data_dir / "dnssec", cfg.domain))
+    sign.sign(z, zonekeys.load_or_create(cfg.data_dir / "dnssec", cfg.domain))
     return zone.zone_text(z)
 
 

@@ -13,7 +13,7 @@ import dns.rdatatype
 import dns.zone
 
 from havedane import config as configmod
-from havedane import pki
+from havedane import pki, zonekeys
 from havedane.dns import sign, tlsa, zone
 
 
@@ -47,7 +47,8 @@ def ta_only(config_file: Path, probe: str, address: str) -> str:
     # delegations to the child zones with bogus's DS), then re-signed after the change.
     probe_leaves = {p.name: pki.leaves_for(p, cfg.tls_dir) for p in cfg.probes if p.chain is not None}
     leaves = [c.leaf for c in pki.load_chains(cfg.tls_dir)]
-    out = zone.build_zone(cfg.domain, cfg.probes, leaves, ca, [address], key_dir, sign=True,
+    keys = zonekeys.load_all(key_dir, zone.signed_zones(cfg.domain, cfg.probes))
+    out = zone.build_zone(cfg.domain, cfg.probes, leaves, ca, [address], keys=keys,
                           probe_leaves=probe_leaves, probe_addresses=cfg.probe_addresses)  # fmt: skip
     z = dns.zone.from_text(out.text, origin=cfg.domain + ".", relativize=False)
     for node in z.nodes.values():
@@ -56,5 +57,5 @@ def ta_only(config_file: Path, probe: str, address: str) -> str:
                 node.delete_rdataset(dns.rdataclass.IN, rdtype, covers)
     ta = dns.rdataset.from_text("IN", "TLSA", zone.TTL, tlsa.record(tlsa.DANE_TA, ca).rdata())
     z.find_node(dns.name.from_text(f"_25._tcp.{probe}.{cfg.domain}.")).replace_rdataset(ta)
-    sign.sign(z, sign.load_or_create_key(key_dir, cfg.domain))
+    sign.sign(z, zonekeys.load_or_create(key_dir, cfg.domain))
     return zone.zone_text(z)

@@ -9,15 +9,15 @@ DS, one file to back up, and no way to publish the DS of the wrong key.
 Algorithm 13, ECDSA P-256 with SHA-256 (RFC 6605): MUST-implement for validators
 (RFC 8624 §3.1), small signatures. Authenticated denial by NSEC (RFC 4034 §4):
 the names in this zone are public by design, so NSEC3's hashing buys nothing.
+
+Pure: the key is made, read and written as bytes here; the file it lives in is
+havedane.zonekeys's business.
 """
 
 from __future__ import annotations
 
 import datetime
-import os
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
 import dns.dnssec
 import dns.dnssectypes
@@ -30,8 +30,6 @@ import dns.zone
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from havedane import pki
-
 ALGORITHM = dns.dnssectypes.Algorithm.ECDSAP256SHA256
 CSK_FLAGS = 257  # ZONE | SEP: the key the parent's DS points at, and the one that signs everything
 # Signatures start an hour back, so a validator whose clock is a little behind accepts
@@ -42,44 +40,28 @@ LIFETIME = datetime.timedelta(days=30)
 
 
 class SigningKeyError(ValueError):
-    """A key file that exists but cannot be used; the message says which and why."""
+    """Key bytes that cannot be used; the message says which and why."""
 
 
-def key_path(key_dir: Path, domain: str) -> Path:
-    return key_dir / f"{domain.rstrip('.').lower()}.csk.pem"
+def new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
 
 
-def _read_key(path: Path) -> ec.EllipticCurvePrivateKey:
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """The key as unencrypted PKCS#8 PEM, the form `load_key` reads back."""
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def load_key(pem: bytes, source: str) -> ec.EllipticCurvePrivateKey:
+    """The signing key in `pem` (read from `source`, named in the error)."""
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as e:
-        raise SigningKeyError(f"{path}: not an unencrypted PEM private key ({e})") from None
+        raise SigningKeyError(f"{source}: not an unencrypted PEM private key ({e})") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise SigningKeyError(f"{path}: not an ECDSA P-256 key (DNSSEC algorithm 13 needs one)")
-    return key
-
-
-def load_or_create_key(key_dir: Path, domain: str) -> ec.EllipticCurvePrivateKey:
-    """The zone's signing key: read from key_dir, or made and stored there on first use.
-
-    The key is written to a temporary file and linked into place, so two first runs
-    at once end up with one key (and one DS) rather than overwriting each other.
-    """
-    path = key_path(key_dir, domain)
-    if path.exists():
-        return _read_key(path)
-    key_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(key_dir, 0o700)
-    key = ec.generate_private_key(ec.SECP256R1())
-    fd, tmp = tempfile.mkstemp(dir=key_dir, prefix=".new-", suffix=".pem")
-    os.close(fd)
-    try:
-        pki.write_key(Path(tmp), key)
-        os.link(tmp, path)
-    except FileExistsError:
-        return _read_key(path)
-    finally:
-        os.unlink(tmp)
+        raise SigningKeyError(f"{source}: not an ECDSA P-256 key (DNSSEC algorithm 13 needs one)")
     return key
 
 

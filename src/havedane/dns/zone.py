@@ -1,7 +1,8 @@
 """DNS records to publish for a deployment, their zone-file and JSON forms, and the
 complete (optionally signed) zone for operators who host the base domain themselves.
 
-Pure apart from the signing key, which lives in a file (see sign.py).
+Pure: the signing keys come in as values (the files they live in are
+havedane.zonekeys's business), the zone text goes out as a string.
 """
 
 from __future__ import annotations
@@ -9,14 +10,15 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-import pathlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import dns.name
 import dns.rdatatype
 import dns.zone
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from havedane import probes
 from havedane.dns import sign as dnssec_sign
@@ -141,8 +143,8 @@ def _child(
     domain: str,
     recs: list[Record],
     serial: int,
-    key_dir: pathlib.Path,
-    now: datetime.datetime | None,
+    keys: Mapping[str, ec.EllipticCurvePrivateKey] | None,
+    now: datetime.datetime,
 ) -> tuple[str, list[Record]]:
     """A probe's child zone, and the delegation the parent needs for it: NS, plus DS
     when the child is signed (RFC 4035 §2.4). `bogus` is signed with a key of its own
@@ -151,12 +153,30 @@ def _child(
     apex, ns = probe.host(domain) + ".", f"ns.{domain.rstrip('.')}."
     zone = to_zone(apex, soa_ns(apex, ns, serial) + recs)
     delegation = [Record(apex, "NS", ns)]
-    if now is None or probe.zone is not probes.Zone.BOGUS:
+    if keys is None or probe.zone is not probes.Zone.BOGUS:
         return _header(apex, None) + zone_text(zone), delegation
-    key = dnssec_sign.load_or_create_key(key_dir, apex)
+    key = _key(keys, apex)
     dnssec_sign.sign(zone, key, now, corrupt=frozenset({dns.rdatatype.TLSA}))
     note = "the TLSA signature is broken on purpose (probe `bogus`): leave it so"
     return _header(apex, now, note) + zone_text(zone), [*delegation, Record(apex, "DS", dnssec_sign.ds(apex, key))]
+
+
+def signed_zones(domain: str, enabled: tuple[probes.Probe, ...]) -> list[str]:
+    """The zones `build_zone` signs, each with a key of its own: the base domain and
+    the `bogus` probe's child zone (RFC 4035 §2.4: its DS in the parent)."""
+    bogus = [p.host(domain) for p in enabled if p.zone is probes.Zone.BOGUS]
+    return [_zone_name(name) for name in (domain, *bogus)]
+
+
+def _zone_name(name: str) -> str:
+    return name.rstrip(".").lower()
+
+
+def _key(keys: Mapping[str, ec.EllipticCurvePrivateKey], zone: str) -> ec.EllipticCurvePrivateKey:
+    try:
+        return keys[_zone_name(zone)]
+    except KeyError:
+        raise ValueError(f"no signing key for the zone {_zone_name(zone)} (see signed_zones)") from None
 
 
 def build_zone(
@@ -165,8 +185,8 @@ def build_zone(
     leaves: list[x509.Certificate],
     ca: x509.Certificate,
     addresses: list[str],
-    key_dir: pathlib.Path,
-    sign: bool,
+    *,
+    keys: Mapping[str, ec.EllipticCurvePrivateKey] | None = None,
     serial: int | None = None,
     probe_leaves: dict[str, list[x509.Certificate]] | None = None,
     probe_addresses: dict[str, str] | None = None,
@@ -175,25 +195,25 @@ def build_zone(
     (to which `probe_leaves` and `probe_addresses` are passed), with the records of
     probes that live in a child zone moved there.
 
-    With `sign`, the zone is signed with the key kept in key_dir (made on first use)
-    and the DS for the parent is returned. The serial defaults to the Unix time, which
+    With `keys` (zone name -> key, for every zone of `signed_zones`), the zones are
+    signed and the DS for the parent is returned. The serial defaults to the Unix time, which
     grows with every run (RFC 1982 arithmetic holds until 2106) so secondaries and
     caches see each re-signing as a new version.
     """
     if not addresses:
         raise ValueError("the zone needs at least one address for its name server and probe hosts (--address IP)")
     serial = int(time.time()) if serial is None else serial
-    now = datetime.datetime.now(datetime.UTC) if sign else None
+    now = datetime.datetime.now(datetime.UTC)
     recs = records(domain, enabled, leaves, ca, addresses, probe_leaves, probe_addresses)
     parent, below = _split(domain, enabled, recs)
     children: dict[str, str] = {}
     for probe, child_recs in below.items():
-        children[probe.host(domain)], delegation = _child(probe, domain, child_recs, serial, key_dir, now)
+        children[probe.host(domain)], delegation = _child(probe, domain, child_recs, serial, keys, now)
         parent += delegation
     zone = to_zone(domain, apex_records(domain, addresses, serial) + parent)
-    if now is None:
+    if keys is None:
         return ZoneOutput(_header(domain, None) + zone_text(zone), children=children)
-    key = dnssec_sign.load_or_create_key(key_dir, domain)
+    key = _key(keys, domain)
     dnssec_sign.sign(zone, key, now)
     text = _header(domain, now) + zone_text(zone)
     return ZoneOutput(text, dnssec_sign.ds_lines(domain, key, TTL), children, frozenset({domain.rstrip(".")}))
@@ -204,7 +224,7 @@ def zone_text(zone: dns.zone.Zone) -> str:
     return zone.to_text(sorted=True, relativize=False, want_origin=False)
 
 
-def knot_conf(files: dict[str, pathlib.Path], validated: frozenset[str], listen: str = "0.0.0.0@53") -> str:
+def knot_conf(files: Mapping[str, str], validated: frozenset[str], listen: str = "0.0.0.0@53") -> str:
     """A sample Knot DNS configuration that serves `files` (zone name -> zone file)
     exactly as havedane wrote them: Knot must not sign (the zones are signed already).
 
