@@ -158,6 +158,24 @@ def test_per_client_connections_answer_421_4_7_0_and_other_clients_still_get_in(
         server.stop()
 
 
+def test_proxy_connections_give_back_their_slot(setup_dir: Path, clients: list[Client]) -> None:
+    """Behind a PROXY-protocol balancer the per-client cap counts the balancer's address (the
+    header comes later): each connection's slot must be released for that same address, not for
+    the client the header names, or the balancer is locked out after `cap` connections."""
+    server = started(setup_dir, SMTP_PROXY_PROTOCOL="true", SMTP_MAX_CONNECTIONS_PER_CLIENT="2")
+    try:
+        for i in range(7):  # sequential, through one "balancer" (127.0.0.1), more than the cap of 2
+            c = Client(server.smtp_port)
+            clients.append(c)
+            c.send(f"PROXY TCP4 203.0.113.{i + 1} 127.0.0.1 4000{i} 25\r\n".encode())
+            assert c.reply()[0] == 220, f"connection {i + 1} through the balancer"
+            assert c.cmd("QUIT")[0] == 221
+            assert c.closed()
+    finally:
+        server.stop()
+    assert "Traceback" not in "".join(server.output)
+
+
 # -- idle timeout -------------------------------------------------------------------------------
 
 

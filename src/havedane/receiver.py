@@ -320,7 +320,7 @@ class ReceiverSMTP(SMTP):
         super().__init__(receiver, **kwargs)
         self.receiver = receiver
         self.record: Session = None  # type: ignore[assignment]  # set in connection_made
-        self._admitted = False
+        self._admitted: str | None = None  # the address whose connection slot this holds
         self._finished = False
         self._timed_out = False
 
@@ -345,17 +345,19 @@ class ReceiverSMTP(SMTP):
                 transport.write(refusal.encode() + b"\r\n")
                 transport.close()
                 return
-            self._admitted = True
+            # The slot is counted for the TCP peer; a PROXY header may change record.client_ip
+            # later, so the address is kept to release the same slot.
+            self._admitted = client_ip
             self.receiver.connections.add(self)
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
-        if not self._admitted:
+        if self._admitted is None:
             return
         if not self._finished:
             self._finished = True
             self.receiver.connections.discard(self)
-            self.receiver.release(self.record.client_ip)
+            self.receiver.release(self._admitted)
             self._finish(error)
         if self.session is not None and self._timeout_handle is not None:
             super().connection_lost(error)
@@ -397,10 +399,10 @@ class ReceiverSMTP(SMTP):
         transport: Any = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(f"421 4.3.2 {self.hostname} Service shutting down\r\n".encode())
-        if not self._finished:
+        if not self._finished and self._admitted is not None:  # only admitted ones are in connections
             self._finished = True
             self.receiver.connections.discard(self)
-            self.receiver.release(self.record.client_ip)
+            self.receiver.release(self._admitted)
             if self.record.outcome is Outcome.OPEN and not self.record.delivered:
                 self.record.outcome = Outcome.SHUTDOWN
             self._finish(None)
