@@ -260,6 +260,39 @@ def test_the_idle_timer_restarts_at_every_command(setup_dir: Path, clients: list
         server.stop()
 
 
+# -- commands ------------------------------------------------------------------------------------
+
+
+def ehlo_extensions(c: Client) -> list[bytes]:
+    c.send(b"EHLO limits.example\r\n")
+    lines = []
+    while (line := c.file.readline())[3:4] == b"-":
+        lines.append(line[4:].rstrip(b"\r\n"))
+    assert line[:3] == b"250", line
+    return lines + [line[4:].rstrip(b"\r\n")]
+
+
+def test_auth_is_not_offered_and_counts_as_an_unknown_command(limited: Serve, clients: list[Client]) -> None:
+    """Nothing here authenticates anyone (RFC 4954 is not implemented): AUTH is not advertised,
+    plain or inside TLS, and is answered like any unknown command, so that it counts toward
+    aiosmtpd's limit of 5 (was: advertised after STARTTLS; a long AUTH LOGIN answer gave 451 and
+    a logged traceback, again and again on one connection)."""
+    c = Client(limited.smtp_port)
+    clients.append(c)
+    assert c.reply()[0] == 220
+    assert not [e for e in ehlo_extensions(c) if e.upper().startswith(b"AUTH")]
+    c.starttls("do.x.test")
+    assert not [e for e in ehlo_extensions(c) if e.upper().startswith(b"AUTH")]
+    assert c.cmd("AUTH LOGIN")[0] == 500
+    assert c.cmd(b"dXNlcg" * 400)[0] == 500  # what would have been the answer: a (long) bad line
+    assert c.cmd("AUTH PLAIN dGVzdAB0ZXN0AHRlc3Q=")[0] == 500
+    assert c.cmd("AUTH CRAM-MD5")[0] == 500
+    assert c.cmd("AUTH")[0] == 500
+    code, text = c.cmd("AUTH LOGIN")  # the fifth: goodbye
+    assert (code, text[:6]) == (502, b"5.5.1 ")
+    assert c.closed()
+
+
 # -- one message ----------------------------------------------------------------------------------
 
 

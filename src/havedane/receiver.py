@@ -208,6 +208,15 @@ class Receiver:
             record.alias, record.probe = alias, probe.name
         return "250 2.1.5 OK"
 
+    async def handle_EHLO(
+        self, server: ReceiverSMTP, session: SMTPSession, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        """aiosmtpd 1.4.6 offers AUTH LOGIN PLAIN after STARTTLS; nothing here authenticates
+        anyone (a receiver for the world's mail, RFC 4954 not implemented), so it is not offered.
+        With this hook aiosmtpd leaves setting host_name to it."""
+        session.host_name = hostname
+        return [r for r in responses if not r[4:].upper().startswith("AUTH")]
+
     async def handle_PROXY(self, server: ReceiverSMTP, session: SMTPSession, envelope: Envelope, proxy: Any) -> bool:
         """Behind a TCP load balancer ([smtp] proxy_protocol): the client is the one the
         PROXY header names. (The connection caps counted the balancer's address.)"""
@@ -318,6 +327,11 @@ class ReceiverSMTP(SMTP):
         # of all connections and every new connection reset it. One per connection here.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         super().__init__(receiver, **kwargs)
+        # No AUTH (see Receiver.handle_EHLO): without an smtp_AUTH method aiosmtpd answers it as an
+        # unknown command, which counts toward its limit of 5 per connection (BOGUS_LIMIT) and
+        # cannot start an AUTH dialogue (was: a long answer to it gave 451 and a traceback).
+        self._smtp_methods.pop("AUTH", None)
+        self._auth_methods.clear()
         self.receiver = receiver
         self.record: Session = None  # type: ignore[assignment]  # set in connection_made
         self._admitted: str | None = None  # the address whose connection slot this holds
