@@ -352,6 +352,39 @@ def test_mail_command_limit_belongs_to_its_connection(limited: Serve, clients: l
     assert second.cmd(mail)[0] == 500  # no EHLO there: 512
 
 
+def peak_rss(server: Serve) -> int:
+    """The server process's peak resident memory so far (VmHWM), in bytes."""
+    assert server.proc is not None
+    status = Path(f"/proc/{server.proc.pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
+
+
+def test_a_message_of_blank_lines_costs_about_its_size_in_memory(limited: Serve, clients: list[Client]) -> None:
+    """aiosmtpd 1.4.6 kept each DATA line as an object of its own: 1 MiB of blank lines cost
+    ~44 MiB, per connection. Four connections each send that much at once; the server's peak
+    memory may grow by at most 4 x max_message_size (1 MiB) for each."""
+    t = limited.new_test()
+    message = b"Subject: blank\r\n\r\n"
+    message += b"\r\n" * ((1_048_576 - len(message)) // 2)  # exactly up to max_message_size
+    senders = []
+    for _ in range(4):
+        c = Client(limited.smtp_port)
+        clients.append(c)
+        assert c.reply()[0] == 220
+        mail_to(c, t["addresses"]["do"])
+        senders.append(c)
+    before = peak_rss(limited)
+    for c in senders:  # all four at once
+        threading.Thread(target=c.send, args=(message + b".\r\n",), daemon=True).start()
+    for c in senders:
+        code, text = c.reply()  # once the server has read all of it
+        assert code == 250, text
+    grown = peak_rss(limited) - before
+    assert grown < 4 * 4 * 1_048_576, f"peak memory grew by {grown / 2**20:.1f} MiB for 4 x 1 MiB"
+    body = limited.wait_for(t["alias"], lambda b: len(b["probes"]["do"]["deliveries"]) == 4)
+    assert body["probes"]["do"]["deliveries"][0]["size"] == len(message)
+
+
 def test_data_line_too_long_gets_500_after_the_message_and_is_not_recorded(
     limited: Serve, clients: list[Client]
 ) -> None:

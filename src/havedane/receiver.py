@@ -21,10 +21,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, TLSSetupException, syntax
 from aiosmtpd.smtp import Session as SMTPSession
 
-from havedane import pki, probes
+from havedane import pki, probes, smtpdata
 from havedane.config import Config, Listen
 from havedane.store.base import Delivery, Outcome, Session, Store, StoreError, Tls
 
@@ -476,6 +476,38 @@ class ReceiverSMTP(SMTP):
         await super().smtp_EHLO(hostname)
         if self.session is not None and self.session.host_name:
             self.record.helo = _text(self.session.host_name)[:255]
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd 1.4.6's smtp_DATA with its reading loop replaced by smtpdata.read_text (one
+        bytearray, not one object per line: see there). Same checks, replies and hook; it uses
+        aiosmtpd's private _reader, _writer, _call_handler_hook and _set_post_data_state."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            state, text = await smtpdata.read_text(self._reader, self.data_size_limit, self.line_length_limit)
+        except asyncio.CancelledError:
+            self._writer.close()  # the connection was lost during DATA
+            raise
+        if state is smtpdata.Text.TOO_LONG:
+            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+        elif state is smtpdata.Text.TOO_MUCH:
+            await self.push("552 Error: Too much mail data")
+        if state is not smtpdata.Text.NOMINAL:
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        self.envelope.content = self.envelope.original_content = text
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
 
     async def smtp_STARTTLS(self, arg: str) -> None:
         if arg or not self.tls_context or self._tls_protocol is not None:
