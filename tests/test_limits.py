@@ -296,6 +296,111 @@ def test_auth_is_not_offered_and_counts_as_an_unknown_command(limited: Serve, cl
 # -- one message ----------------------------------------------------------------------------------
 
 
+def message(c: Client, *rcpts: str) -> tuple[int, bytes]:
+    """One message to `rcpts` (each must get 250); the reply to its text."""
+    mail_to(c, *rcpts)
+    return c.cmd(b"Subject: x\r\n\r\nx\r\n.")
+
+
+def test_a_recipient_named_twice_in_one_message_is_recorded_once(limited: Serve, clients: list[Client]) -> None:
+    """The same probe address again (in any case) is accepted but adds nothing: one delivery per
+    probe per message (was: one delivery per copy, 20 with max_recipients 20)."""
+    t = limited.new_test()
+    do = t["addresses"]["do"]
+    c = Client(limited.smtp_port)
+    clients.append(c)
+    assert c.reply()[0] == 220
+    code, text = message(c, do, do.upper())
+    assert code == 250 and text.endswith(b"recorded 1 deliveries")
+    body = limited.wait_for(t["alias"], lambda b: b["probes"]["do"]["deliveries"])
+    assert len(body["probes"]["do"]["deliveries"]) == 1
+    with db(limited) as conn:
+        assert conn.execute("SELECT count(*) FROM deliveries WHERE alias = ?", (t["alias"],)).fetchone()[0] == 1
+
+
+def test_messages_beyond_max_messages_per_connection_get_421_4_7_0(setup_dir: Path, clients: list[Client]) -> None:
+    server = started(setup_dir, SMTP_MAX_MESSAGES_PER_CONNECTION="3")
+    try:
+        t = server.new_test()
+        c = Client(server.smtp_port)
+        clients.append(c)
+        assert c.reply()[0] == 220
+        for probe in ("do", "dont", "wrong"):
+            assert message(c, t["addresses"][probe])[0] == 250
+        code, text = c.cmd("MAIL FROM:<a@limits.example>")
+        assert (code, text[:6]) == (421, b"4.7.0 ")
+        assert c.closed()
+        body = server.wait_for(t["alias"], lambda b: all(p["deliveries"] for p in b["probes"].values()))
+        assert [len(p["deliveries"]) for p in body["probes"].values()] == [1, 1, 1]  # all acknowledged, kept
+        c2 = Client(server.smtp_port)  # a new connection starts again
+        clients.append(c2)
+        assert c2.reply()[0] == 220
+        assert message(c2, t["addresses"]["do"])[0] == 250
+    finally:
+        server.stop()
+    assert "Traceback" not in "".join(server.output)
+
+
+def test_deliveries_beyond_max_deliveries_per_probe_get_550_5_2_2(setup_dir: Path, clients: list[Client]) -> None:
+    """Per probe of a test, counted from the store at start too; other probes still take mail,
+    and every acknowledged delivery stays."""
+    server = started(setup_dir, SMTP_MAX_DELIVERIES_PER_PROBE="3")
+    try:
+        t = server.new_test()
+        a = t["addresses"]
+        c = Client(server.smtp_port)
+        clients.append(c)
+        assert c.reply()[0] == 220
+        for _ in range(3):
+            assert message(c, a["do"])[0] == 250
+        assert c.cmd("EHLO limits.example")[0] == 250
+        assert c.cmd("MAIL FROM:<a@limits.example>")[0] == 250
+        code, text = c.cmd(f"RCPT TO:<{a['do']}>")
+        assert (code, text[:6]) == (550, b"5.2.2 ")
+        assert c.cmd(f"RCPT TO:<{a['dont']}>")[0] == 250
+        c.close()
+    finally:
+        server.stop()
+    again = started(setup_dir, SMTP_MAX_DELIVERIES_PER_PROBE="3")  # the count survives a restart
+    try:
+        refused = send(again.smtp_port, [a["do"], a["wrong"]])
+        assert list(refused) == [a["do"]] and refused[a["do"]][0] == 550
+        body = again.result(t["alias"])
+        assert [len(p["deliveries"]) for p in body["probes"].values()] == [3, 0, 1]
+    finally:
+        again.stop()
+    assert "Traceback" not in "".join(server.output + again.output)
+
+
+def test_sessions_beyond_max_sessions_per_test_get_550_5_2_2(setup_dir: Path, clients: list[Client]) -> None:
+    """Connections that name a test (RCPT) count toward its sessions even when they send nothing."""
+    server = started(setup_dir, SMTP_MAX_SESSIONS_PER_TEST="2")
+    try:
+        t = server.new_test()
+        for i in range(3):
+            c = Client(server.smtp_port)
+            clients.append(c)
+            assert c.reply()[0] == 220
+            assert c.cmd("EHLO limits.example")[0] == 250
+            assert c.cmd("MAIL FROM:<a@limits.example>")[0] == 250
+            code, text = c.cmd(f"RCPT TO:<{t['addresses']['do']}>")
+            if i < 2:
+                assert code == 250
+                assert c.cmd(f"RCPT TO:<{t['addresses']['dont']}>")[0] == 250  # the same session again
+            else:
+                assert (code, text[:6]) == (550, b"5.2.2 ")
+            c.cmd("QUIT")
+        with db(server) as conn:
+            eventually(
+                lambda: conn.execute("SELECT count(*) FROM sessions WHERE outcome != 'open'").fetchone()[0] == 3,
+                "the three sessions saved",
+            )
+            assert conn.execute("SELECT count(*) FROM sessions WHERE alias = ?", (t["alias"],)).fetchone()[0] == 2
+    finally:
+        server.stop()
+    assert "Traceback" not in "".join(server.output)
+
+
 def test_recipients_beyond_max_recipients_get_452_4_5_3(limited: Serve, clients: list[Client]) -> None:
     t = limited.new_test()
     a = t["addresses"]

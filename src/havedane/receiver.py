@@ -24,7 +24,7 @@ from typing import Any
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, TLSSetupException, syntax
 from aiosmtpd.smtp import Session as SMTPSession
 
-from havedane import pki, probes, smtpdata
+from havedane import pki, probes, quota, smtpdata
 from havedane.config import Config, Listen
 from havedane.store.base import Delivery, Outcome, Session, Store, StoreError, Tls
 
@@ -84,6 +84,7 @@ class Receiver:
         self.config = config
         self.store = store
         self.context = context
+        self.quota = quota.Quota(store)
         self.active: dict[str, int] = {}
         self.total_active = 0
         self.servers: list[asyncio.Server] = []
@@ -202,10 +203,35 @@ class Receiver:
             return "451 4.3.0 Temporary failure looking up the test, try again later"
         if test is None or test.created < self.now() - self.config.retention_days * 86400:
             return f"550 5.1.1 <{address}>: no such test; create one at {self.config.public_url}"
+        if (alias, domain) in {(r_local.lower(), r_domain) for r_local, r_domain in map(_split, envelope.rcpt_tos)}:
+            # Named already in this message: accepted (RFC 5321 §3.3 lets a server accept a
+            # duplicate recipient), but one message makes one delivery per probe of a test.
+            return "250 2.1.5 OK (named already, recorded once)"
+        try:
+            usage = await self.quota.usage(alias)
+        except StoreError as e:
+            log.error("RCPT %s deferred: %s", address, e)
+            return "451 4.3.0 Temporary failure looking up the test, try again later"
+        # Beyond a test's limits the answer is permanent (RFC 5321 §4.2.1, 5yz): the test has no
+        # room until it expires, days later, so a sender's retries (§4.5.4.1) would only cost both
+        # sides, and a bounce tells the visitor now. 550 with 5.2.2 "mailbox full" (RFC 3463 §3.3),
+        # not 552: §4.5.3.1.10 tells clients to take a 552 at RCPT as temporary.
+        held = usage.deliveries.get(probe.name, 0)
+        if held >= self.config.max_deliveries_per_probe:
+            return (
+                f"550 5.2.2 <{address}>: this test holds {held} messages at {probe.name}, its most; "
+                f"create a new one at {self.config.public_url}"
+            )
+        if record.alias is None and usage.sessions >= self.config.max_sessions_per_test:
+            return (
+                f"550 5.2.2 <{address}>: this test has had {usage.sessions} connections, its most; "
+                f"create a new one at {self.config.public_url}"
+            )
         envelope.rcpt_tos.append(address)
         record.rcpts.append(address)
         if record.alias is None:
             record.alias, record.probe = alias, probe.name
+            usage.sessions += 1  # the session is stored under this test
         return "250 2.1.5 OK"
 
     async def handle_EHLO(
@@ -235,6 +261,7 @@ class Receiver:
         if address and (not local or not domain or any(c.isspace() for c in address)):
             return "553 5.1.7 Malformed sender address"
         server.record.mail_from = address
+        server.messages += 1
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 2.1.0 OK"
@@ -270,6 +297,8 @@ class Receiver:
             log.error("deliveries not recorded: %s", e)
             return "451 4.3.0 Temporary failure recording the message, try again later"
         record.delivered += len(deliveries)
+        for d in deliveries:
+            self.quota.delivered(d.alias, d.probe)
         return f"250 2.0.0 OK: recorded {len(deliveries)} deliveries"
 
     async def handle_exception(self, error: Exception) -> str:
@@ -337,6 +366,7 @@ class ReceiverSMTP(SMTP):
         self._admitted: str | None = None  # the address whose connection slot this holds
         self._finished = False
         self._timed_out = False
+        self.messages = 0  # MAIL commands accepted on this connection
 
     # -- connection lifecycle ----------------------------------------------------
 
@@ -476,6 +506,18 @@ class ReceiverSMTP(SMTP):
         await super().smtp_EHLO(hostname)
         if self.session is not None and self.session.host_name:
             self.record.helo = _text(self.session.host_name)[:255]
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str) -> None:
+        if self.messages >= self.receiver.config.max_messages_per_connection:
+            # Temporary, as Exim answers past smtp_accept_max_per_connection: a sender with more
+            # to deliver does so in a new connection (RFC 5321 §3.8: 421, then close).
+            await self.push(f"421 4.7.0 {self.hostname} Too many messages in one connection, use a new one")
+            transport: Any = self.transport
+            if transport is not None:
+                transport.close()
+            return
+        await super().smtp_MAIL(arg)
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
