@@ -10,8 +10,9 @@ SECONDS_PER_RUN=${1:-20}
 DIR=$(mktemp -d)
 trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
 .venv/bin/havedane init --domain x.test --dir "$DIR" >/dev/null
-# The load generator is one address opening 16 connections at a time.
+# The load generator is one address opening 16 connections at a time, all to one test.
 HAVEDANE_SMTP_MAX_CONNECTIONS_PER_CLIENT=1000 HAVEDANE_LIMITS_TESTS_PER_MINUTE=1000 \
+HAVEDANE_SMTP_MAX_DELIVERIES_PER_PROBE=1000000000 HAVEDANE_SMTP_MAX_SESSIONS_PER_TEST=1000000000 \
   .venv/bin/havedane serve --config "$DIR/havedane.toml" --smtp-listen 127.0.0.1:2725 --web-listen 127.0.0.1:8281 \
   >"$DIR/serve.log" 2>&1 &
 PID=$!

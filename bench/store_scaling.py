@@ -58,6 +58,8 @@ from helpers import Serve, make_setup  # noqa: E402
 ENV = {
     "HAVEDANE_SMTP_MAX_CONNECTIONS_PER_CLIENT": "1000",  # the generator is one address
     "HAVEDANE_LIMITS_TESTS_PER_MINUTE": "1000",
+    "HAVEDANE_SMTP_MAX_DELIVERIES_PER_PROBE": "1000000000",  # every message goes to one test
+    "HAVEDANE_SMTP_MAX_SESSIONS_PER_TEST": "1000000000",
     "HAVEDANE_VERDICT_GRACE": "3600",
 }
 PROBES = ("do", "dont", "wrong")

@@ -98,7 +98,9 @@ class Burst:
 
 
 def test_every_acknowledged_delivery_survives_sigkill(setup_dir: Path) -> None:
-    server = Serve(setup_dir).start()
+    # Up to ~350 messages to 4 tests, each a new connection: above the per-test limits' defaults.
+    limits = {"HAVEDANE_SMTP_MAX_DELIVERIES_PER_PROBE": "100000", "HAVEDANE_SMTP_MAX_SESSIONS_PER_TEST": "100000"}
+    server = Serve(setup_dir, env=limits).start()
     aliases = []
     rcpts = []
     for _ in range(4):

@@ -55,8 +55,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
     config = make_setup(tmp_path_factory.mktemp("fuzz") / "hd")
     with sqlite3.connect(config.parent / "havedane.sqlite3") as conn:
         conn.execute("INSERT INTO tests VALUES (?, ?, '192.0.2.1')", (LIVE, time.time()))
-    # A short idle timeout bounds any session the fuzzer leaves hanging; many tests per minute.
-    env = {"HAVEDANE_SMTP_TIMEOUT": "3", "HAVEDANE_LIMITS_TESTS_PER_MINUTE": "100000"}
+    # A short idle timeout bounds any session the fuzzer leaves hanging; many tests per minute;
+    # thousands of messages to the one live test (the well-behaved client after every example).
+    env = {
+        "HAVEDANE_SMTP_TIMEOUT": "3",
+        "HAVEDANE_LIMITS_TESTS_PER_MINUTE": "100000",
+        "HAVEDANE_SMTP_MAX_DELIVERIES_PER_PROBE": "1000000",
+        "HAVEDANE_SMTP_MAX_SESSIONS_PER_TEST": "1000000",
+    }
     server = Serve(config, env=env).start()
     yield server
     assert server.stop() == 0, "serve did not stop cleanly after the fuzzing"

@@ -158,6 +158,24 @@ def test_per_client_connections_answer_421_4_7_0_and_other_clients_still_get_in(
         server.stop()
 
 
+def test_proxy_connections_give_back_their_slot(setup_dir: Path, clients: list[Client]) -> None:
+    """Behind a PROXY-protocol balancer the per-client cap counts the balancer's address (the
+    header comes later): each connection's slot must be released for that same address, not for
+    the client the header names, or the balancer is locked out after `cap` connections."""
+    server = started(setup_dir, SMTP_PROXY_PROTOCOL="true", SMTP_MAX_CONNECTIONS_PER_CLIENT="2")
+    try:
+        for i in range(7):  # sequential, through one "balancer" (127.0.0.1), more than the cap of 2
+            c = Client(server.smtp_port)
+            clients.append(c)
+            c.send(f"PROXY TCP4 203.0.113.{i + 1} 127.0.0.1 4000{i} 25\r\n".encode())
+            assert c.reply()[0] == 220, f"connection {i + 1} through the balancer"
+            assert c.cmd("QUIT")[0] == 221
+            assert c.closed()
+    finally:
+        server.stop()
+    assert "Traceback" not in "".join(server.output)
+
+
 # -- idle timeout -------------------------------------------------------------------------------
 
 
@@ -242,7 +260,145 @@ def test_the_idle_timer_restarts_at_every_command(setup_dir: Path, clients: list
         server.stop()
 
 
+# -- commands ------------------------------------------------------------------------------------
+
+
+def ehlo_extensions(c: Client) -> list[bytes]:
+    c.send(b"EHLO limits.example\r\n")
+    lines = []
+    while (line := c.file.readline())[3:4] == b"-":
+        lines.append(line[4:].rstrip(b"\r\n"))
+    assert line[:3] == b"250", line
+    return lines + [line[4:].rstrip(b"\r\n")]
+
+
+def test_auth_is_not_offered_and_counts_as_an_unknown_command(limited: Serve, clients: list[Client]) -> None:
+    """Nothing here authenticates anyone (RFC 4954 is not implemented): AUTH is not advertised,
+    plain or inside TLS, and is answered like any unknown command, so that it counts toward
+    aiosmtpd's limit of 5 (was: advertised after STARTTLS; a long AUTH LOGIN answer gave 451 and
+    a logged traceback, again and again on one connection)."""
+    c = Client(limited.smtp_port)
+    clients.append(c)
+    assert c.reply()[0] == 220
+    assert not [e for e in ehlo_extensions(c) if e.upper().startswith(b"AUTH")]
+    c.starttls("do.x.test")
+    assert not [e for e in ehlo_extensions(c) if e.upper().startswith(b"AUTH")]
+    assert c.cmd("AUTH LOGIN")[0] == 500
+    assert c.cmd(b"dXNlcg" * 400)[0] == 500  # what would have been the answer: a (long) bad line
+    assert c.cmd("AUTH PLAIN dGVzdAB0ZXN0AHRlc3Q=")[0] == 500
+    assert c.cmd("AUTH CRAM-MD5")[0] == 500
+    assert c.cmd("AUTH")[0] == 500
+    code, text = c.cmd("AUTH LOGIN")  # the fifth: goodbye
+    assert (code, text[:6]) == (502, b"5.5.1 ")
+    assert c.closed()
+
+
 # -- one message ----------------------------------------------------------------------------------
+
+
+def message(c: Client, *rcpts: str) -> tuple[int, bytes]:
+    """One message to `rcpts` (each must get 250); the reply to its text."""
+    mail_to(c, *rcpts)
+    return c.cmd(b"Subject: x\r\n\r\nx\r\n.")
+
+
+def test_a_recipient_named_twice_in_one_message_is_recorded_once(limited: Serve, clients: list[Client]) -> None:
+    """The same probe address again (in any case) is accepted but adds nothing: one delivery per
+    probe per message (was: one delivery per copy, 20 with max_recipients 20)."""
+    t = limited.new_test()
+    do = t["addresses"]["do"]
+    c = Client(limited.smtp_port)
+    clients.append(c)
+    assert c.reply()[0] == 220
+    code, text = message(c, do, do.upper())
+    assert code == 250 and text.endswith(b"recorded 1 deliveries")
+    body = limited.wait_for(t["alias"], lambda b: b["probes"]["do"]["deliveries"])
+    assert len(body["probes"]["do"]["deliveries"]) == 1
+    with db(limited) as conn:
+        assert conn.execute("SELECT count(*) FROM deliveries WHERE alias = ?", (t["alias"],)).fetchone()[0] == 1
+
+
+def test_messages_beyond_max_messages_per_connection_get_421_4_7_0(setup_dir: Path, clients: list[Client]) -> None:
+    server = started(setup_dir, SMTP_MAX_MESSAGES_PER_CONNECTION="3")
+    try:
+        t = server.new_test()
+        c = Client(server.smtp_port)
+        clients.append(c)
+        assert c.reply()[0] == 220
+        for probe in ("do", "dont", "wrong"):
+            assert message(c, t["addresses"][probe])[0] == 250
+        code, text = c.cmd("MAIL FROM:<a@limits.example>")
+        assert (code, text[:6]) == (421, b"4.7.0 ")
+        assert c.closed()
+        body = server.wait_for(t["alias"], lambda b: all(p["deliveries"] for p in b["probes"].values()))
+        assert [len(p["deliveries"]) for p in body["probes"].values()] == [1, 1, 1]  # all acknowledged, kept
+        c2 = Client(server.smtp_port)  # a new connection starts again
+        clients.append(c2)
+        assert c2.reply()[0] == 220
+        assert message(c2, t["addresses"]["do"])[0] == 250
+    finally:
+        server.stop()
+    assert "Traceback" not in "".join(server.output)
+
+
+def test_deliveries_beyond_max_deliveries_per_probe_get_550_5_2_2(setup_dir: Path, clients: list[Client]) -> None:
+    """Per probe of a test, counted from the store at start too; other probes still take mail,
+    and every acknowledged delivery stays."""
+    server = started(setup_dir, SMTP_MAX_DELIVERIES_PER_PROBE="3")
+    try:
+        t = server.new_test()
+        a = t["addresses"]
+        c = Client(server.smtp_port)
+        clients.append(c)
+        assert c.reply()[0] == 220
+        for _ in range(3):
+            assert message(c, a["do"])[0] == 250
+        assert c.cmd("EHLO limits.example")[0] == 250
+        assert c.cmd("MAIL FROM:<a@limits.example>")[0] == 250
+        code, text = c.cmd(f"RCPT TO:<{a['do']}>")
+        assert (code, text[:6]) == (550, b"5.2.2 ")
+        assert c.cmd(f"RCPT TO:<{a['dont']}>")[0] == 250
+        c.close()
+    finally:
+        server.stop()
+    again = started(setup_dir, SMTP_MAX_DELIVERIES_PER_PROBE="3")  # the count survives a restart
+    try:
+        refused = send(again.smtp_port, [a["do"], a["wrong"]])
+        assert list(refused) == [a["do"]] and refused[a["do"]][0] == 550
+        body = again.result(t["alias"])
+        assert [len(p["deliveries"]) for p in body["probes"].values()] == [3, 0, 1]
+    finally:
+        again.stop()
+    assert "Traceback" not in "".join(server.output + again.output)
+
+
+def test_sessions_beyond_max_sessions_per_test_get_550_5_2_2(setup_dir: Path, clients: list[Client]) -> None:
+    """Connections that name a test (RCPT) count toward its sessions even when they send nothing."""
+    server = started(setup_dir, SMTP_MAX_SESSIONS_PER_TEST="2")
+    try:
+        t = server.new_test()
+        for i in range(3):
+            c = Client(server.smtp_port)
+            clients.append(c)
+            assert c.reply()[0] == 220
+            assert c.cmd("EHLO limits.example")[0] == 250
+            assert c.cmd("MAIL FROM:<a@limits.example>")[0] == 250
+            code, text = c.cmd(f"RCPT TO:<{t['addresses']['do']}>")
+            if i < 2:
+                assert code == 250
+                assert c.cmd(f"RCPT TO:<{t['addresses']['dont']}>")[0] == 250  # the same session again
+            else:
+                assert (code, text[:6]) == (550, b"5.2.2 ")
+            c.cmd("QUIT")
+        with db(server) as conn:
+            eventually(
+                lambda: conn.execute("SELECT count(*) FROM sessions WHERE outcome != 'open'").fetchone()[0] == 3,
+                "the three sessions saved",
+            )
+            assert conn.execute("SELECT count(*) FROM sessions WHERE alias = ?", (t["alias"],)).fetchone()[0] == 2
+    finally:
+        server.stop()
+    assert "Traceback" not in "".join(server.output)
 
 
 def test_recipients_beyond_max_recipients_get_452_4_5_3(limited: Serve, clients: list[Client]) -> None:
@@ -299,6 +455,39 @@ def test_mail_command_limit_belongs_to_its_connection(limited: Serve, clients: l
     assert first.cmd(mail)[0] == 250
     assert first.cmd(f"RCPT TO:<{t['addresses']['do']}>")[0] == 250
     assert second.cmd(mail)[0] == 500  # no EHLO there: 512
+
+
+def peak_rss(server: Serve) -> int:
+    """The server process's peak resident memory so far (VmHWM), in bytes."""
+    assert server.proc is not None
+    status = Path(f"/proc/{server.proc.pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
+
+
+def test_a_message_of_blank_lines_costs_about_its_size_in_memory(limited: Serve, clients: list[Client]) -> None:
+    """aiosmtpd 1.4.6 kept each DATA line as an object of its own: 1 MiB of blank lines cost
+    ~44 MiB, per connection. Four connections each send that much at once; the server's peak
+    memory may grow by at most 4 x max_message_size (1 MiB) for each."""
+    t = limited.new_test()
+    message = b"Subject: blank\r\n\r\n"
+    message += b"\r\n" * ((1_048_576 - len(message)) // 2)  # exactly up to max_message_size
+    senders = []
+    for _ in range(4):
+        c = Client(limited.smtp_port)
+        clients.append(c)
+        assert c.reply()[0] == 220
+        mail_to(c, t["addresses"]["do"])
+        senders.append(c)
+    before = peak_rss(limited)
+    for c in senders:  # all four at once
+        threading.Thread(target=c.send, args=(message + b".\r\n",), daemon=True).start()
+    for c in senders:
+        code, text = c.reply()  # once the server has read all of it
+        assert code == 250, text
+    grown = peak_rss(limited) - before
+    assert grown < 4 * 4 * 1_048_576, f"peak memory grew by {grown / 2**20:.1f} MiB for 4 x 1 MiB"
+    body = limited.wait_for(t["alias"], lambda b: len(b["probes"]["do"]["deliveries"]) == 4)
+    assert body["probes"]["do"]["deliveries"][0]["size"] == len(message)
 
 
 def test_data_line_too_long_gets_500_after_the_message_and_is_not_recorded(

@@ -250,6 +250,15 @@ async def test_recent_tests_from(store: Store) -> None:
     assert await store.recent_tests_from("192.0.2.9", 0) == 0
 
 
+async def test_usage_counts_deliveries_per_probe_and_sessions_naming_the_test(store: Store) -> None:
+    assert await store.usage("u1") == ({}, 0)
+    await store.add_deliveries([delivery("u1", 0), delivery("u1", 1), delivery("u1", 2, probe="dont")])
+    await store.add_deliveries([delivery("u2", 3)])
+    for s in (session("a", T0, "u1"), session("b", T0, "u1"), session("c", T0, "u2"), session("d", T0)):
+        await store.save_session(s)
+    assert await store.usage("u1") == ({"do": 2, "dont": 1}, 2)
+
+
 async def test_prune_removes_old_tests_with_their_rows(store: Store) -> None:
     await store.create_test(Test("old", T0))
     await store.create_test(Test("new", T0 + 100))

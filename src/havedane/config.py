@@ -56,6 +56,9 @@ class Config:
     max_connections: int
     max_connections_per_client: int
     max_recipients: int
+    max_messages_per_connection: int
+    max_deliveries_per_probe: int
+    max_sessions_per_test: int
     proxy_protocol: bool
     web_listen: Listen
     public_url: str
@@ -191,6 +194,9 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "max_connections": (_positive_int, 200),
         "max_connections_per_client": (_positive_int, 20),
         "max_recipients": (_positive_int, 20),
+        "max_messages_per_connection": (_positive_int, 100),
+        "max_deliveries_per_probe": (_positive_int, 50),
+        "max_sessions_per_test": (_positive_int, 200),
         "proxy_protocol": (_bool, False),
     },
     "web": {
@@ -322,6 +328,9 @@ def load(path: Path | None, env: Mapping[str, str] | None = None, default_domain
         max_connections=parsed["smtp"]["max_connections"],
         max_connections_per_client=parsed["smtp"]["max_connections_per_client"],
         max_recipients=parsed["smtp"]["max_recipients"],
+        max_messages_per_connection=parsed["smtp"]["max_messages_per_connection"],
+        max_deliveries_per_probe=parsed["smtp"]["max_deliveries_per_probe"],
+        max_sessions_per_test=parsed["smtp"]["max_sessions_per_test"],
         proxy_protocol=parsed["smtp"]["proxy_protocol"],
         web_listen=web["listen"],
         public_url=(web["public_url"] or f"http://{web['listen']}").rstrip("/"),
@@ -360,6 +369,9 @@ timeout = 300                   # seconds of silence before 421 and close (RFC 5
 max_connections = 200           # beyond this: 421 4.7.0
 max_connections_per_client = 20
 max_recipients = 20
+max_messages_per_connection = 100  # beyond: 421 4.7.0 at MAIL, then close
+max_deliveries_per_probe = 50   # kept per probe of a test; beyond: 550 5.2.2 at RCPT
+max_sessions_per_test = 200     # connections that named a test; beyond: 550 5.2.2 at RCPT
 proxy_protocol = false          # expect a PROXY v1/v2 header (behind a TCP load balancer)
 
 [web]

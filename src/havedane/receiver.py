@@ -21,10 +21,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, TLSSetupException
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, TLSSetupException, syntax
 from aiosmtpd.smtp import Session as SMTPSession
 
-from havedane import pki, probes
+from havedane import pki, probes, quota, smtpdata
 from havedane.config import Config, Listen
 from havedane.store.base import Delivery, Outcome, Session, Store, StoreError, Tls
 
@@ -125,6 +125,7 @@ class Receiver:
         self.config = config
         self.store = store
         self.context = context
+        self.quota = quota.Quota(store)
         self.active: dict[str, int] = {}
         self.total_active = 0
         self.servers: list[asyncio.Server] = []
@@ -243,11 +244,45 @@ class Receiver:
             return "451 4.3.0 Temporary failure looking up the test, try again later"
         if test is None or test.created < self.now() - self.config.retention_days * 86400:
             return f"550 5.1.1 <{address}>: no such test; create one at {self.config.public_url}"
+        if (alias, domain) in {(r_local.lower(), r_domain) for r_local, r_domain in map(_split, envelope.rcpt_tos)}:
+            # Named already in this message: accepted (RFC 5321 §3.3 lets a server accept a
+            # duplicate recipient), but one message makes one delivery per probe of a test.
+            return "250 2.1.5 OK (named already, recorded once)"
+        try:
+            usage = await self.quota.usage(alias)
+        except StoreError as e:
+            log.error("RCPT %s deferred: %s", address, e)
+            return "451 4.3.0 Temporary failure looking up the test, try again later"
+        # Beyond a test's limits the answer is permanent (RFC 5321 §4.2.1, 5yz): the test has no
+        # room until it expires, days later, so a sender's retries (§4.5.4.1) would only cost both
+        # sides, and a bounce tells the visitor now. 550 with 5.2.2 "mailbox full" (RFC 3463 §3.3),
+        # not 552: §4.5.3.1.10 tells clients to take a 552 at RCPT as temporary.
+        held = usage.deliveries.get(probe.name, 0)
+        if held >= self.config.max_deliveries_per_probe:
+            return (
+                f"550 5.2.2 <{address}>: this test holds {held} messages at {probe.name}, its most; "
+                f"create a new one at {self.config.public_url}"
+            )
+        if record.alias is None and usage.sessions >= self.config.max_sessions_per_test:
+            return (
+                f"550 5.2.2 <{address}>: this test has had {usage.sessions} connections, its most; "
+                f"create a new one at {self.config.public_url}"
+            )
         envelope.rcpt_tos.append(address)
         record.rcpts.append(address)
         if record.alias is None:
             record.alias, record.probe = alias, probe.name
+            usage.sessions += 1  # the session is stored under this test
         return "250 2.1.5 OK"
+
+    async def handle_EHLO(
+        self, server: ReceiverSMTP, session: SMTPSession, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        """aiosmtpd 1.4.6 offers AUTH LOGIN PLAIN after STARTTLS; nothing here authenticates
+        anyone (a receiver for the world's mail, RFC 4954 not implemented), so it is not offered.
+        With this hook aiosmtpd leaves setting host_name to it."""
+        session.host_name = hostname
+        return [r for r in responses if not r[4:].upper().startswith("AUTH")]
 
     async def handle_PROXY(self, server: ReceiverSMTP, session: SMTPSession, envelope: Envelope, proxy: Any) -> bool:
         """Behind a TCP load balancer ([smtp] proxy_protocol): the client is the one the
@@ -267,6 +302,7 @@ class Receiver:
         if address and (not local or not domain or any(c.isspace() for c in address)):
             return "553 5.1.7 Malformed sender address"
         server.record.mail_from = address
+        server.messages += 1
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 2.1.0 OK"
@@ -302,6 +338,8 @@ class Receiver:
             log.error("deliveries not recorded: %s", e)
             return "451 4.3.0 Temporary failure recording the message, try again later"
         record.delivered += len(deliveries)
+        for d in deliveries:
+            self.quota.delivered(d.alias, d.probe)
         return f"250 2.0.0 OK: recorded {len(deliveries)} deliveries"
 
     async def handle_exception(self, error: Exception) -> str:
@@ -359,11 +397,17 @@ class ReceiverSMTP(SMTP):
         # of all connections and every new connection reset it. One per connection here.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         super().__init__(receiver, **kwargs)
+        # No AUTH (see Receiver.handle_EHLO): without an smtp_AUTH method aiosmtpd answers it as an
+        # unknown command, which counts toward its limit of 5 per connection (BOGUS_LIMIT) and
+        # cannot start an AUTH dialogue (was: a long answer to it gave 451 and a traceback).
+        self._smtp_methods.pop("AUTH", None)
+        self._auth_methods.clear()
         self.receiver = receiver
         self.record: Session = None  # type: ignore[assignment]  # set in connection_made
-        self._admitted = False
+        self._admitted: str | None = None  # the address whose connection slot this holds
         self._finished = False
         self._timed_out = False
+        self.messages = 0  # MAIL commands accepted on this connection
 
     # -- connection lifecycle ----------------------------------------------------
 
@@ -386,7 +430,9 @@ class ReceiverSMTP(SMTP):
                 transport.write(refusal.encode() + b"\r\n")
                 transport.close()
                 return
-            self._admitted = True
+            # The slot is counted for the TCP peer; a PROXY header may change record.client_ip
+            # later, so the address is kept to release the same slot.
+            self._admitted = client_ip
             self.receiver.connections.add(self)
         elif self._tls_protocol is not None:
             # The STARTTLS handshake just completed: asyncio calls this before it reads what
@@ -398,12 +444,12 @@ class ReceiverSMTP(SMTP):
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
-        if not self._admitted:
+        if self._admitted is None:
             return
         if not self._finished:
             self._finished = True
             self.receiver.connections.discard(self)
-            self.receiver.release(self.record.client_ip)
+            self.receiver.release(self._admitted)
             self._finish(error)
         if self.session is not None and self._timeout_handle is not None:
             super().connection_lost(error)
@@ -445,10 +491,10 @@ class ReceiverSMTP(SMTP):
         transport: Any = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(f"421 4.3.2 {self.hostname} Service shutting down\r\n".encode())
-        if not self._finished:
+        if not self._finished and self._admitted is not None:  # only admitted ones are in connections
             self._finished = True
             self.receiver.connections.discard(self)
-            self.receiver.release(self.record.client_ip)
+            self.receiver.release(self._admitted)
             if self.record.outcome is Outcome.OPEN and not self.record.delivered:
                 self.record.outcome = Outcome.SHUTDOWN
             self._finish(None)
@@ -508,6 +554,50 @@ class ReceiverSMTP(SMTP):
         await super().smtp_EHLO(hostname)
         if self.session is not None and self.session.host_name:
             self.record.helo = _text(self.session.host_name)[:255]
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str) -> None:
+        if self.messages >= self.receiver.config.max_messages_per_connection:
+            # Temporary, as Exim answers past smtp_accept_max_per_connection: a sender with more
+            # to deliver does so in a new connection (RFC 5321 §3.8: 421, then close).
+            await self.push(f"421 4.7.0 {self.hostname} Too many messages in one connection, use a new one")
+            transport: Any = self.transport
+            if transport is not None:
+                transport.close()
+            return
+        await super().smtp_MAIL(arg)
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd 1.4.6's smtp_DATA with its reading loop replaced by smtpdata.read_text (one
+        bytearray, not one object per line: see there). Same checks, replies and hook; it uses
+        aiosmtpd's private _reader, _writer, _call_handler_hook and _set_post_data_state."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            state, text = await smtpdata.read_text(self._reader, self.data_size_limit, self.line_length_limit)
+        except asyncio.CancelledError:
+            self._writer.close()  # the connection was lost during DATA
+            raise
+        if state is smtpdata.Text.TOO_LONG:
+            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+        elif state is smtpdata.Text.TOO_MUCH:
+            await self.push("552 Error: Too much mail data")
+        if state is not smtpdata.Text.NOMINAL:
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        self.envelope.content = self.envelope.original_content = text
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
 
     async def smtp_STARTTLS(self, arg: str) -> None:
         if arg or not self.tls_context or self._tls_protocol is not None:

@@ -175,6 +175,11 @@ class Store(abc.ABC):
         session tied by client address."""
 
     @abc.abstractmethod
+    async def usage(self, alias: str) -> tuple[dict[str, int], int]:
+        """({probe: deliveries stored}, sessions that named the alias): indexed counts, read
+        once per test by the receiver to start its per-test limits from."""
+
+    @abc.abstractmethod
     async def recent_tests_from(self, client_ip: str, since: float) -> int:
         """How many tests `client_ip` created since `since` (rate limiting)."""
 

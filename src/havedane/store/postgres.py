@@ -399,6 +399,11 @@ class PostgresStore(Store):
         )
         return [Sent(*r) for r in rows]
 
+    async def usage(self, alias: str) -> tuple[dict[str, int], int]:
+        probes = await self._rows("SELECT probe, count(*) FROM deliveries WHERE alias = %s GROUP BY probe", (alias,))
+        sessions = await self._rows("SELECT count(*) FROM sessions WHERE alias = %s", (alias,))
+        return {str(p): int(n) for p, n in probes}, int(sessions[0][0])
+
     async def recent_tests_from(self, client_ip: str, since: float) -> int:
         rows = await self._rows(
             "SELECT count(*) FROM tests WHERE client_ip = %s AND created >= %s", (_text(client_ip), since)

@@ -459,6 +459,11 @@ class SQLiteStore(Store):
         )
         return [Sent(*r) for r in rows]
 
+    async def usage(self, alias: str) -> tuple[dict[str, int], int]:
+        probes = self._query("SELECT probe, count(*) FROM deliveries WHERE alias = ? GROUP BY probe", (alias,))
+        sessions = self._query("SELECT count(*) FROM sessions WHERE alias = ?", (alias,))
+        return {str(p): int(n) for p, n in probes}, int(sessions[0][0])
+
     async def recent_tests_from(self, client_ip: str, since: float) -> int:
         rows = self._query("SELECT count(*) FROM tests WHERE client_ip = ? AND created >= ?", (client_ip, since))
         return int(rows[0][0])
