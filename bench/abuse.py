@@ -4,22 +4,29 @@ Starts its own `havedane serve` processes (SQLite, `havedane init` in a temporar
 directory) on 127.0.0.1 and sends traffic only to loopback, from several 127.0.0.x
 source addresses. Every phase is bounded in count and in seconds; it stops by itself.
 
-    .venv/bin/python bench/abuse.py [--flood-seconds 30] [--hold-seconds 15] [--json]
+    .venv/bin/python bench/abuse.py [--json > result.json]   # about 3 minutes: (b), then (a) and (c)
 
 (a) flood: one client floods its own test on ONE SMTP connection (MAIL, the same RCPT
-    20 times, DATA; again and again, as fast as it can; reconnecting only when the
-    server closes) until the server refuses everything or the time/count bound, while
-    three clients reload that test's page and JSON in a loop. Meanwhile a bystander
-    times its SMTP greeting (connect -> 220, from 127.0.0.2) and `POST /api/tests`
-    (each from another 127.0.2.x, so the per-address creation limit does not interfere).
-    Then the reloaders go on for --hold-seconds against the test at its final size.
+    20 times, DATA; again and again, as fast as it can, the probes in turn; a new
+    connection only when the server closes one) until the server refuses everything
+    (30 messages in a row with nothing recorded) or the time/count bound. After
+    --head-start seconds three clients start reloading that test's page and JSON in
+    a loop, and go on for --hold-seconds after the flood has stopped. All along a
+    bystander times its SMTP greeting (connect -> 220, from 127.0.0.2) and
+    `POST /api/tests` (each from another 127.0.2.x, so the per-address creation
+    limit does not interfere), 0.1 s between samples.
 (b) memory: a fresh server; 200 connections (20 per source address 127.0.1.x, the
     per-client cap) each send MAIL/RCPT/DATA and ~1 MB of blank lines without the
     final dot, and hold. Peak RSS of the serve process from /proc/<pid>/status. If the
     RSS passes --rss-cap-mb the phase stops sending (the machine is shared) and
     reports how far it got.
+    (It reads far slower than 1 MB/s of blank lines today: raise --memory-seconds to
+    get all 200 through.)
 (c) the heaviest test (the flooded one, after (a)): time of `GET /api/tests/{alias}`
-    and `GET /t/{alias}` on an otherwise quiet server, and their sizes.
+    and `GET /t/{alias}` on an otherwise quiet server, 1.2 s apart so that each is
+    built rather than served from the 1 s response cache; and their sizes.
+
+`--json` prints everything as JSON; `--table FILE` prints the table of such a file.
 """
 
 from __future__ import annotations
@@ -158,10 +165,10 @@ def flood(port: int, rcpts: list[str], seconds: float, max_deliveries: int, out:
             if greeting != 220:
                 codes[f"greeting {greeting}"] += 1
                 failures += 1
-                continue
-            sock.sendall(b"EHLO flood.example\r\n")
-            read_reply(f)
-            while time.monotonic() < deadline and acked < max_deliveries:
+            else:
+                sock.sendall(b"EHLO flood.example\r\n")
+                read_reply(f)
+            while greeting == 220 and time.monotonic() < deadline and acked < max_deliveries:
                 rcpt = b"RCPT TO:<%s>\r\n" % rcpts[messages % len(rcpts)].encode()
                 sock.sendall(b"MAIL FROM:<flood@flood.example>\r\n" + rcpt * RCPTS_PER_MESSAGE + b"DATA\r\n")
                 messages += 1
@@ -183,6 +190,9 @@ def flood(port: int, rcpts: list[str], seconds: float, max_deliveries: int, out:
                 else:
                     codes[f"DATA {data}"] += 1
                     accepted = 0
+                    if data != 421:
+                        sock.sendall(b"RSET\r\n")  # the refused transaction still holds its MAIL
+                        read_reply(f)
                 failures = 0 if accepted else failures + 1
                 if failures >= 30:
                     break
@@ -190,6 +200,7 @@ def flood(port: int, rcpts: list[str], seconds: float, max_deliveries: int, out:
                     break  # the server closes this connection: open another
         except (ConnectionError, OSError) as e:
             codes[f"connection {type(e).__name__}"] += 1
+            failures += 1  # closed in the middle of a message: nothing recorded
         finally:
             f.close()
             sock.close()
@@ -430,11 +441,11 @@ async def hold_data(port: int, rcpt: str, source: str, size: int, abort: asyncio
     chunk = b"\r\n" * 32768
     for _ in range(size // len(chunk)):
         if abort.is_set():
-            break
+            return writer, False
         writer.write(chunk)
         await writer.drain()
         sent[0] += len(chunk)
-    return writer
+    return writer, True
 
 
 async def memory(port: int, pid: int, rcpt: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -462,7 +473,8 @@ async def memory(port: int, pid: int, rcpt: str, args: argparse.Namespace) -> di
 
     watcher = asyncio.create_task(monitor())
     results = await asyncio.gather(*(one(i) for i in range(args.connections)), return_exceptions=True)
-    writers = [w for w in results if w is not None and not isinstance(w, BaseException)]
+    held = [w for w in results if w is not None and not isinstance(w, BaseException)]
+    writers = [w for w, _ in held]
     errors = collections.Counter(str(e)[:80] for e in results if isinstance(e, BaseException))
     settle = time.monotonic() + 30
     while queued_bytes(port) and time.monotonic() < settle:  # until the server has read what was sent
@@ -472,19 +484,20 @@ async def memory(port: int, pid: int, rcpt: str, args: argparse.Namespace) -> di
     watcher.cancel()
     rss, hwm = rss_mb(pid)
     peak = max(peak, rss)
-    held = sent[0] - in_kernel
+    read = sent[0] - in_kernel
     for w in writers:
         w.transport.abort()
     return {
         "connections_requested": args.connections,
-        "connections_holding": len(writers),
+        "connections_open": len(writers),
+        "connections_holding_all": sum(complete for _, complete in held),
         "errors": dict(errors),
         "stopped_early": sent[0] < args.connections * (args.data_bytes // 65536 * 65536),
         "data_sent_mb": round(sent[0] / 2**20, 1),
-        "data_read_by_server_mb": round(held / 2**20, 1),
+        "data_read_by_server_mb": round(read / 2**20, 1),
         "rss_baseline_mb": round(baseline, 1),
         "rss_peak_mb": round(max(peak, hwm), 1),
-        "rss_per_mb_of_data": round((max(peak, hwm) - baseline) / max(held / 2**20, 0.001), 1),
+        "rss_per_mb_of_data": round((max(peak, hwm) - baseline) / max(read / 2**20, 0.001), 1),
     }
 
 
@@ -546,9 +559,10 @@ def memory_row(b: dict[str, Any]) -> tuple[str, str, str]:
     return (
         f"RSS, {b['connections_requested']} connections x ~1 MB DATA in flight",
         "< 600 MB",
-        f"peak **{b['rss_peak_mb']:,} MB** (baseline {b['rss_baseline_mb']} MB) with {b['connections_holding']} "
-        f"connections holding {b['data_read_by_server_mb']} MB read by the server: {b['rss_per_mb_of_data']} MB "
-        f"of RSS per MB of DATA{early}" + (f"; errors {b['errors']}" if b["errors"] else ""),
+        f"peak **{b['rss_peak_mb']:,} MB** (baseline {b['rss_baseline_mb']} MB) with {b['connections_open']} "
+        f"connections open, {b['connections_holding_all']} of them holding all their DATA; "
+        f"{b['data_read_by_server_mb']} MB read by the server: {b['rss_per_mb_of_data']} MB of RSS per MB of DATA"
+        f"{early}" + (f"; errors {b['errors']}" if b["errors"] else ""),
     )
 
 
@@ -578,7 +592,8 @@ def table(r: dict[str, Any]) -> str:
     m = r["machine"]
     head = (
         f"machine: {m['date']}, commit {m['commit']}, nproc {m['nproc']}, {m['cpu']}, {m['memory_gib']} GiB, "
-        f"load average at start {m['load_average_at_start']}, Python {m['python']}, {m['openssl']}, "
+        f"load average at start {m['load_average_at_start']}, at end {r.get('load_average_at_end')}, "
+        f"Python {m['python']}, {m['openssl']}, "
         f"aiosmtpd {m['aiosmtpd']}, uvicorn {m['uvicorn']}\n"
         f"server env: {r['env'] or 'defaults'}\n\n| figure | target | measured |\n| --- | --- | --- |\n"
     )
@@ -597,11 +612,15 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=200, help="(b) connections holding DATA (200)")
     parser.add_argument("--data-bytes", type=int, default=1_000_000 // 65536 * 65536, help="(b) per connection")
     parser.add_argument("--rss-cap-mb", type=float, default=2000, help="(b) stop sending beyond this RSS (2000)")
-    parser.add_argument("--memory-seconds", type=float, default=90, help="(b) bound of the sending (90)")
+    parser.add_argument("--memory-seconds", type=float, default=60, help="(b) bound of the sending (60)")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra server env")
     parser.add_argument("--skip", choices=["abuse", "memory"], action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--table", metavar="FILE", help="only print the table of a saved --json output")
     args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())))
+        return 0
     env = dict(item.split("=", 1) for item in args.env)
     result: dict[str, Any] = {"machine": machine(), "env": env, "args": vars(args)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -609,6 +628,7 @@ def main() -> int:
             result["memory"] = memory_phase(args, env, Path(tmp))
         if "abuse" not in args.skip:
             result["abuse"] = abuse(args, env, Path(tmp))
+    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result, indent=1) if args.json else table(result))
     return 0
 
