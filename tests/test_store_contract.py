@@ -16,9 +16,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from havedane import check, report
 from havedane import config as configmod
-from havedane import report
-from havedane.dns import check
 from havedane.store import postgres, sqlite
 from havedane.store.base import (
     CHECK_HELO,
