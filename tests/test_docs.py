@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from havedane import config
@@ -34,3 +35,28 @@ def test_readme_starts_with_the_two_commands() -> None:
     assert "./scripts/serve" in head and "./scripts/test" in head
     ci = (Path(__file__).parent.parent / ".ci" / "run").read_text()
     assert "./scripts/test" in ci
+
+
+def readme_flags(name: str) -> set[str]:
+    """The flags the README's command table gives `havedane NAME` (all rows for it)."""
+    rows = [line for line in README.splitlines() if line.startswith(f"| `havedane {name}")]
+    assert rows, f"README's command table has no row for havedane {name}"
+    cells = [re.split(r"(?<!\\)\|", row)[1] for row in rows]  # the first cell; `\|` is a pipe inside it
+    return {flag for cell in cells for flag in re.findall(r"--[a-z][a-z-]*", cell)}
+
+
+def parser_flags(command: argparse.ArgumentParser) -> set[str]:
+    """Every long option of a command and of its subcommands; --help and --config are said
+    once above the table for every command."""
+    flags = set()
+    for action in command._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                flags |= parser_flags(sub)
+        flags |= {o for o in action.option_strings if o.startswith("--")}
+    return flags - {"--help", "--config"}
+
+
+def test_the_command_table_and_help_agree_flag_by_flag() -> None:
+    for name, command in commands().items():
+        assert readme_flags(name) == parser_flags(command), f"havedane {name}: README vs --help"
