@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from havedane import config as configmod
 from havedane import pki
 from helpers import require
 
@@ -19,6 +20,10 @@ def test_systemd_unit_verifies_cleanly(tmp_path: Path) -> None:
     assert havedane, "havedane is installed in the venv"
     unit = (DEPLOY / "havedane.service").read_text()
     assert "AmbientCapabilities=CAP_NET_BIND_SERVICE" in unit and "User=havedane" in unit
+    # Room for every SMTP connection and live page the defaults admit, and then some.
+    (limit,) = [int(line.split("=")[1]) for line in unit.splitlines() if line.startswith("LimitNOFILE=")]
+    config = configmod.load(None, env={}, default_domain="havedane.example")
+    assert limit >= 2 * (config.max_connections + config.max_streams) + 1024
     # Verify the unit as shipped, with the one path that differs on this machine.
     (tmp_path / "havedane.service").write_text(unit.replace("/usr/local/bin/havedane", havedane))
     r = subprocess.run([tool, "verify", str(tmp_path / "havedane.service")], capture_output=True, text=True)
@@ -52,6 +57,10 @@ def nginx_test(tmp_path: Path, site: str) -> subprocess.CompletedProcess[str]:
 def test_nginx_sample_is_valid(tmp_path: Path) -> None:
     site = (DEPLOY / "nginx-havedane.conf").read_text()
     assert "proxy_buffering off" in site and "X-Forwarded-For $remote_addr" in site
+    # Connections per visitor address are capped in front of havedane, live pages more tightly.
+    assert "limit_conn_zone $binary_remote_addr" in site and "limit_conn_status 429" in site
+    events = site[site.index("location ~ ^/api/tests/") :]
+    assert "limit_conn havedane_addr" in events
     r = nginx_test(tmp_path, site)
     assert r.returncode == 0, r.stderr
     assert "syntax is ok" in r.stderr

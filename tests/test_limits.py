@@ -614,6 +614,56 @@ def test_flood_from_one_address_cannot_remove_or_block_an_earlier_test_of_anothe
         again.stop()
 
 
+def created_from(server: Serve, forwarded_for: list[str]) -> list[int]:
+    """POST /api/tests once per address, each as a visitor behind the trusted proxy (127.0.0.1)."""
+    with httpx.Client(timeout=WAIT) as http:
+        return [http.post(server.web + "/api/tests", headers={"X-Forwarded-For": a}).status_code for a in forwarded_for]
+
+
+def test_ipv6_clients_are_counted_per_64(setup_dir: Path) -> None:
+    server = started(setup_dir, LIMITS_TESTS_PER_MINUTE="3", WEB_TRUSTED_PROXIES="127.0.0.1/32")
+    try:
+        # Rotating addresses inside one /64 (which one host commonly holds) is one client.
+        assert created_from(server, [f"2001:db8:1:2::{i:x}" for i in range(1, 7)]) == [201] * 3 + [429] * 3
+        assert created_from(server, ["2001:db8:1:2:ffff:ffff:ffff:ffff"]) == [429]
+        assert created_from(server, ["2001:db8:1:3::1", "192.0.2.1", "192.0.2.2"]) == [201] * 3
+    finally:
+        server.stop()
+
+
+def test_creation_has_a_global_rate_whatever_the_addresses(setup_dir: Path) -> None:
+    server = started(setup_dir, LIMITS_TESTS_PER_MINUTE_TOTAL="6", WEB_TRUSTED_PROXIES="127.0.0.1/32")
+    try:
+        codes = created_from(server, [f"198.51.100.{i}" for i in range(1, 11)])
+        assert codes == [201] * 6 + [503] * 4
+        with httpx.Client(timeout=WAIT) as http:
+            r = http.post(server.web + "/api/tests", headers={"X-Forwarded-For": "198.51.100.99"})
+        assert r.status_code == 503 and r.headers["retry-after"] and "many tests" in r.json()["error"]
+    finally:
+        server.stop()
+
+
+def test_a_full_store_reclaims_old_tests_that_never_received_anything(setup_dir: Path) -> None:
+    now = time.time()
+    with sqlite3.connect(setup_dir.parent / "havedane.sqlite3") as conn:
+        conn.execute("INSERT INTO tests VALUES ('unused0000000000', ?, '192.0.2.1')", (now - 2 * 3600,))
+        conn.execute("INSERT INTO tests VALUES ('mailed0000000000', ?, '192.0.2.1')", (now - 3 * 3600,))
+        conn.execute(
+            "INSERT INTO deliveries (alias, probe, received_at, client_ip, mail_from, rcpt, size)"
+            " VALUES ('mailed0000000000', 'do', ?, '192.0.2.25', '', 'mailed0000000000@do.x.test', 10)",
+            (now - 3 * 3600 + 5,),
+        )
+    server = started(setup_dir, RETENTION_MAX_TESTS="2", RETENTION_RECLAIM_AFTER="3600")
+    try:
+        assert server.request("POST", "/api/tests")[0] == 201  # in place of the unused one
+        assert server.request("GET", "/api/tests/unused0000000000")[0] == 404
+        status, body, headers = server.request("POST", "/api/tests")  # the new one is too young to go
+        assert status == 503 and headers["retry-after"]
+        assert server.result("mailed0000000000")["probes"]["do"]["status"] == "delivered"
+    finally:
+        server.stop()
+
+
 # -- retention ---------------------------------------------------------------------------------------
 
 DAY = 86400.0

@@ -29,6 +29,7 @@ from havedane.store.base import (
     Test,
     Tls,
     TooManyTests,
+    client_key,
 )
 from havedane.store.sqlite import SchemaTooNew, open_store
 from pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
@@ -144,6 +145,24 @@ async def test_max_tests_holds_under_concurrent_creations(store: Store, other: S
     )
     assert sum(r is None for r in results) == 5
     assert all(isinstance(r, TooManyTests) for r in results if r is not None)
+
+
+async def test_a_full_store_reclaims_only_old_tests_that_never_received_anything(store: Store) -> None:
+    hour = 3600.0
+    await store.create_test(Test("r-unused", T0))
+    await store.create_test(Test("r-mailed", T0))
+    await store.add_deliveries([delivery("r-mailed")])
+    await store.create_test(Test("r-session", T0))  # connected, named it, but nothing was accepted
+    await store.save_session(session("rs", T0 + 1, alias="r-session"))
+    await store.create_test(Test("r-young", T0 + 1.5 * hour))
+    now = T0 + 2 * hour
+    await store.create_test(Test("r-new", now), max_tests=4, reclaim_before=now - hour)
+    assert await store.get_test("r-unused") is None
+    for alias in ("r-mailed", "r-session", "r-young", "r-new"):
+        assert await store.get_test(alias) is not None
+    with pytest.raises(TooManyTests):  # nothing else may go: received something, or too young
+        await store.create_test(Test("r-newer", now), max_tests=4, reclaim_before=now - hour)
+    assert len(await store.deliveries_for("r-mailed")) == 1
 
 
 async def test_deliveries_round_trip_in_insertion_order(store: Store) -> None:
@@ -305,15 +324,49 @@ async def test_writes_do_not_wake_pages_of_other_aliases(store: Store) -> None:
     assert not await woken(store, "quiet", lambda: store.add_deliveries([delivery("loud")]), timeout=0.5)
 
 
-async def test_session_without_alias_wakes_every_page(store: Store) -> None:
-    # It may belong to any test by client address.
-    assert await woken(store, "any", lambda: store.save_session(session("anon", T0)))
+async def test_session_without_alias_wakes_only_pages_watching_its_client_address(store: Store) -> None:
+    # It may belong to the tests its address delivered to (correlated by client address):
+    # a page of such a test watches that address; no other page is woken.
+    assert await woken(store, client_key("192.0.2.1"), lambda: store.save_session(session("anon", T0)))
+    assert not await woken(store, "any", lambda: store.save_session(session("anon1", T0)), timeout=0.5)
+    assert not await woken(
+        store, client_key("192.0.2.99"), lambda: store.save_session(session("anon3", T0)), timeout=0.5
+    )
+
+
+async def test_one_wait_watches_several_keys(store: Store) -> None:
+    await settle(store)
+    waiter = asyncio.ensure_future(store.changes.wait({"k1", client_key("192.0.2.1")}, 5))
+    await asyncio.sleep(0.01)
+    await store.save_session(session("anon4", T0))
+    assert await waiter
+
+
+async def test_changes_within_a_few_ms_wake_a_page_once(store: Store) -> None:
+    """A page re-reads the whole state for each wake-up: a burst of changes is one wake-up."""
+    await settle(store)
+    wakes = 0
+
+    async def page() -> None:
+        nonlocal wakes
+        while await store.changes.wait("c1", 0.5):
+            wakes += 1
+
+    reader = asyncio.ensure_future(page())
+    await asyncio.sleep(0.01)
+    before = store.changes.woken
+    for _ in range(10):
+        store.changes.notify({"c1"})
+        for _ in range(5):
+            await asyncio.sleep(0)  # the page runs and waits again between the changes
+    await reader
+    assert wakes == 1 and store.changes.woken - before == 1
 
 
 async def test_writes_of_another_process_wake_pages(store: Store, other: Store) -> None:
     assert await woken(store, "p1", lambda: other.create_test(Test("p1", T0)))
     assert await woken(store, "p1", lambda: other.add_deliveries([delivery("p1")]))
-    assert await woken(store, "p1", lambda: other.save_session(session("anon2", T0)))
+    assert await woken(store, client_key("192.0.2.1"), lambda: other.save_session(session("anon2", T0)))
 
 
 async def test_listeners_hear_another_process_without_any_live_page(store: Store, other: Store) -> None:

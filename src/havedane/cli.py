@@ -144,7 +144,9 @@ async def serve(
             web_task = asyncio.create_task(_until(stop))
         else:
             web_task = asyncio.create_task(
-                serve_forever(create_app(config, store), web.host, web.port, stop, web_ready)
+                serve_forever(
+                    create_app(config, store), web.host, web.port, stop, web_ready, config.stream_send_timeout
+                )
             )
         prune_task = asyncio.create_task(prune_forever(config, store))
         ready_wait = asyncio.create_task(web_ready.wait())

@@ -63,6 +63,9 @@ class Config:
     web_listen: Listen
     public_url: str
     trusted_proxies: tuple[str, ...]
+    max_streams: int
+    max_streams_per_client: int
+    stream_send_timeout: float
     store_url: str
     store_busy_timeout: float
     store_write_timeout: float
@@ -71,7 +74,9 @@ class Config:
     retention_days: float
     max_tests: int
     max_orphan_sessions: int
+    reclaim_after: float
     tests_per_minute: int
+    tests_per_minute_total: int
     raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
 
     @property
@@ -203,6 +208,9 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "listen": (_listen, "127.0.0.1:8080"),
         "public_url": (_str, None),
         "trusted_proxies": (_networks, []),
+        "max_streams": (_positive_int, 1000),
+        "max_streams_per_client": (_positive_int, 10),
+        "stream_send_timeout": (_positive_float, 30.0),
     },
     "store": {"url": (_str, None), "busy_timeout": (_positive_float, 10.0), "write_timeout": (_positive_float, 30.0)},
     "tls": {"dir": (_str, "tls")},
@@ -211,8 +219,9 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "days": (_above_zero, 7.0),
         "max_tests": (_positive_int, 100_000),
         "max_orphan_sessions": (_positive_int, 100_000),
+        "reclaim_after": (_positive_float, 3600.0),
     },
-    "limits": {"tests_per_minute": (_positive_int, 10)},
+    "limits": {"tests_per_minute": (_positive_int, 10), "tests_per_minute_total": (_positive_int, 600)},
 }
 
 
@@ -335,6 +344,9 @@ def load(path: Path | None, env: Mapping[str, str] | None = None, default_domain
         web_listen=web["listen"],
         public_url=(web["public_url"] or f"http://{web['listen']}").rstrip("/"),
         trusted_proxies=tuple(web["trusted_proxies"]),
+        max_streams=web["max_streams"],
+        max_streams_per_client=web["max_streams_per_client"],
+        stream_send_timeout=web["stream_send_timeout"],
         store_url=store_url,
         store_busy_timeout=parsed["store"]["busy_timeout"],
         store_write_timeout=parsed["store"]["write_timeout"],
@@ -343,7 +355,9 @@ def load(path: Path | None, env: Mapping[str, str] | None = None, default_domain
         retention_days=parsed["retention"]["days"],
         max_tests=parsed["retention"]["max_tests"],
         max_orphan_sessions=parsed["retention"]["max_orphan_sessions"],
+        reclaim_after=parsed["retention"]["reclaim_after"],
         tests_per_minute=parsed["limits"]["tests_per_minute"],
+        tests_per_minute_total=parsed["limits"]["tests_per_minute_total"],
         raw=data,
     )
 
@@ -378,6 +392,9 @@ proxy_protocol = false          # expect a PROXY v1/v2 header (behind a TCP load
 listen = "{web_listen}"
 # public_url = "https://{domain}"
 trusted_proxies = []            # networks whose X-Forwarded-For is believed
+max_streams = 1000              # live pages (event streams) open at once; beyond: 503, the page polls
+max_streams_per_client = 10     # per client address (IPv6: per /64); beyond: 429, the page polls
+stream_send_timeout = 30        # seconds a live page may stall its reader before it is dropped
 
 [store]
 url = "sqlite:///havedane.sqlite3"
@@ -394,7 +411,9 @@ grace = 60                      # seconds after the first delivery before missin
 days = 7
 max_tests = 100000
 max_orphan_sessions = 100000    # sessions tied to no test (refusals, strangers): the newest are kept
+reclaim_after = 3600            # seconds: when full, tests this old that never received anything make room
 
 [limits]
-tests_per_minute = 10           # per client address
+tests_per_minute = 10           # per client address (IPv6: per /64)
+tests_per_minute_total = 600    # from all addresses together (per web process); beyond: 503
 """

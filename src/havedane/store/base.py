@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 # The EHLO name of `havedane check`'s own connections: they are never a sender's, so never
@@ -105,6 +105,15 @@ class Sent:
 KINDS_SHOWN = 4  # per probe: first deliveries of distinct kinds kept by a bounded read
 SESSIONS_WITHOUT_MAIL = 20  # oldest sessions without MAIL kept by a bounded read
 
+RECLAIM_BATCH = 1000  # tests reclaimed by one creation, so that it never holds the writer for long
+
+# Tests that never received anything: the candidates for reclaiming ({mark}: `reclaim_before`).
+UNUSED_TESTS = (
+    "SELECT alias FROM tests WHERE created < {mark} AND NOT EXISTS"
+    " (SELECT 1 FROM deliveries WHERE deliveries.alias = tests.alias) AND NOT EXISTS"
+    " (SELECT 1 FROM sessions WHERE sessions.alias = tests.alias) ORDER BY created LIMIT {limit}"
+)
+
 
 class StoreError(Exception):
     """The store cannot do what was asked right now (busy, gone): retry later."""
@@ -131,8 +140,11 @@ class Store(abc.ABC):
     async def close(self) -> None: ...
 
     @abc.abstractmethod
-    async def create_test(self, test: Test, max_tests: int | None = None) -> None:
-        """Insert a test; raises TooManyTests when `max_tests` are already stored."""
+    async def create_test(self, test: Test, max_tests: int | None = None, reclaim_before: float | None = None) -> None:
+        """Insert a test; raises TooManyTests when `max_tests` are already stored. When full,
+        tests created before `reclaim_before` that never received anything (no delivery,
+        no session named them) go first, the oldest first, at most RECLAIM_BATCH at a
+        time; a test that received mail is never evicted."""
 
     @abc.abstractmethod
     async def get_test(self, alias: str) -> Test | None: ...
@@ -190,38 +202,75 @@ class Store(abc.ABC):
         beyond the newest `max_orphans` of those. Returns how many tests went."""
 
 
+def client_key(client_ip: str) -> str:
+    """The change key of a client address: a session tied to no test changes the tests
+    that address delivered to (they show it, correlated by client address)."""
+    return CLIENT_PREFIX + client_ip
+
+
+CLIENT_PREFIX = "client:"  # never part of an alias (a-z0-9)
+
+
 class Changes:
     """In-process fan-out of "something about these tests changed" to live pages.
 
-    One waiter per open SSE stream; `notify(None)` wakes everyone (used for sessions
-    that carry no alias: they may belong to any test by client address).
+    A change names keys: an alias, or `client_key(ip)` for a session tied to no test (it
+    concerns the tests that address delivered to: their pages watch it). `notify(None)`
+    wakes everyone (another process wrote, and what is not known). Listeners (the web
+    app's response cache) hear every change at once; waiters (one per open SSE stream)
+    are woken once per COALESCE seconds at most: a page re-reads the whole state for a
+    wake-up, so a burst of changes costs it one read.
     """
+
+    COALESCE = 0.005
 
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self.listeners: list[Callable[[set[str] | None], None]] = []  # e.g. the web app's response cache
+        self.woken = 0  # waiters woken so far
+        self._pending: set[str] | None = set()
+        self._flush: asyncio.TimerHandle | None = None
 
-    def notify(self, aliases: set[str] | None) -> None:
+    def notify(self, keys: set[str] | None) -> None:
         for listener in self.listeners:
-            listener(aliases)
-        keys = list(self._waiters) if aliases is None else [a for a in aliases if a in self._waiters]
+            listener(keys)
+        if keys is None:
+            self._pending = None
+        elif self._pending is not None:
+            self._pending |= keys & self._waiters.keys()
+        if self._flush is None and (self._pending is None or self._pending):
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop, so nobody waits
+                self._pending = set()
+                return
+            self._flush = loop.call_later(self.COALESCE, self._wake)
+
+    def _wake(self) -> None:
+        self._flush = None
+        keys = list(self._waiters) if self._pending is None else list(self._pending)
+        self._pending = set()
         for key in keys:
             for fut in self._waiters.pop(key, set()):
                 if not fut.done():
                     fut.set_result(None)
+                    self.woken += 1
 
-    async def wait(self, alias: str, timeout: float) -> bool:
-        """True when `alias` changed within `timeout` seconds."""
+    async def wait(self, keys: str | Iterable[str], timeout: float) -> bool:
+        """True when one of `keys` changed within `timeout` seconds."""
+        keys = [keys] if isinstance(keys, str) else list(keys)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(alias, set()).add(fut)
+        for key in keys:
+            self._waiters.setdefault(key, set()).add(fut)
         try:
             await asyncio.wait_for(fut, timeout)
             return True
         except TimeoutError:
             return False
         finally:
-            waiters = self._waiters.get(alias)
-            if waiters is not None:
-                waiters.discard(fut)
-                if not waiters:
-                    del self._waiters[alias]
+            for key in keys:
+                waiters = self._waiters.get(key)
+                if waiters is not None:
+                    waiters.discard(fut)
+                    if not waiters:
+                        del self._waiters[key]

@@ -4,7 +4,8 @@
 database when receivers and web frontends run apart (`havedane serve --role`):
 
 - PostgreSQL: every write NOTIFYs the channel `havedane` with the alias it touched
-  ('*' for a session without alias) in the same transaction, so the notification is
+  (`client:<ip>` for a session without alias: it concerns the tests that address
+  delivered to) in the same transaction, so the notification is
   delivered only once the rows are committed and readable. `listen` holds ONE
   connection per process on that channel and feeds `Changes`, from which every live
   page (SSE) of the process and the web app's response cache hear of changes. It runs
@@ -29,7 +30,7 @@ from havedane.store.base import Changes
 log = logging.getLogger("havedane.store")
 
 CHANNEL = "havedane"
-EVERYONE = "*"  # payload of a change that may concern any test (a session without alias)
+EVERYONE = "*"  # payload of a change that may concern any test
 
 # A dead peer (host gone, NAT state dropped) shows up within about a minute.
 KEEPALIVE = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}

@@ -27,8 +27,11 @@ from psycopg_pool import AsyncConnectionPool
 from havedane.store import notify
 from havedane.store.base import (
     CHECK_HELO,
+    CLIENT_PREFIX,
     KINDS_SHOWN,
+    RECLAIM_BATCH,
     SESSIONS_WITHOUT_MAIL,
+    UNUSED_TESTS,
     Delivery,
     Sent,
     Session,
@@ -117,7 +120,8 @@ SAVE_SESSION = (
     f"WITH saved AS (INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ({', '.join(['%s'] * 19)})"
     " ON CONFLICT (id) DO UPDATE SET "
     + ", ".join(f"{c} = EXCLUDED.{c}" for c in SESSION_COLUMNS.split(", ")[1:])
-    + f" RETURNING alias) SELECT pg_notify('{notify.CHANNEL}', coalesce(alias, '{notify.EVERYONE}')) FROM saved"
+    + " RETURNING alias, client_ip)"
+    + f" SELECT pg_notify('{notify.CHANNEL}', coalesce(alias, '{CLIENT_PREFIX}' || client_ip)) FROM saved"
 )
 TEST_CACHE_SECONDS = 10.0
 TEST_CACHE_ENTRIES = 10_000
@@ -306,7 +310,7 @@ class PostgresStore(Store):
 
     # -- the interface -----------------------------------------------------
 
-    async def create_test(self, test: Test, max_tests: int | None = None) -> None:
+    async def create_test(self, test: Test, max_tests: int | None = None, reclaim_before: float | None = None) -> None:
         async with self._transaction({test.alias}) as cur:
             if max_tests is not None:
                 # Serialise creations across processes, so that the bound holds exactly.
@@ -314,6 +318,11 @@ class PostgresStore(Store):
                 await cur.execute("SELECT count(*) FROM tests")
                 row = await cur.fetchone()
                 count = int(row[0]) if row else 0
+                if count >= max_tests and reclaim_before is not None:
+                    unused = UNUSED_TESTS.format(mark="%s", limit=RECLAIM_BATCH)
+                    await cur.execute(f"DELETE FROM tests WHERE alias IN ({unused})", (reclaim_before,))
+                    count -= cur.rowcount
+                    self._tests.clear()
                 if count >= max_tests:
                     raise TooManyTests(f"{count} tests stored, the limit is {max_tests}")
             await cur.execute(

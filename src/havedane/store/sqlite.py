@@ -26,7 +26,9 @@ from typing import Any
 from havedane.store.base import (
     CHECK_HELO,
     KINDS_SHOWN,
+    RECLAIM_BATCH,
     SESSIONS_WITHOUT_MAIL,
+    UNUSED_TESTS,
     Delivery,
     Sent,
     Session,
@@ -35,6 +37,7 @@ from havedane.store.base import (
     StoreFull,
     Test,
     TooManyTests,
+    client_key,
 )
 from havedane.store.rows import (
     DELIVERY_COLUMNS,
@@ -369,10 +372,13 @@ class SQLiteStore(Store):
 
     # -- the interface -----------------------------------------------------
 
-    async def create_test(self, test: Test, max_tests: int | None = None) -> None:
+    async def create_test(self, test: Test, max_tests: int | None = None, reclaim_before: float | None = None) -> None:
         def job(conn: sqlite3.Connection) -> None:
             if max_tests is not None:
                 (count,) = conn.execute("SELECT count(*) FROM tests").fetchone()
+                if count >= max_tests and reclaim_before is not None:
+                    unused = UNUSED_TESTS.format(mark="?", limit=RECLAIM_BATCH)
+                    count -= conn.execute(f"DELETE FROM tests WHERE alias IN ({unused})", (reclaim_before,)).rowcount
                 if count >= max_tests:
                     raise TooManyTests(f"{count} tests stored, the limit is {max_tests}")
             conn.execute(
@@ -400,7 +406,7 @@ class SQLiteStore(Store):
         def job(conn: sqlite3.Connection) -> None:
             conn.execute(f"INSERT OR REPLACE INTO sessions ({SESSION_COLUMNS}) VALUES ({', '.join('?' * 19)})", row)
 
-        await self._write(job, {session.alias} if session.alias else None)
+        await self._write(job, {session.alias or client_key(session.client_ip)})
 
     async def deliveries_for(self, alias: str, per_probe: int | None = None) -> list[Delivery]:
         if per_probe is None:

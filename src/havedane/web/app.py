@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import ipaddress
 import json
 import logging
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from havedane import report
 from havedane.config import Config
-from havedane.store.base import Store, StoreError, StoreFull, Test, TooManyTests
+from havedane.store.base import CLIENT_PREFIX, Store, StoreError, StoreFull, Test, TooManyTests, client_key
 from havedane.web import page
 
 HERE = Path(__file__).parent
@@ -100,6 +102,42 @@ def client_ip(request: Request, trusted: list[ipaddress.IPv4Network | ipaddress.
     return chain[0]
 
 
+def client_group(ip: str) -> str:
+    """Who a limit counts: an IPv4 address, or the /64 of an IPv6 address (RFC 4291 §2.5.1:
+    one interface ID per host, so one host commonly holds a whole /64 and can rotate within it)."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{addr}/64", strict=False))
+    return str(addr)
+
+
+def senders(rep: report.Report) -> set[str]:
+    """The client addresses that delivered to the test: sessions tied to no test from them
+    show on its page (correlated by client address), so its live page watches them."""
+    return {d.client_ip for r in rep.verdict.probes.values() for d in r.deliveries}
+
+
+class EventStream(StreamingResponse):
+    """An SSE response that gives its slot back when it ends, however it ends."""
+
+    def __init__(self, body: AsyncIterator[str], release: Callable[[], None]) -> None:
+        super().__init__(
+            body, media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        )
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
 def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -121,19 +159,31 @@ class Web:
         # processes too) or the verdict may move with time (the grace period), and at
         # most CACHE_SECONDS as a bound should a change notice ever be missed.
         self._cache: dict[str, tuple[bytes, float]] = {}
+        self._cached_senders: dict[str, set[str]] = {}  # client_key(ip) -> cached aliases it delivered to
         store.changes.listeners.append(self._invalidate)
+        # Creations in the last minute from every address (this process): a bound on how fast
+        # rotating addresses can fill the store.
+        self._created: collections.deque[float] = collections.deque()
+        # Open live pages (SSE), per client_group and in total: each holds a socket.
+        self._streams: dict[str, int] = {}
+        self._stream_total = 0
 
-    def _invalidate(self, aliases: set[str] | None) -> None:
-        if aliases is None:
+    def _invalidate(self, keys: set[str] | None) -> None:
+        if keys is None:
             self._cache.clear()
-        else:
-            for alias in aliases:
-                self._cache.pop(alias, None)
+            self._cached_senders.clear()
+            return
+        for key in keys:
+            if key.startswith(CLIENT_PREFIX):
+                for alias in self._cached_senders.pop(key, ()):
+                    self._cache.pop(alias, None)
+            else:
+                self._cache.pop(key, None)
 
     # -- creating tests -------------------------------------------------------
 
     async def _create(self, request: Request) -> Test | JSONResponse:
-        ip = client_ip(request, self.trusted)
+        ip = client_group(client_ip(request, self.trusted))
         now = self.now()
         lock, users = self._creating.setdefault(ip, (asyncio.Lock(), [0]))
         users[0] += 1
@@ -144,13 +194,25 @@ class Web:
                     return json_error(
                         429, "too many tests created from your address; try again in a minute", {"Retry-After": "60"}
                     )
+                while self._created and self._created[0] <= now - 60:
+                    self._created.popleft()
+                if len(self._created) >= self.config.tests_per_minute_total:
+                    return json_error(
+                        503, "the service is creating too many tests right now; try again in a minute",
+                        {"Retry-After": "60"},
+                    )  # fmt: skip
+                self._created.append(now)  # before the write: concurrent creations see it
                 test = Test(new_alias(), now, ip)
                 try:
-                    await self.store.create_test(test, self.config.max_tests)
+                    await self.store.create_test(test, self.config.max_tests, now - self.config.reclaim_after)
                 except TooManyTests:
+                    self._created.remove(now)
                     return json_error(
                         503, "the service holds as many tests as it can; try again later", {"Retry-After": "300"}
                     )
+                except BaseException:
+                    self._created.remove(now)
+                    raise
                 return test
         finally:
             users[0] -= 1
@@ -200,7 +262,12 @@ class Web:
             expires = min(expires, rep.verdict.grace_ends)
         if len(self._cache) >= CACHE_ENTRIES:
             self._cache.pop(next(iter(self._cache)))
+        if len(self._cached_senders) >= CACHE_ENTRIES:
+            self._cache.clear()  # rare; entries live a second anyway
+            self._cached_senders.clear()
         self._cache[alias] = (body, expires)
+        for ip in senders(rep):
+            self._cached_senders.setdefault(client_key(ip), set()).add(alias)
         return Response(body, media_type="application/json", headers=NO_STORE)
 
     async def page_test(self, request: Request) -> Response:
@@ -229,24 +296,51 @@ class Web:
         rep = await self._report(alias)
         if rep is None:
             return json_error(404, "no such test")
-        last_id = request.headers.get("last-event-id")
-        return StreamingResponse(
-            self._stream(alias, last_id),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        )
+        # Each stream holds a socket for as long as the page is open: bounded per client and
+        # in total. Beyond, the page polls the JSON API instead (static/test.js).
+        who = client_group(client_ip(request, self.trusted))
+        if self._stream_total >= self.config.max_streams:
+            return json_error(
+                503, "too many live pages (event streams) are open; this page will poll", {"Retry-After": "60"}
+            )
+        if self._streams.get(who, 0) >= self.config.max_streams_per_client:
+            return json_error(
+                429, "too many live pages (event streams) open from your address; this page will poll",
+                {"Retry-After": "60"},
+            )  # fmt: skip
+        self._streams[who] = self._streams.get(who, 0) + 1
+        self._stream_total += 1
+
+        def release() -> None:
+            self._stream_total -= 1
+            self._streams[who] -= 1
+            if not self._streams[who]:
+                del self._streams[who]
+
+        return EventStream(self._stream(alias, request.headers.get("last-event-id")), release)
 
     async def _stream(self, alias: str, last_id: str | None) -> AsyncIterator[str]:
         """One `update` event per change of the test's state; the id is a digest of the
-        state, so a reconnecting client (Last-Event-ID) gets only what it has not seen."""
+        state, so a reconnecting client (Last-Event-ID) gets only what it has not seen.
+        Only the latest state is ever pending: a state is built when the previous one has
+        been handed to the socket, and a reader that stalls is dropped by the kernel
+        (TCP_USER_TIMEOUT, set in serve_forever)."""
         yield "retry: 2000\n\n"
-        changed = await self._watch(alias)
+        keys = {alias}
+        changed = await self._watch(keys)
         try:
             while True:
                 rep = await self._report(alias)
                 if rep is None:
                     yield "event: gone\ndata: {}\n\n"
                     return
+                watched = {alias} | {client_key(ip) for ip in senders(rep)}
+                if not watched <= keys:
+                    # A new sender: watch its address too, from before a read that shows it.
+                    changed.cancel()
+                    keys = watched
+                    changed = await self._watch(keys)
+                    continue
                 payload, event_id = state_id(report.to_json(self.config, rep))
                 if event_id != last_id:
                     yield f"id: {event_id}\nevent: update\ndata: {payload}\n\n"
@@ -258,16 +352,16 @@ class Web:
                     timeout = min(timeout, grace_ends - rep.now + 0.05)
                 done, _ = await asyncio.wait({changed}, timeout=timeout)
                 if done:
-                    changed = await self._watch(alias)
+                    changed = await self._watch(keys)
                 else:
                     yield ": keep-alive\n\n"
         finally:
             changed.cancel()
 
-    async def _watch(self, alias: str) -> asyncio.Task[bool]:
-        """A waiter for the next change of `alias`, registered before the caller reads the
+    async def _watch(self, keys: set[str]) -> asyncio.Task[bool]:
+        """A waiter for the next change of `keys`, registered before the caller reads the
         state: a change that lands between the read and the wait is not lost."""
-        task = asyncio.create_task(self.store.changes.wait(alias, 3600))
+        task = asyncio.create_task(self.store.changes.wait(keys, 3600))
         await asyncio.sleep(0)  # let the task run up to its wait: it is registered from here on
         return task
 
@@ -308,8 +402,23 @@ def create_app(config: Config, store: Store, now: Callable[[], float] = time.tim
     return SecurityHeaders(app)
 
 
+def abort_streams(server: Any) -> None:
+    """Close every live page's connection at once (they would hold a graceful shutdown for
+    its whole timeout, and then be cancelled with tracebacks): the pages reconnect, to the
+    next process, and read the whole state again."""
+    for conn in list(server.server_state.connections):
+        cycle = getattr(conn, "cycle", None)
+        if cycle is not None and not cycle.response_complete and cycle.scope.get("path", "").endswith("/events"):
+            conn.transport.abort()
+
+
 async def serve_forever(
-    app: ASGIApp, host: str, port: int, stop: asyncio.Event, ready: asyncio.Event | None = None
+    app: ASGIApp,
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None = None,
+    send_timeout: float = 30.0,
 ) -> None:
     import uvicorn
 
@@ -328,8 +437,16 @@ async def serve_forever(
     if task.done():
         await task  # raises the bind error
         raise OSError(f"web server on {host}:{port} did not start")
+    # A peer that reads nothing (zero window) or acknowledges nothing for `send_timeout` is
+    # dropped by the kernel (TCP_USER_TIMEOUT, RFC 5482; accepted sockets inherit it): what
+    # havedane buffers for a stalled live page is then freed, with its socket and its slot.
+    for listener in server.servers:
+        for sock in listener.sockets:
+            if sock.family in (socket.AF_INET, socket.AF_INET6) and send_timeout > 0:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(send_timeout * 1000))
     if ready is not None:
         ready.set()
     await stop.wait()
+    abort_streams(server)
     server.should_exit = True
     await task
