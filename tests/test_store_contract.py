@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from havedane import check, report
+from havedane import check, report, wording
 from havedane import config as configmod
 from havedane.store import postgres, sqlite
 from havedane.store.base import (
@@ -558,4 +558,4 @@ async def test_two_tests_from_one_address_compete_for_a_refusal_and_say_so(store
         assert (s["id"], s["correlated_by_client_ip"], s["competing_tests"]) == ("refusal", True, 1)
     r = await report.load(store, CONFIG, "a", T0 + 3600)
     assert r is not None
-    assert "could also belong to another test" in r.verdict.summary
+    assert "could also belong to another test" in wording.summary(r.verdict).text

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from havedane import probes
+from havedane import probes, wording
 from havedane.store.base import Delivery, Outcome, Session, Test, Tls
 from havedane.verdict import Code, Status, evaluate
 
@@ -44,7 +44,7 @@ def judge(events: dict[str, str], now: float) -> tuple[Code, dict[str, Status], 
         elif event == REFUSED:
             sessions.append(refusal(probe))
     v = evaluate(probes.CLASSIC, Test("abc", T0), sessions, deliveries, now, GRACE, DOMAIN)
-    return v.code, {n: r.status for n, r in v.probes.items()}, v.summary
+    return v.code, {n: r.status for n, r in v.probes.items()}, wording.summary(v).text
 
 
 def expected(do: str, dont: str, wrong: str, grace_over: bool) -> Code:
@@ -91,7 +91,7 @@ def test_validating_sender_words() -> None:
 def test_non_validating_sender_words() -> None:
     code, _, summary = judge({"do": OVER_TLS, "dont": OVER_TLS, "wrong": OVER_TLS}, T0 + 5)
     assert code == Code.DOES_NOT_VALIDATE
-    assert "should not have delivered to wrong.x.test" in summary
+    assert "delivered to wrong.x.test, where a DANE-validating server must not deliver" in summary
 
 
 def test_nothing_yet_is_pending_forever() -> None:

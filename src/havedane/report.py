@@ -12,6 +12,7 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
+from havedane import wording
 from havedane.config import Config
 from havedane.store.base import Delivery, Session, Store, Test, Tls
 from havedane.verdict import Verdict, evaluate
@@ -108,7 +109,7 @@ def delivery_json(d: Delivery) -> dict[str, Any]:
     }
 
 
-def session_json(s: Session, competing: dict[str, int]) -> dict[str, Any]:
+def session_json(s: Session, competing: dict[str, int], refusal: bool) -> dict[str, Any]:
     return {
         "id": s.id,
         "started": iso(s.started),
@@ -124,12 +125,14 @@ def session_json(s: Session, competing: dict[str, int]) -> dict[str, Any]:
         "outcome": s.outcome.value,
         "correlated_by_client_ip": s.alias is None,
         "competing_tests": competing.get(s.id, 0),
+        "refusal": refusal,  # the verdict counts it as a refusal at this probe
         "error": s.error,
     }
 
 
 def to_json(config: Config, report: Report) -> dict[str, Any]:
     v = report.verdict
+    head, said, matrix = wording.headline(v), wording.summary(v), wording.conformance(v)
     return {
         "alias": report.test.alias,
         "created": iso(report.test.created),
@@ -140,6 +143,7 @@ def to_json(config: Config, report: Report) -> dict[str, Any]:
                 "host": r.probe.host(config.domain),
                 "address": r.probe.address(report.test.alias, config.domain),
                 "expect": r.probe.expect.value,
+                "expected": wording.expected(r.probe.expect, r.probe.tls_required),
                 "tlsa": r.probe.tlsa.value,
                 "tests": r.probe.tests,
                 "rfc": r.probe.rfc,
@@ -147,18 +151,35 @@ def to_json(config: Config, report: Report) -> dict[str, Any]:
                 "classic": r.probe.classic,
                 "tls_required": r.probe.tls_required,
                 "tls_host": r.probe.tls_host(config.domain),
-                "grade": {"grade": v.grades[name].grade.value, "reason": v.grades[name].reason},
-                "proves": v.grades[name].proves(r.probe),
+                "grade": {"grade": v.grades[name].grade.value, "reason": wording.reason(v, name)},
+                "reason_code": v.grades[name].reason.value,
+                "exposes": v.grades[name].exposes,
+                "proves": wording.proves(v, name),
                 "deliveries": [delivery_json(d) for d in r.deliveries],
                 "deliveries_total": report.deliveries_total.get(name, 0),
-                "sessions": [session_json(s, report.competing) for s in r.sessions],
+                "sessions": [session_json(s, report.competing, r.is_refusal(s)) for s in r.sessions],
             }
             for name, r in v.probes.items()
         },
         "sessions_total": report.sessions_total,
         "sessions_shown": report.sessions_shown,
-        "verdict": {"code": v.code.value, "summary": v.summary, "grace_ends": iso(v.grace_ends)},
-        "conformance": v.conformance,
+        "verdict": {
+            "code": v.code.value,
+            "headline": head.title,
+            "tone": head.tone,
+            "summary": said.text,
+            "lead": said.lead,
+            "details": list(said.details),
+            "first_delivery": iso(v.first_delivery),
+            "grace_ends": iso(v.grace_ends),
+        },
+        "conformance": matrix.text,
+        "conformance_detail": {
+            "headline": matrix.headline,
+            "tally": matrix.tally,
+            "tone": matrix.tone,
+            "counts": {g.value: n for g, n in v.counts().items()},
+        },
     }  # fmt: skip
 
 

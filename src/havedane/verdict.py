@@ -1,16 +1,23 @@
-"""The verdict: a pure function of (probes, test, sessions, deliveries, now).
+"""The verdict: a pure function of (probes, test, sessions, deliveries, now), returning facts.
 
-Per probe: pending -> delivered | refused | not-delivered. Overall, from the
-classic probes' expectations in the catalogue (never from their names):
+Per probe: pending -> delivered | refused | not-delivered, and a grade with a reason
+code. Overall, from the classic probes' expectations in the catalogue (never from
+their names):
 
 - no-tls: a probe with matching TLSA was delivered in plaintext (RFC 7672 §2.2
   makes TLS mandatory once usable TLSA records exist), so nothing was validated;
 - does-not-validate: a probe a DANE sender must refuse was delivered;
 - validates: every must-deliver probe arrived (TLSA-protected ones over TLS) and
   every must-refuse probe was refused or stayed away past the grace period;
+- validates-with-flaws: as validates, but a probe of the conformance matrix failed
+  in a way that hands the mail to an attacker (delivered where it must not, or in
+  plaintext where TLS is mandatory);
 - incomplete: the grace period after the first delivery is over and a
-  must-deliver probe is still missing;
+  must-deliver probe is still missing (or a must-refuse one failed on our side);
 - pending: otherwise.
+
+No sentence is written here: `wording` turns these facts into words, once, for the
+API and the page.
 """
 
 from __future__ import annotations
@@ -33,9 +40,33 @@ class Status(enum.StrEnum):
 class Code(enum.StrEnum):
     PENDING = "pending"
     VALIDATES = "validates"
+    VALIDATES_WITH_FLAWS = "validates-with-flaws"
     DOES_NOT_VALIDATE = "does-not-validate"
     NO_TLS = "no-tls"
     INCOMPLETE = "incomplete"
+
+
+class Grade(enum.StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+    PENDING = "pending"
+
+
+class Reason(enum.StrEnum):
+    """Why a probe got its grade (the API's `reason_code`; `wording.reason` says it)."""
+
+    WAITING = "waiting"  # nothing decided yet
+    DELIVERED = "delivered"
+    DELIVERED_OVER_TLS = "delivered-over-tls"
+    PLAINTEXT = "plaintext"  # delivered without TLS where TLS is mandatory (RFC 7672 §2.2)
+    REFUSED = "refused"  # connected, was shown our certificate (or no STARTTLS) and left without MAIL
+    NOTHING_ARRIVED = "nothing-arrived"  # a must-deliver probe, after the grace period
+    STAYED_AWAY = "stayed-away"  # a must-refuse probe: nothing arrived, no refusal seen either
+    DID_NOT_DELIVER = "did-not-deliver"  # a never-connect probe: nothing arrived
+    NO_SNI = "no-sni"  # shown our default chain, not the probe's: it named no such host in SNI
+    FAILED_HERE = "failed-here"  # the handshake failed on our side before the certificate was sent
+    NO_CONTROL = "no-control"  # the positive control got nothing either
 
 
 # A session that reached a probe, was shown our certificate and left without MAIL (after
@@ -65,56 +96,60 @@ class ProbeResult:
         shown the certificate, so its staying away proves nothing."""
         return next((s for s in self.sessions if s.outcome is Outcome.TLS_FAILED_HERE), None)
 
-
-@dataclass(frozen=True)
-class Verdict:
-    code: Code
-    summary: str
-    probes: dict[str, ProbeResult]
-    first_delivery: float | None
-    grace_ends: float | None
-    grades: dict[str, Graded]
-    conformance: str  # "Conforms on N of M probes." and each failure's consequence
-
-
-class Grade(enum.StrEnum):
-    PASS = "pass"
-    FAIL = "fail"
-    INCONCLUSIVE = "inconclusive"
-    PENDING = "pending"
+    def is_refusal(self, session: Session) -> bool:
+        return is_refusal(session, self.probe)
 
 
 @dataclass(frozen=True)
 class Graded:
     grade: Grade
-    reason: str
-    plaintext: bool = False  # failed by sending in cleartext where TLS is mandatory
-    instead: str | None = None  # a pass that proves less than the catalogue's words (see stayed_away)
+    reason: Reason
+    # The failure hands the mail to an attacker or to anyone on the path: delivered where
+    # a DANE sender must not, or in plaintext where TLS is mandatory.
+    exposes: bool = False
+    control: str | None = None  # NO_CONTROL: the control probe that got nothing
 
-    def proves(self, probe: Probe) -> str | None:
-        """What this grade proves about the sender, in the catalogue's words."""
-        if self.grade is Grade.PASS:
-            return self.instead or probe.proves_pass
-        if self.grade is Grade.FAIL:
-            return PLAINTEXT_CONSEQUENCE if self.plaintext else probe.proves_fail
-        return None
+    @property
+    def plaintext(self) -> bool:
+        return self.reason is Reason.PLAINTEXT
 
 
-PLAINTEXT_CONSEQUENCE = (
-    "Your server sent mail in plaintext to a domain whose signed TLSA records make TLS mandatory "
-    "(RFC 7672 §2.2): it does not apply DANE, and anyone on the path can read that mail."
-)
+@dataclass(frozen=True)
+class Client:
+    ip: str
+    helo: str | None
 
 
-def stayed_away(result: ProbeResult) -> str:
-    """What a must-refuse probe that nothing was delivered to, and no session refused,
-    shows: only that nothing arrived, not that the sender checked anything."""
-    seen = "no connection to it showed a refusal" if result.sessions else "nothing connected to it"
-    return (
-        f"Nothing arrived here within the grace period, and {seen}. A DANE-validating server holds such mail "
-        "back, so this is what one looks like, but it does not show that your server checked our certificate: "
-        "a server that was never sent this message, or is holding it for another reason, looks the same."
-    )
+@dataclass(frozen=True)
+class Verdict:
+    """The facts the headline, the summary and the page need. Probe names, in catalogue order."""
+
+    code: Code
+    probes: dict[str, ProbeResult]
+    grades: dict[str, Graded]
+    first_delivery: float | None
+    grace_ends: float | None
+    grace: float
+    domain: str
+    client: Client | None  # who sent the first delivery
+    delivered: tuple[str, ...] = ()  # classic probes that got mail
+    must_deliver: tuple[str, ...] = ()  # classic probes every sender must deliver to
+    plaintext: tuple[str, ...] = ()  # classic, matching TLSA, delivered without TLS
+    leaked: tuple[str, ...] = ()  # classic must-refuse probes that got mail
+    missing: tuple[str, ...] = ()  # classic must-deliver probes without mail
+    failed_here: tuple[str, ...] = ()  # classic must-refuse probes held back only by our TLS failure
+    refused: tuple[str, ...] = ()  # classic must-refuse probes with a refusal seen
+    stayed_away: tuple[str, ...] = ()  # classic must-refuse probes: nothing arrived, after the grace period
+    waiting: tuple[str, ...] = ()  # classic probes still awaited
+    flaws: tuple[str, ...] = ()  # matrix probes whose failure exposes the mail
+
+    def host(self, name: str) -> str:
+        return self.probes[name].probe.host(self.domain)
+
+    def counts(self) -> dict[Grade, int]:
+        """How many probes have each grade (every grade present, zero or not)."""
+        grades = [g.grade for g in self.grades.values()]
+        return {g: grades.count(g) for g in Grade}
 
 
 def is_refusal(session: Session, probe: Probe) -> bool:
@@ -157,40 +192,15 @@ def probe_result(
     return ProbeResult(probe, status, delivered, mine, refusal, correlated, others)
 
 
-def _client(deliveries: list[Delivery]) -> str:
+def _client(deliveries: list[Delivery]) -> Client | None:
+    if not deliveries:
+        return None
     first = min(deliveries, key=lambda d: d.received_at)
-    helo = f", HELO {first.helo}" if first.helo else ""
-    return f"{first.client_ip}{helo}"
+    return Client(first.client_ip, first.helo)
 
 
-def _names(results: list[ProbeResult], domain: str) -> str:
-    names = [r.probe.host(domain) for r in results]
-    if not names:
-        return "nothing"
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-
-
-def _refusal_words(results: list[ProbeResult], domain: str) -> str:
-    words = []
-    for r in results:
-        if r.refusal is None:
-            continue
-        how = "aborted the TLS handshake" if r.refusal.outcome is Outcome.HANDSHAKE_FAILED else (
-            "completed TLS, saw our certificate and left without sending")  # fmt: skip
-        tied = " (tied to this test by its client address)" if r.correlated else ""
-        if r.competing:
-            tied = (
-                f" (tied to this test by its client address; it could also belong to another test sent from that "
-                f"address at the same time: {r.competing} other test{'s' if r.competing > 1 else ''} waited for "
-                "mail from it then)"
-            )
-        words.append(f"A server at {r.refusal.client_ip} connected to {r.probe.host(domain)}, {how}{tied}.")
-    return " ".join(words)
-
-
-def _failed_here_words(r: ProbeResult) -> str:
-    s = r.failed_here
-    return f"Our TLS error: {s.error}." if s is not None and s.error else ""
+def _names(results: list[ProbeResult]) -> tuple[str, ...]:
+    return tuple(r.probe.name for r in results)
 
 
 def evaluate(
@@ -216,79 +226,41 @@ def evaluate(
     missing = [r for r in must_deliver if r.status is not Status.DELIVERED]
     ours = [r for r in must_refuse if r.status is Status.NOT_DELIVERED and r.failed_here is not None]
     held = not ours and all(r.status in (Status.REFUSED, Status.NOT_DELIVERED) for r in must_refuse)
+    grades = {name: grade(r, results, grace_over, domain) for name, r in results.items()}
+    # A corner case whose failure hands the mail to an attacker (or to anyone on the path)
+    # outweighs the classic probes' good news: it is in the headline (issue 13).
+    flaws = [r for r in results.values() if not r.probe.classic and grades[r.probe.name].exposes]
 
     if plaintext:
         code = Code.NO_TLS
-        summary = (
-            f"Your mail server ({_client(deliveries)}) delivered to {_names(plaintext, domain)} without TLS, "
-            "although that domain publishes signed TLSA records. A DANE-validating server must use TLS there "
-            "(RFC 7672 §2.2), so your server does not validate DANE, and it does not even encrypt: anyone on "
-            "the path can read its mail."
-        )
     elif leaked:
-        delivered = [r for r in classic if r.status is Status.DELIVERED]
-        summary = (
-            f"Your mail server ({_client(deliveries)}) delivered to {_names(delivered, domain)}. "
-            f"It should not have delivered to {_names(leaked, domain)}: "
-            + " ".join(r.probe.proves_fail for r in leaked)
-        )
         code = Code.DOES_NOT_VALIDATE
     elif not missing and held:
-        tls = ", ".join(
-            f"{r.probe.host(domain)} over {r.deliveries[0].tls.version}" if r.deliveries[0].tls else
-            f"{r.probe.host(domain)} without TLS"
-            for r in must_deliver
-        )  # fmt: skip
-        refused = [r for r in must_refuse if r.status is Status.REFUSED]
-        stayed = [r for r in must_refuse if r.status is Status.NOT_DELIVERED]
-        parts = [f"Your mail server ({_client(deliveries)}) delivered to {tls}."]
-        if refused:
-            parts.append(_refusal_words(refused, domain))
-        if stayed:
-            seen = "" if any(r.sessions for r in stayed) else ", and nothing connected there"
-            parts.append(
-                f"Nothing arrived for {_names(stayed, domain)} within {grace:.0f} seconds of the first delivery"
-                f"{seen}. That is what a DANE-validating server does, but staying away does not show that your "
-                "server checked our certificate: a server that was never sent that message, or is holding it for "
-                "another reason, looks the same. If you sent it, your server did not deliver where the TLSA "
-                "records do not match our certificate, as a DANE-validating server must (RFC 7672)."
-            )
-        else:
-            parts.append(
-                "It refused where the TLSA records do not match our certificate: your server validates DANE (RFC 7672)."
-            )
-        parts.append("Expect a delay notice for the message it is still holding back; that is correct.")
-        summary = " ".join(parts)
-        code = Code.VALIDATES
-    elif grace_over and ours and not missing:
-        summary = (
-            f"Your mail server ({_client(deliveries)}) delivered where it should. It also connected to "
-            f"{_names(ours, domain)}, but the TLS handshake failed on our side before it was shown our "
-            "certificate, and nothing arrived there: that proves nothing either way, so the test cannot conclude. "
-            + " ".join(_failed_here_words(r) for r in ours)
-        )
-        code = Code.INCOMPLETE
-    elif grace_over and missing:
-        summary = (
-            f"Your mail server ({_client(deliveries)}) delivered some of the messages, but nothing arrived for "
-            f"{_names(missing, domain)} within {grace:.0f} seconds of the first delivery. Every server, validating "
-            "or not, should deliver there, so the test cannot conclude: check your server's queue and logs for "
-            "those addresses and try again."
-        )
+        code = Code.VALIDATES_WITH_FLAWS if flaws else Code.VALIDATES
+    elif grace_over and (missing or ours):
         code = Code.INCOMPLETE
     else:
-        if first is None:
-            summary = "Waiting for your mail: nothing has arrived yet."
-        else:
-            waiting = missing + [r for r in must_refuse if r.status is Status.PENDING]
-            summary = (
-                f"Mail is arriving from {_client(deliveries)}. Still waiting for "
-                f"{_names(waiting, domain)}; the verdict comes when they arrive or {grace:.0f} seconds after the "
-                "first delivery."
-            )
         code = Code.PENDING
-    grades = {name: grade(r, results, grace_over, domain) for name, r in results.items()}
-    return Verdict(code, summary, results, first, grace_ends, grades, conformance(grades, results, domain))
+    return Verdict(
+        code=code,
+        probes=results,
+        grades=grades,
+        first_delivery=first,
+        grace_ends=grace_ends,
+        grace=grace,
+        domain=domain,
+        client=_client(deliveries),
+        delivered=_names([r for r in classic if r.status is Status.DELIVERED]),
+        must_deliver=_names(must_deliver),
+        plaintext=_names(plaintext),
+        leaked=_names(leaked),
+        missing=_names(missing),
+        failed_here=_names(ours),
+        refused=_names([r for r in must_refuse if r.status is Status.REFUSED]),
+        stayed_away=_names([r for r in must_refuse if r.status is Status.NOT_DELIVERED]),
+        waiting=_names(missing + [r for r in must_refuse if r.status is Status.PENDING]),
+        flaws=_names(flaws),
+    )
 
 
 def saw_its_chain(result: ProbeResult, domain: str) -> bool:
@@ -319,46 +291,29 @@ def grade(result: ProbeResult, results: dict[str, ProbeResult], grace_over: bool
     """One probe against what a correct DANE sender does there (the catalogue's `expect`)."""
     probe, status = result.probe, result.status
     if status is Status.DELIVERED and probe.tls_required and not result.over_tls:
-        return Graded(Grade.FAIL, "delivered without TLS, where TLS is mandatory", plaintext=True)
+        return Graded(Grade.FAIL, Reason.PLAINTEXT, exposes=True)
     if status in (Status.DELIVERED, Status.REFUSED) and not saw_its_chain(result, domain):
-        return Graded(Grade.INCONCLUSIVE, f"your server did not name {probe.tls_host(domain)} in SNI, so it was "
-                      "shown our default certificate, not the one this probe is about")  # fmt: skip
+        return Graded(Grade.INCONCLUSIVE, Reason.NO_SNI)
     if status is Status.NOT_DELIVERED and result.failed_here is not None:
-        return Graded(Grade.INCONCLUSIVE, "the TLS handshake failed on our side before your server was shown our "
-                      "certificate, and nothing arrived: that proves nothing either way")  # fmt: skip
+        return Graded(Grade.INCONCLUSIVE, Reason.FAILED_HERE)
     control = results.get(probe.control) if probe.control else None
     if control is not None and control.status is not Status.DELIVERED and status is not Status.DELIVERED:
         if grace_over:
-            return Graded(Grade.INCONCLUSIVE, f"no positive control: nothing arrived for {control.probe.host(domain)} "
-                          "either, so staying away from here proves nothing")  # fmt: skip
-        return Graded(Grade.PENDING, "waiting for mail")
+            return Graded(Grade.INCONCLUSIVE, Reason.NO_CONTROL, control=control.probe.name)
+        return Graded(Grade.PENDING, Reason.WAITING)
     if probe.expect is Expect.DELIVER:
         if status is Status.DELIVERED:
-            return Graded(Grade.PASS, "delivered" + (" over TLS" if result.over_tls else ""))
+            return Graded(Grade.PASS, Reason.DELIVERED_OVER_TLS if result.over_tls else Reason.DELIVERED)
         if status is Status.REFUSED:
-            return Graded(Grade.FAIL, "connected and refused to deliver")
+            return Graded(Grade.FAIL, Reason.REFUSED)
         if status is Status.NOT_DELIVERED:
-            return Graded(Grade.FAIL, "nothing arrived within the grace period")
-        return Graded(Grade.PENDING, "waiting for mail")
+            return Graded(Grade.FAIL, Reason.NOTHING_ARRIVED)
+        return Graded(Grade.PENDING, Reason.WAITING)
     if status is Status.DELIVERED:
-        return Graded(Grade.FAIL, "delivered")
+        return Graded(Grade.FAIL, Reason.DELIVERED, exposes=True)
     if status is Status.REFUSED:
-        return Graded(Grade.PASS, "connected and refused to deliver")
+        return Graded(Grade.PASS, Reason.REFUSED)
     if status is Status.NOT_DELIVERED:
-        if probe.expect is Expect.REFUSE:  # the expected refusal was not seen: say only what was
-            reason = "nothing arrived within the grace period" + ("" if result.sessions else ", and nothing connected")
-            return Graded(Grade.PASS, reason, instead=stayed_away(result))
-        return Graded(Grade.PASS, "did not deliver" + (" (and never connected)" if not result.sessions else ""))
-    return Graded(Grade.PENDING, "waiting for mail")
-
-
-def conformance(grades: dict[str, Graded], results: dict[str, ProbeResult], domain: str) -> str:
-    passed = sum(g.grade is Grade.PASS for g in grades.values())
-    parts = [f"Conforms on {passed} of {len(grades)} probes."]
-    for name, g in grades.items():
-        if g.grade is Grade.FAIL:
-            parts.append(f"{results[name].probe.host(domain)}: {g.reason}. {g.proves(results[name].probe)}")
-    undecided = [results[n].probe.host(domain) for n, g in grades.items() if g.grade is Grade.INCONCLUSIVE]
-    if undecided:
-        parts.append(f"Inconclusive: {', '.join(undecided)}.")
-    return " ".join(parts)
+        # A must-refuse probe: the expected refusal was not seen, so say only what was (STAYED_AWAY).
+        return Graded(Grade.PASS, Reason.STAYED_AWAY if probe.expect is Expect.REFUSE else Reason.DID_NOT_DELIVER)
+    return Graded(Grade.PENDING, Reason.WAITING)

@@ -1,20 +1,25 @@
-"""What the result page says, derived from the report's JSON (`report.to_json`).
+"""What the result page shows, laid out from the report's JSON (`report.to_json`).
 
-The templates render these values; every string from the network (HELO, MAIL FROM,
-SNI, addresses) stays a plain value here and is escaped by Jinja, never joined
-into markup.
+The verdict's rules and words come with the JSON (`verdict` decides, `wording` says
+it: a session's `refusal`, a probe's `reason_code`, `proves`, the verdict's `headline`
+and `tone`, `conformance_detail`); this module only arranges them and names what a
+session was seen doing. Every string from the network (HELO, MAIL FROM, SNI,
+addresses) stays a plain value here and is escaped by Jinja, never joined into
+markup; `breakable` adds only <wbr> between escaped parts.
 """
 
 from __future__ import annotations
 
 import datetime
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 
 from havedane import report
 from havedane.config import Config
@@ -39,7 +44,6 @@ OUTCOMES = {
     "refused-busy": "was turned away: too many connections at that moment",
     "server-shutdown": "was still connected when our server restarted",
 }
-REFUSALS = {"tls-then-left", "handshake-failed"}
 # A session that named the sender and its recipients but never sent DATA ends as "left" too.
 LEFT_BEFORE_DATA = (
     "named the sender and a recipient (MAIL FROM, RCPT TO), then left before sending the message (no DATA)"
@@ -61,14 +65,6 @@ def tied_words(s: dict[str, Any]) -> str:
         return " (tied to this test by its client address; it could also belong to another test from that address)"
     return " (tied to this test by its client address)"
 
-
-VERDICTS = {
-    "validates": ("ok", "Your server validates DANE"),
-    "does-not-validate": ("bad", "Your server does not validate DANE"),
-    "no-tls": ("bad", "Your server sent mail without TLS"),
-    "incomplete": ("warn", "The test could not conclude"),
-    "pending": ("wait", "Waiting for your mail"),
-}
 
 TIMELINE_LIMIT = 80  # beyond this, the middle of a long retry history is summarised
 
@@ -139,24 +135,15 @@ def requires_tls(p: dict[str, Any]) -> bool:
     return bool(p["tls_required"])
 
 
-def expected(p: dict[str, Any]) -> str:
-    """What a DANE-validating sender must do with this probe, as a sentence ending."""
-    if p["expect"] == "deliver":
-        return "deliver the message over TLS" if requires_tls(p) else "deliver the message"
-    if p["expect"] == "refuse":
-        return "connect, check our certificate against the TLSA records, and refuse to send"
-    return "not connect at all"
-
-
 def plaintext(p: dict[str, Any]) -> bool:
-    """Delivered without TLS although signed TLSA records make TLS mandatory (RFC 7672 §2.2)."""
-    return requires_tls(p) and any(d["tls"] is None for d in p["deliveries"])
+    """Failed by delivering without TLS where signed TLSA records make it mandatory (RFC 7672 §2.2)."""
+    return bool(p["reason_code"] == "plaintext")
 
 
 def probe_state(p: dict[str, Any]) -> ProbeState:
     """The card's headline, from the verdict's grade of the probe (pass, fail, inconclusive, pending)."""
     grade, reason = p["grade"]["grade"], p["grade"]["reason"]
-    status, must_deliver = p["status"], p["expect"] == "deliver"
+    status = p["status"]
     tone, label = TONES.get(grade, "wait"), LABELS.get(status, status)
     if grade == "pending":
         return ProbeState(tone, label, "Nothing has arrived yet.", None)
@@ -164,23 +151,16 @@ def probe_state(p: dict[str, Any]) -> ProbeState:
         return ProbeState(tone, label, f"Inconclusive: {reason}.", None)
     if grade == "pass":
         return ProbeState(tone, label, "As expected.", p["proves"])
-    if status == "delivered" and must_deliver and plaintext(p):
-        return ProbeState(
-            tone,
-            "Delivered without TLS",
-            "A DANE-validating server must use TLS here.",
-            "Your server sent mail in plaintext to a domain whose signed TLSA records require TLS: "
-            "it does not validate DANE, and anyone on the path could read that mail.",
-        )
+    if plaintext(p):
+        return ProbeState(tone, "Delivered without TLS", "A DANE-validating server must use TLS here.", p["proves"])
     if status == "delivered":
         return ProbeState(tone, label, "A DANE-validating server would not have sent this.", p["proves"])
     return ProbeState(tone, label, "A DANE-validating server delivers here.", p["proves"])
 
 
 def refusals(p: dict[str, Any]) -> list[dict[str, Any]]:
-    """Sessions that reached the probe, asked for TLS and left without MAIL, oldest first."""
-    found = [s for s in p["sessions"] if s["starttls"] and s["mail_from"] is None and s["outcome"] in REFUSALS]
-    return sorted(found, key=lambda s: s["started"])
+    """Sessions the verdict counts as refusals at this probe, oldest first."""
+    return sorted((s for s in p["sessions"] if s["refusal"]), key=lambda s: s["started"])
 
 
 def other_sessions(p: dict[str, Any]) -> list[dict[str, Any]]:
@@ -238,7 +218,7 @@ def timeline(r: dict[str, Any]) -> Timeline:
                 details.append(("TLS", "not requested"))
             add(s["started"], 1, p["host"], "info", "Connection", details)
             if s["ended"] is not None and s["outcome"] != "delivered":
-                refused = s["outcome"] in REFUSALS and s["mail_from"] is None
+                refused = bool(s["refusal"])
                 tone = "info" if not refused else ("bad" if must_deliver else "ok")
                 text = "The server " + session_words(s)
                 if refused:
@@ -247,10 +227,10 @@ def timeline(r: dict[str, Any]) -> Timeline:
         for d in p["deliveries"]:
             if p["grade"]["grade"] == "inconclusive":
                 tone, text = "info", "Message accepted (inconclusive: see the conformance table)"
-            elif not must_deliver:
-                tone, text = "bad", "Message accepted: a DANE-validating server would not have sent it"
-            elif requires_tls(p) and d["tls"] is None:
+            elif plaintext(p) and d["tls"] is None:
                 tone, text = "bad", "Message accepted without TLS, although the TLSA records require it"
+            elif p["exposes"]:
+                tone, text = "bad", "Message accepted: a DANE-validating server would not have sent it"
             else:
                 tone, text = "ok", "Message accepted"
             details = [("MAIL FROM", d["mail_from"] or "<>"), ("to", d["rcpt"]), ("TLS", tls_text(d["tls"]))]
@@ -359,11 +339,6 @@ def _sni_note(tls: dict[str, Any] | None) -> list[str]:
     return ["no SNI"] if tls is not None and not tls["sni"] else []
 
 
-def _left_without_tls(s: dict[str, Any]) -> bool:
-    """A sender that found no STARTTLS and left: the refusal where a probe offers no TLS (RFC 7672 §2.2)."""
-    return s["mail_from"] is None and not s["starttls"] and s["outcome"] == "left"
-
-
 def seen(p: dict[str, Any]) -> Seen:
     """What the sender was seen doing at a probe, in a few words."""
     deliveries = sorted(p["deliveries"], key=lambda d: d["received_at"])
@@ -381,10 +356,9 @@ def seen(p: dict[str, Any]) -> Seen:
         refused = refusals(p)
         if refused:
             s = refused[0]
-            return Seen(SEEN_OUTCOMES[s["outcome"]], s["started"], ", ".join(_sni_note(s["tls"]) + tries) or None)
-        left = [s for s in sessions if _left_without_tls(s)]
-        if left:
-            return Seen("left when no TLS was offered", left[0]["started"], ", ".join(tries) or None)
+            # Where no STARTTLS is offered, leaving is the refusal (RFC 7672 §2.2).
+            text = SEEN_OUTCOMES[s["outcome"]] if s["starttls"] else "left when no TLS was offered"
+            return Seen(text, s["started"], ", ".join(_sni_note(s["tls"]) + tries) or None)
     s = sessions[-1]
     text = SEEN_OUTCOMES.get(s["outcome"], s["outcome"])
     if s["outcome"] == "left" and s["mail_from"] is not None and s["rcpts"]:
@@ -408,7 +382,7 @@ def grade_row(name: str, p: dict[str, Any]) -> Row:
         word=GRADE_WORDS.get(grade, grade),
         tone=TONES.get(grade, "wait"),
         reason=sentence(reason) if failed else ("Cannot tell:" if undecided else None),
-        consequence=p["proves"] if failed else (sentence(reason) if undecided else None),
+        consequence=p["proves"] if failed else (reason + "." if undecided else None),  # lower case after the colon
         rfc=p["rfc"],
         classic=bool(p["classic"]),
     )
@@ -420,21 +394,15 @@ def grade_rows(r: dict[str, Any]) -> list[Row]:
 
 
 def conformance(r: dict[str, Any]) -> Conformance:
-    grades = [p["grade"]["grade"] for p in r["probes"].values()]
-    counts = {g: grades.count(g) for g in GRADE_WORDS}
-    first = (r.get("conformance") or "").split(". ", 1)[0].strip().rstrip(".")
-    headline = first or f"Conforms on {counts['pass']} of {len(grades)} probes"
-    if counts["fail"]:
-        tone = "bad"
-    elif counts["inconclusive"]:
-        tone = "warn"
-    elif counts["pending"]:
-        tone = "wait"
-    else:
-        tone = "ok"
-    words = {"pass": "pass", "fail": "fail", "inconclusive": "inconclusive", "pending": "still waiting"}
-    tally = ", ".join(f"{counts[g]} {words[g]}" for g in GRADE_WORDS if counts[g] and g != "pass")
-    return Conformance(headline, tone, tally)
+    c = r["conformance_detail"]
+    return Conformance(c["headline"], c["tone"], c["tally"])
+
+
+def breakable(text: str) -> markupsafe.Markup:
+    """A host name or address that may break after its dots and its @, never inside a label:
+    escaped parts joined by <wbr> (CSS keeps `overflow-wrap: normal` on them)."""
+    parts = [part for part in re.split(r"(?<=[.@])", text) if part]
+    return markupsafe.Markup("<wbr>").join(markupsafe.Markup("<span>%s</span>") % part for part in parts)
 
 
 def static_url() -> Callable[[str], str]:
@@ -455,9 +423,7 @@ def environment(config: Config) -> jinja2.Environment:
         loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, trim_blocks=True, lstrip_blocks=True
     )
     env.globals.update(
-        verdicts=VERDICTS,
         probe_state=probe_state,
-        expected=expected,
         refusals=refusals,
         other_sessions=other_sessions,
         facts=facts,
@@ -480,5 +446,5 @@ def environment(config: Config) -> jinja2.Environment:
         probes=config.probes,
         static=static_url(),
     )
-    env.filters.update(when=when, clock=clock, iso=report.iso)
+    env.filters.update(when=when, clock=clock, iso=report.iso, breakable=breakable)
     return env

@@ -68,6 +68,25 @@
     });
   }
 
+  // -- while pending: the grace period's end, counting down ----------------------------------
+  // The server renders the time (the verdict comes then at the latest: the API's grace_ends);
+  // this only adds how long that is from now. No rule of the verdict is decided here.
+  function span(seconds) {
+    if (seconds < 60) return seconds + " s";
+    const minutes = Math.floor(seconds / 60);
+    const rest = seconds % 60;
+    return minutes + " min" + (rest ? " " + rest + " s" : "");
+  }
+  function countdowns() {
+    document.querySelectorAll(".countdown[data-until]").forEach(function (el) {
+      const left = Math.round((Date.parse(el.dataset.until) - Date.now()) / 1000);
+      if (isNaN(left)) return;
+      el.textContent = left > 0 ? " (in " + span(left) + ")" : " (any moment now)";
+    });
+  }
+  countdowns();
+  setInterval(countdowns, 1000);
+
   // -- live updates ------------------------------------------------------------------------
   const result = document.getElementById("result");
   if (!result) return;
@@ -121,6 +140,7 @@
     });
     localTimes(fragment);
     result.replaceChildren(fragment);
+    countdowns();
     open.forEach(function (id) {
       const d = document.getElementById(id);
       if (d) d.open = true;

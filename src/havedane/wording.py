@@ -1,0 +1,291 @@
+"""Every sentence about a verdict, from the verdict's facts: the one place words are made.
+
+The JSON API and the page both show these words; neither derives a rule of the verdict
+on its own. What a grade proves stays data in the catalogue (`probes.Probe.proves_pass`,
+`proves_fail`); this module picks which one applies and says the rest. No I/O.
+
+House rules for the words (issue 13): a summary leads with one sentence and puts the
+details after it; lists are joined with commas and "and"; a colon is followed by a
+lower-case word; parentheses are called parentheses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from havedane.probes import Expect
+from havedane.store.base import Outcome, Session
+from havedane.verdict import Client, Code, Grade, Reason, Verdict
+
+# The one wording of the plaintext consequence: the summary, the card and the table say it.
+PLAINTEXT_CONSEQUENCE = (
+    "Your server sent mail in plaintext to a domain whose signed TLSA records make TLS mandatory "
+    "(RFC 7672 §2.2): it does not apply DANE, and anyone on the path can read that mail."
+)
+
+# (tone, title) per verdict code; the tone drives colour and icon (ok | bad | warn | wait).
+HEADLINES = {
+    Code.VALIDATES: ("ok", "Your server validates DANE"),
+    Code.VALIDATES_WITH_FLAWS: ("warn", "Your server validates DANE, but a flaw exposes mail"),
+    Code.DOES_NOT_VALIDATE: ("bad", "Your server does not validate DANE"),
+    Code.NO_TLS: ("bad", "Your server sent mail without TLS"),
+    Code.INCOMPLETE: ("warn", "The test could not conclude"),
+    Code.PENDING: ("wait", "Waiting for your mail"),
+}
+ARRIVING = "Mail is arriving"
+
+
+@dataclass(frozen=True)
+class Headline:
+    tone: str
+    title: str
+
+
+@dataclass(frozen=True)
+class Summary:
+    lead: str  # one sentence: the verdict in brief
+    details: tuple[str, ...]  # what it rests on, one paragraph each
+
+    @property
+    def text(self) -> str:
+        return " ".join((self.lead, *self.details))
+
+
+@dataclass(frozen=True)
+class Conformance:
+    headline: str  # "Conforms on N of M probes", or while some wait "… of the D decided so far"
+    tally: str  # what is not a pass, e.g. "1 fail, 8 still waiting"; empty when every probe passes
+    tone: str
+    text: str  # the headline, then each failure with its consequence (the API's `conformance`)
+
+
+def join(items: Sequence[str]) -> str:
+    """a; a and b; a, b and c."""
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def hosts(v: Verdict, names: Sequence[str]) -> str:
+    return join([v.host(n) for n in names]) or "nothing"
+
+
+def client(c: Client | None) -> str:
+    if c is None:
+        return "an unknown server"
+    return f"{c.ip}, HELO {c.helo}" if c.helo else c.ip
+
+
+def headline(v: Verdict) -> Headline:
+    tone, title = HEADLINES[v.code]
+    if v.code is Code.PENDING and any(r.sessions or r.deliveries for r in v.probes.values()):
+        title = ARRIVING
+    return Headline(tone, title)
+
+
+# -- per probe ------------------------------------------------------------------------------
+
+
+def reason(v: Verdict, name: str) -> str:
+    """Why the probe got its grade, as a clause (lower case, no final stop)."""
+    g, r = v.grades[name], v.probes[name]
+    match g.reason:
+        case Reason.PLAINTEXT:
+            return "delivered without TLS, where TLS is mandatory"
+        case Reason.NO_SNI:
+            return (
+                f"your server did not name {r.probe.tls_host(v.domain)} in SNI, so it was shown our default "
+                "certificate, not the one this probe is about"
+            )
+        case Reason.FAILED_HERE:
+            return (
+                "the TLS handshake failed on our side before your server was shown our certificate, and nothing "
+                "arrived, which proves nothing either way"
+            )
+        case Reason.NO_CONTROL:
+            control = v.host(g.control) if g.control else "the control probe"
+            return (
+                f"no positive control: nothing arrived for {control} either, so staying away from here proves nothing"
+            )
+        case Reason.DELIVERED_OVER_TLS:
+            return "delivered over TLS"
+        case Reason.DELIVERED:
+            return "delivered"
+        case Reason.REFUSED:
+            return "connected and refused to deliver"
+        case Reason.NOTHING_ARRIVED:
+            return "nothing arrived within the grace period"
+        case Reason.STAYED_AWAY:
+            return "nothing arrived within the grace period" + ("" if r.sessions else ", and nothing connected")
+        case Reason.DID_NOT_DELIVER:
+            return "did not deliver" + ("" if r.sessions else " (and never connected)")
+    return "waiting for mail"
+
+
+def stayed_away(v: Verdict, name: str) -> str:
+    """What a must-refuse probe that nothing was delivered to, and no session refused,
+    shows: only that nothing arrived, not that the sender checked anything."""
+    seen = "no connection to it showed a refusal" if v.probes[name].sessions else "nothing connected to it"
+    return (
+        f"Nothing arrived here within the grace period, and {seen}. A DANE-validating server holds such mail "
+        "back, so this is what one looks like, but it does not show that your server checked our certificate: "
+        "a server that was never sent this message, or is holding it for another reason, looks the same."
+    )
+
+
+def proves(v: Verdict, name: str) -> str | None:
+    """What the grade proves about the sender: the catalogue's words, or less where less was seen."""
+    g, probe = v.grades[name], v.probes[name].probe
+    if g.grade is Grade.PASS:
+        return stayed_away(v, name) if g.reason is Reason.STAYED_AWAY else probe.proves_pass
+    if g.grade is Grade.FAIL:
+        return PLAINTEXT_CONSEQUENCE if g.plaintext else probe.proves_fail
+    return None
+
+
+def refusal(v: Verdict, name: str, session: Session) -> str:
+    """One sentence: a refusal seen at a probe, and how it is tied to the test."""
+    r = v.probes[name]
+    if session.outcome is Outcome.HANDSHAKE_FAILED:
+        how = "aborted the TLS handshake"
+    elif r.probe.starttls:
+        how = "completed TLS, saw our certificate and left without sending"
+    else:
+        how = "found no STARTTLS and left without sending"
+    tied = ""
+    if session.alias is None:
+        tied = ", tied to this test by its client address"
+        if r.competing:
+            others = f"{r.competing} other test{'s' if r.competing > 1 else ''}"
+            tied += (
+                f". It could also belong to another test sent from that address at the same time: {others} "
+                "waited for mail from it then"
+            )
+    return f"A server at {session.client_ip} connected to {v.host(name)}, {how}{tied}."
+
+
+# -- the summary ------------------------------------------------------------------------------
+
+
+def _delivered_over(v: Verdict) -> str:
+    parts = []
+    for name in v.must_deliver:
+        d = v.probes[name].deliveries[0]
+        parts.append(f"{v.host(name)} over {d.tls.version}" if d.tls else f"{v.host(name)} without TLS")
+    return join(parts)
+
+
+def _held(v: Verdict) -> list[str]:
+    """The details of a validating verdict: the refusals seen, or what staying away shows."""
+    details = [refusal(v, n, s) for n in v.refused if (s := v.probes[n].refusal) is not None]
+    if v.stayed_away:
+        seen = "" if any(v.probes[n].sessions for n in v.stayed_away) else ", and nothing connected there"
+        details.append(
+            f"Nothing arrived for {hosts(v, v.stayed_away)} within {v.grace:.0f} seconds of the first delivery{seen}. "
+            "That is what a DANE-validating server does, but staying away does not show that your server checked "
+            "our certificate: a server that was never sent that message, or is holding it for another reason, looks "
+            "the same. If you sent it, your server did not deliver where the TLSA records do not match our "
+            "certificate, as a DANE-validating server must (RFC 7672)."
+        )
+    else:
+        details.append("It refused where the TLSA records do not match our certificate, as DANE requires (RFC 7672).")
+    details.append("Expect a delay notice for the message it is still holding back; that is correct.")
+    return details
+
+
+def summary(v: Verdict) -> Summary:
+    who = f"Your mail server ({client(v.client)})"
+    match v.code:
+        case Code.NO_TLS:
+            lead = (
+                f"{who} delivered to {hosts(v, v.plaintext)} without TLS, although that domain publishes signed "
+                "TLSA records."
+            )
+            return Summary(lead, (PLAINTEXT_CONSEQUENCE,))
+        case Code.DOES_NOT_VALIDATE:
+            lead = f"{who} delivered to {hosts(v, v.leaked)}, where a DANE-validating server must not deliver."
+            also = [n for n in v.delivered if n not in v.leaked]
+            details = [f"It also delivered to {hosts(v, also)}, as it should."] if also else []
+            return Summary(lead, (*details, *(v.probes[n].probe.proves_fail for n in v.leaked)))
+        case Code.VALIDATES | Code.VALIDATES_WITH_FLAWS:
+            if v.refused and not v.stayed_away:
+                lead = f"{who} validates DANE: it delivered to {_delivered_over(v)}, and refused {hosts(v, v.refused)}."
+            else:
+                lead = f"{who} delivered to {_delivered_over(v)}, and nothing arrived for {hosts(v, v.stayed_away)}."
+            details = _held(v)
+            if v.code is Code.VALIDATES_WITH_FLAWS:
+                lead = (
+                    f"{who} passed the basic test, but it delivered to {hosts(v, v.flaws)}, where an attacker "
+                    "can read the mail."
+                )
+                flaws = [f"{v.host(n)}: {proves(v, n)}" for n in v.flaws]
+                details = [*flaws, f"The basic test: it delivered to {_delivered_over(v)}.", *_held(v)]
+            return Summary(lead, tuple(details))
+        case Code.INCOMPLETE if v.missing:
+            lead = (
+                f"The test cannot conclude: nothing arrived for {hosts(v, v.missing)} within {v.grace:.0f} seconds "
+                "of the first delivery."
+            )
+            return Summary(lead, (
+                f"{who} delivered some of the messages. Every server, validating or not, should deliver there: "
+                "check your server's queue and logs for those addresses and try again.",
+            ))  # fmt: skip
+        case Code.INCOMPLETE:
+            lead = (
+                f"The test cannot conclude: the TLS handshake at {hosts(v, v.failed_here)} failed on our side before "
+                "your server was shown our certificate."
+            )
+            errors = [f"Our TLS error: {s.error}." for n in v.failed_here if (s := v.probes[n].failed_here) and s.error]
+            return Summary(lead, (
+                f"{who} delivered where it should. Nothing arrived at {hosts(v, v.failed_here)}, which proves "
+                "nothing either way.", *errors,
+            ))  # fmt: skip
+    if v.first_delivery is None:
+        return Summary("Waiting for your mail: nothing has arrived yet.", ())
+    return Summary(f"Mail is arriving from {client(v.client)}.", (
+        f"Still waiting for {hosts(v, v.waiting)}: the verdict comes when "
+        f"{'it arrives' if len(v.waiting) == 1 else 'they arrive'}, or {v.grace:.0f} seconds after the first "
+        "delivery at the latest.",
+    ))  # fmt: skip
+
+
+# -- the conformance matrix -------------------------------------------------------------------
+
+TALLY = {Grade.FAIL: "fail", Grade.INCONCLUSIVE: "inconclusive", Grade.PENDING: "still waiting"}
+
+
+def conformance(v: Verdict) -> Conformance:
+    counts = v.counts()
+    total, waiting = len(v.grades), counts[Grade.PENDING]
+    decided = total - waiting
+    if decided == 0:
+        head = f"Nothing decided yet on the {total} probes"
+    elif waiting:
+        head = f"Conforms on {counts[Grade.PASS]} of the {decided} probes decided so far"
+    else:
+        head = f"Conforms on {counts[Grade.PASS]} of {total} probes"
+    if counts[Grade.FAIL]:
+        tone = "bad"
+    elif counts[Grade.INCONCLUSIVE]:
+        tone = "warn"
+    else:
+        tone = "wait" if waiting else "ok"
+    tally = ", ".join(f"{counts[g]} {word}" for g, word in TALLY.items() if counts[g])
+    parts = [head + "."]
+    for name, g in v.grades.items():
+        if g.grade is Grade.FAIL:
+            parts.append(f"{v.host(name)}: {reason(v, name)}. {proves(v, name)}")
+    undecided = [n for n, g in v.grades.items() if g.grade is Grade.INCONCLUSIVE]
+    if undecided:
+        parts.append(f"Inconclusive: {hosts(v, undecided)}.")
+    return Conformance(head, tally, tone, " ".join(parts))
+
+
+def expected(expect: Expect, tls_required: bool) -> str:
+    """What a DANE-validating sender must do with a probe, as a sentence ending."""
+    if expect is Expect.DELIVER:
+        return "deliver the message over TLS" if tls_required else "deliver the message"
+    if expect is Expect.REFUSE:
+        return "connect, check our certificate against the TLSA records, and refuse to send"
+    return "not connect at all"
