@@ -41,6 +41,7 @@ import multiprocessing
 import os
 import platform
 import queue
+import re
 import socket
 import sqlite3
 import ssl
@@ -134,12 +135,24 @@ def log(message: str) -> None:
 
 def read_reply(f: Any) -> int:
     """The code of one (possibly multi-line) SMTP reply; ConnectionError on EOF."""
+    return read_reply_line(f)[0]
+
+
+def read_reply_line(f: Any) -> tuple[int, bytes]:
+    """The code and last line of one (possibly multi-line) SMTP reply; ConnectionError on EOF."""
     while True:
         line = f.readline()
         if not line:
             raise ConnectionError("closed")
         if line[3:4] != b"-":
-            return int(line[:3])
+            return int(line[:3]), line
+
+
+def recorded(line: bytes, accepted: int) -> int:
+    """How many deliveries a 250 to DATA says it recorded: a recipient named several times in
+    one message is recorded once ("recorded N deliveries"); other servers: every accepted RCPT."""
+    found = re.search(rb"recorded (\d+) deliver", line)
+    return int(found.group(1)) if found else accepted
 
 
 def flood(port: int, rcpts: list[str], seconds: float, max_deliveries: int, out: Any) -> None:
@@ -181,9 +194,9 @@ def flood(port: int, rcpts: list[str], seconds: float, max_deliveries: int, out:
                     codes["RCPT refused"] += RCPTS_PER_MESSAGE - accepted
                 if data == 354:
                     sock.sendall(body)
-                    final = read_reply(f)
+                    final, line = read_reply_line(f)
                     if final == 250:
-                        acked += accepted
+                        acked += recorded(line, accepted)
                     else:
                         codes[f"end of DATA {final}"] += 1
                         accepted = 0
