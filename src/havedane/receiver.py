@@ -19,6 +19,7 @@ import secrets
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, TLSSetupException, syntax
@@ -26,7 +27,8 @@ from aiosmtpd.smtp import Session as SMTPSession
 
 from havedane import pki, probes, quota, smtpdata
 from havedane.config import Config, Listen
-from havedane.store.base import Delivery, Outcome, Session, Store, StoreError, Tls
+from havedane.model import Delivery, Outcome, Session, Tls
+from havedane.store.base import Store, StoreError
 
 log = logging.getLogger("havedane.receiver")
 
@@ -111,6 +113,35 @@ def refused_after(certificate_sent: bool, error: BaseException | None) -> bool:
     if isinstance(error, ssl.SSLEOFError | ConnectionResetError | BrokenPipeError):
         return True
     return isinstance(error, ssl.SSLError) and "ALERT" in (error.reason or "")
+
+
+@dataclass
+class _Draft:
+    """The session of an open connection, as far as it got: the connection's own scratch
+    state, emitted as a frozen `Session` when it is saved."""
+
+    id: str
+    started: float
+    client_ip: str
+    client_port: int
+    local_ip: str
+    local_port: int
+    ended: float | None = None
+    helo: str | None = None
+    starttls: bool = False
+    tls: Tls | None = None
+    mail_from: str | None = None
+    rcpts: list[str] = field(default_factory=list)
+    probe: str | None = None
+    alias: str | None = None
+    outcome: Outcome = Outcome.OPEN
+    error: str | None = None
+    chain: str | None = None
+    delivered: int = 0  # recipients recorded in this connection (not stored: deliveries are)
+
+    def session(self) -> Session:
+        fields = {k: v for k, v in vars(self).items() if k != "delivered"}
+        return Session(**{**fields, "rcpts": tuple(self.rcpts)})
 
 
 def _split(address: str) -> tuple[str, str]:
@@ -403,7 +434,7 @@ class ReceiverSMTP(SMTP):
         self._smtp_methods.pop("AUTH", None)
         self._auth_methods.clear()
         self.receiver = receiver
-        self.record: Session = None  # type: ignore[assignment]  # set in connection_made
+        self.record: _Draft = None  # type: ignore[assignment]  # set in connection_made
         self._admitted: str | None = None  # the address whose connection slot this holds
         self._finished = False
         self._timed_out = False
@@ -416,7 +447,7 @@ class ReceiverSMTP(SMTP):
             peer = transport.get_extra_info("peername") or ("", 0)
             sock = transport.get_extra_info("sockname") or ("", 0)
             client_ip = _ip(peer[0])
-            self.record = Session(
+            self.record = _Draft(
                 id=secrets.token_hex(8),
                 started=self.receiver.now(),
                 client_ip=client_ip,
@@ -483,7 +514,7 @@ class ReceiverSMTP(SMTP):
             r.probe = probe.name if probe else None
         if error is not None and r.error is None and not r.delivered and not isinstance(error, TLSSetupException):
             r.error = f"{type(error).__name__}: {error}"[:200]
-        self.receiver.save(r)
+        self.receiver.save(r.session())
 
     def shut_down(self) -> None:
         """The receiver is stopping: say so, record the session now (a TLS close can

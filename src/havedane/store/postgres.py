@@ -24,18 +24,15 @@ import psycopg
 import psycopg.conninfo
 from psycopg_pool import AsyncConnectionPool
 
+from havedane.model import Delivery, Sent, Session, Test
 from havedane.store import notify
 from havedane.store.base import (
     CHECK_HELO,
     KINDS_SHOWN,
     SESSIONS_WITHOUT_MAIL,
-    Delivery,
-    Sent,
-    Session,
     Store,
     StoreError,
     StoreFull,
-    Test,
     TooManyTests,
 )
 from havedane.store.rows import (

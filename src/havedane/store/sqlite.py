@@ -23,17 +23,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from havedane.model import Delivery, Sent, Session, Test
 from havedane.store.base import (
     CHECK_HELO,
     KINDS_SHOWN,
     SESSIONS_WITHOUT_MAIL,
-    Delivery,
-    Sent,
-    Session,
     Store,
     StoreError,
     StoreFull,
-    Test,
     TooManyTests,
 )
 from havedane.store.rows import (

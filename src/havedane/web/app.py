@@ -24,7 +24,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from havedane import report
 from havedane.config import Config
-from havedane.store.base import Store, StoreError, StoreFull, Test, TooManyTests
+from havedane.model import Test
+from havedane.store.base import Store, StoreError, StoreFull, TooManyTests
 from havedane.web import page
 
 HERE = Path(__file__).parent
