@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from havedane import probes, wording
+from havedane.model import Delivery, Outcome, Session, Test, Tls
 from havedane.probes import Expect
-from havedane.store.base import Delivery, Outcome, Session, Test, Tls
 from havedane.verdict import Grade, evaluate
 
 DOMAIN = "x.test"
@@ -175,8 +175,8 @@ def test_grade_follows_the_chain_the_session_recorded() -> None:
     ee = probes.CATALOGUE["ee"]
     shown = Session(
         id="s1", started=T0, ended=T0 + 1, client_ip=CLIENT, client_port=1, local_ip="198.51.100.1", local_port=25,
-        starttls=True, tls=Tls("TLSv1.3", "X", "EE.x.test"), probe="ee", alias="abc", rcpts=[ee.address("abc", DOMAIN)],
-        outcome=Outcome.DELIVERED, chain="ee",
+        starttls=True, tls=Tls("TLSv1.3", "X", "EE.x.test"), probe="ee", alias="abc",
+        rcpts=(ee.address("abc", DOMAIN),), outcome=Outcome.DELIVERED, chain="ee",
     )  # fmt: skip
     d = Delivery("abc", "ee", T0 + 1, CLIENT, "mx", "a@sender.example", ee.address("abc", DOMAIN),
                  Tls("TLSv1.3", "X", "EE.x.test"), session_id="s1")  # fmt: skip

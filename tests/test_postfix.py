@@ -35,7 +35,7 @@ def new_alias(config: Path) -> str:
     import time
 
     from havedane import config as configmod
-    from havedane.store.base import Test
+    from havedane.model import Test
     from havedane.store.sqlite import open_store
 
     alias = "bridgetest" + os.urandom(4).hex()

@@ -23,9 +23,10 @@ import pytest
 
 from havedane import config as configmod
 from havedane.config import Listen
+from havedane.model import Delivery, Test
 from havedane.receiver import Receiver
 from havedane.store import postgres
-from havedane.store.base import Delivery, Store, StoreError, StoreFull, Test
+from havedane.store.base import Store, StoreError, StoreFull
 from havedane.store.sqlite import SQLiteStore, open_store, upgrade
 from havedane.web.app import create_app
 from helpers import free_port, make_setup

@@ -22,7 +22,8 @@ import httpx
 import pytest
 
 from havedane import config as configmod
-from havedane.store.base import Delivery, Outcome, Session, Store, Test, Tls
+from havedane.model import Delivery, Outcome, Session, Test, Tls
+from havedane.store.base import Store
 from havedane.store.sqlite import open_store
 from havedane.web.app import create_app, serve_forever
 from helpers import Serve, free_port

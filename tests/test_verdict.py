@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
 
 from havedane import probes, wording
-from havedane.store.base import Delivery, Outcome, Session, Test, Tls
+from havedane.model import Delivery, Outcome, Session, Test, Tls
 from havedane.verdict import Code, Status, evaluate
 
 DOMAIN = "x.test"
@@ -107,8 +108,7 @@ def test_grace_counts_from_the_first_delivery() -> None:
 
 
 def test_refused_session_with_mail_is_not_a_refusal() -> None:
-    s = refusal("wrong")
-    s.mail_from = "a@sender.example"
+    s = dataclasses.replace(refusal("wrong"), mail_from="a@sender.example")
     v = evaluate(probes.CLASSIC, Test("abc", T0), [s], [delivery("do", TLS)], T0 + 2, GRACE, DOMAIN)
     assert v.probes["wrong"].status == Status.PENDING
 

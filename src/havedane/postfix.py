@@ -20,7 +20,8 @@ from typing import BinaryIO
 
 from havedane import probes
 from havedane.config import Config
-from havedane.store.base import Delivery, Store, StoreError, Tls
+from havedane.model import Delivery, Tls
+from havedane.store.base import Store, StoreError
 
 EX_OK = 0
 EX_USAGE = 64

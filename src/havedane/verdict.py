@@ -26,8 +26,8 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from havedane.model import Delivery, Outcome, Session, Test
 from havedane.probes import Expect, Probe, Tlsa
-from havedane.store.base import Delivery, Outcome, Session, Test
 
 
 class Status(enum.StrEnum):

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from havedane.model import Outcome, Session
 from havedane.probes import Expect
-from havedane.store.base import Outcome, Session
 from havedane.verdict import Client, Code, Grade, Reason, Verdict
 
 # The one wording of the plaintext consequence: the summary, the card and the table say it.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 
 from havedane import config as configmod
 from havedane import report, wording
-from havedane.store.base import Delivery, Outcome, Session, Test, Tls
+from havedane.model import Delivery, Outcome, Session, Test, Tls
 from havedane.verdict import Code, evaluate
 from havedane.web import page
 
@@ -77,9 +78,7 @@ def test_network_strings_are_escaped() -> None:
 
 
 def refusal_at(probe: str, at: float) -> Session:
-    s = refusal(9, at)
-    s.probe = probe
-    return s
+    return dataclasses.replace(refusal(9, at), probe=probe)
 
 
 LATE = T0 + 120  # after the grace period
@@ -284,7 +283,7 @@ def test_conformance_headline_tone() -> None:
 
 
 def test_every_session_outcome_has_words() -> None:
-    from havedane.store.base import Outcome
+    from havedane.model import Outcome
     from havedane.web import page
 
     for outcome in Outcome:
@@ -316,8 +315,9 @@ def test_a_refusal_seen_is_still_called_a_certificate_check() -> None:
 
 
 def test_mail_and_rcpt_without_data_is_not_called_leaving_without_sending() -> None:
-    s = refusal(1, T0 + 3)
-    s.mail_from, s.rcpts, s.outcome = "a@sender.example", [f"abc@wrong.{DOMAIN}"], Outcome.LEFT
+    s = dataclasses.replace(
+        refusal(1, T0 + 3), mail_from="a@sender.example", rcpts=(f"abc@wrong.{DOMAIN}",), outcome=Outcome.LEFT
+    )
     r = state([s], [delivery("do", T0 + 1), delivery("dont", T0 + 2)], now=T0 + 120)
     words = card(render(r), "wrong")
     assert "left without sending mail" not in words

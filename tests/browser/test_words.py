@@ -11,7 +11,7 @@ from html import unescape
 from typing import Any
 
 from havedane import wording
-from havedane.store.base import Delivery, Outcome
+from havedane.model import Delivery, Outcome
 from havedane.web import page
 
 from .test_page_model import (

@@ -24,6 +24,7 @@ import psycopg
 import psycopg.conninfo
 from psycopg_pool import AsyncConnectionPool
 
+from havedane.model import Delivery, Sent, Session, Test
 from havedane.store import notify
 from havedane.store.base import (
     CHECK_HELO,
@@ -32,13 +33,9 @@ from havedane.store.base import (
     RECLAIM_BATCH,
     SESSIONS_WITHOUT_MAIL,
     UNUSED_TESTS,
-    Delivery,
-    Sent,
-    Session,
     Store,
     StoreError,
     StoreFull,
-    Test,
     TooManyTests,
 )
 from havedane.store.rows import (

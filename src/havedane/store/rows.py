@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from havedane.store.base import Delivery, Outcome, Session, Tls
+from havedane.model import Delivery, Outcome, Session, Tls
 
 SESSION_COLUMNS = (
     "id, started, ended, client_ip, client_port, local_ip, local_port, helo, starttls, tls_version, "
@@ -63,7 +63,7 @@ def session_from_row(row: tuple[Any, ...], rcpts: list[str]) -> Session:
         starttls=bool(row[8]),
         tls=tls_from(row[9], row[10], row[11]),
         mail_from=row[12],
-        rcpts=rcpts,
+        rcpts=tuple(rcpts),
         probe=row[14],
         alias=row[15],
         outcome=Outcome(row[16]),

@@ -23,19 +23,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from havedane.model import Delivery, Sent, Session, Test
 from havedane.store.base import (
     CHECK_HELO,
     KINDS_SHOWN,
     RECLAIM_BATCH,
     SESSIONS_WITHOUT_MAIL,
     UNUSED_TESTS,
-    Delivery,
-    Sent,
-    Session,
     Store,
     StoreError,
     StoreFull,
-    Test,
     TooManyTests,
     client_key,
 )
