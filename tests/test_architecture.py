@@ -50,10 +50,6 @@ KNOWN = {
     # verdict takes Test, Session, Delivery, Outcome from the store's base module until
     # they move to the model module (which imports nothing of the project).
     (PURE_IMPORTS_IMPURE, "havedane.verdict", "havedane.store.base"),
-    # open_store lives in the sqlite backend and opens the postgres one for its URL
-    # scheme; postgres raises sqlite's SchemaTooNew. Both belong to the store package.
-    (BACKEND_BACKEND, "havedane.store.sqlite", "havedane.store.postgres"),
-    (BACKEND_BACKEND, "havedane.store.postgres", "havedane.store.sqlite"),
 }
 
 

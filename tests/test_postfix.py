@@ -35,8 +35,8 @@ def new_alias(config: Path) -> str:
     import time
 
     from havedane import config as configmod
+    from havedane.store import open_store
     from havedane.store.base import Test
-    from havedane.store.sqlite import open_store
 
     alias = "bridgetest" + os.urandom(4).hex()
 

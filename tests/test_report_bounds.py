@@ -19,7 +19,8 @@ import pytest
 
 from havedane import config as configmod
 from havedane import report
-from havedane.store.base import KINDS_SHOWN, SESSIONS_WITHOUT_MAIL, Delivery, Store, Test, Tls
+from havedane.store import Store
+from havedane.store.base import KINDS_SHOWN, SESSIONS_WITHOUT_MAIL, Delivery, Test, Tls
 from havedane.store.sqlite import SQLiteStore
 from havedane.web.app import create_app
 from helpers import make_setup

@@ -18,20 +18,8 @@ import pytest
 
 from havedane import check, report
 from havedane import config as configmod
-from havedane.store import postgres, sqlite
-from havedane.store.base import (
-    CHECK_HELO,
-    Delivery,
-    Outcome,
-    Session,
-    Store,
-    StoreError,
-    Test,
-    Tls,
-    TooManyTests,
-    client_key,
-)
-from havedane.store.sqlite import SchemaTooNew, open_store
+from havedane.store import SchemaTooNew, Store, StoreError, TooManyTests, open_store, postgres, sqlite, upgrade
+from havedane.store.base import CHECK_HELO, Delivery, Outcome, Session, Test, Tls, client_key
 from pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.anyio
@@ -429,12 +417,6 @@ async def test_a_waiter_wakes_once_per_burst_and_sees_every_write(store: Store, 
 
 
 # -- schema -----------------------------------------------------------------------------
-
-
-def upgrade(url: str) -> tuple[int, int]:
-    if url.startswith("sqlite:///"):
-        return sqlite.upgrade(Path(url.removeprefix("sqlite:///")))
-    return postgres.upgrade(url)
 
 
 def set_version(url: str, version: int) -> None:

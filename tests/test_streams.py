@@ -22,8 +22,8 @@ import httpx
 import pytest
 
 from havedane import config as configmod
-from havedane.store.base import Delivery, Outcome, Session, Store, Test, Tls
-from havedane.store.sqlite import open_store
+from havedane.store import Store, open_store
+from havedane.store.base import Delivery, Outcome, Session, Test, Tls
 from havedane.web.app import create_app, serve_forever
 from helpers import Serve, free_port
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from havedane import probes
+from havedane import probes, store
 
 
 class ConfigError(Exception):
@@ -318,11 +318,12 @@ def load(path: Path | None, env: Mapping[str, str] | None = None, default_domain
 
     base = path.parent if path else Path.cwd()
     store_url = parsed["store"]["url"] or f"sqlite:///{base / 'havedane.sqlite3'}"
-    if not store_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
-        raise ConfigError(f"store.url: must start with sqlite:/// or postgresql://, got {store_url!r}")
-    if store_url.startswith("sqlite:///"):
-        db = Path(store_url.removeprefix("sqlite:///"))
-        store_url = f"sqlite:///{db if db.is_absolute() else base / db}"
+    try:
+        db = store.parse_url(store_url).path
+    except store.StoreError as e:
+        raise ConfigError(f"store.url: {e}") from None
+    if db is not None:
+        store_url = f"{store.SQLITE}{db if db.is_absolute() else base / db}"
     tls_dir = Path(parsed["tls"]["dir"])
     web = parsed["web"]
     return Config(

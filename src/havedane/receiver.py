@@ -27,6 +27,7 @@ from aiosmtpd.smtp import Session as SMTPSession
 from havedane import pki, probes, quota, smtpdata
 from havedane.config import Config, Listen
 from havedane.store.base import Delivery, Outcome, Session, Store, StoreError, Tls
+from havedane.wiretext import clean as _text  # bytes that are not UTF-8, NUL: U+FFFD
 
 log = logging.getLogger("havedane.receiver")
 
@@ -358,17 +359,6 @@ def _message_id(content: bytes) -> str | None:
     except Exception:  # noqa: BLE001 - hostile headers must never break a delivery
         return None
     return _text(str(value))[:256] if value else None
-
-
-def _text(value: str) -> str:
-    """Text from the wire as valid Unicode. aiosmtpd keeps bytes that are not UTF-8 as lone
-    surrogates (surrogateescape), which neither the database, JSON nor a reply can encode:
-    they become U+FFFD."""
-    try:
-        raw = value.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        raw = value.encode("utf-8", "surrogatepass")
-    return raw.decode("utf-8", "replace")
 
 
 def session_log(s: Session) -> dict[str, Any]:

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from havedane.config import Config
-from havedane.store.base import Delivery, Session, Store, Test, Tls
+from havedane.store import Store
+from havedane.store.base import Delivery, Session, Test, Tls
 from havedane.verdict import Verdict, evaluate
 
 # A session without MAIL carries no alias: it is tied to a test by the client address

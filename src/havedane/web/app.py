@@ -26,7 +26,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from havedane import report
 from havedane.config import Config
-from havedane.store.base import CLIENT_PREFIX, Store, StoreError, StoreFull, Test, TooManyTests, client_key
+from havedane.store import Store, StoreError, StoreFull, TooManyTests
+from havedane.store.base import CLIENT_PREFIX, Test, client_key
 from havedane.web import page
 
 HERE = Path(__file__).parent
