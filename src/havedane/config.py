@@ -8,8 +8,10 @@ message names the key: the CLI prints it as one line and exits 2.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
+import textwrap
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -363,6 +365,25 @@ def load(path: Path | None, env: Mapping[str, str] | None = None, default_domain
     )
 
 
+def _probes_section() -> str:
+    """The [probes] keys of the template, named from the catalogue."""
+    classic = [p.name for p in probes.CATALOGUE.values() if p.classic]
+    matrix = [p.name for p in probes.CATALOGUE.values() if not p.classic]
+    # Example addresses from TEST-NET-1 (RFC 5737), one per probe without STARTTLS.
+    homeless = [p.name for p in probes.CATALOGUE.values() if not p.starttls]
+    addresses = ", ".join(f'"{name}" = "192.0.2.{8 + i}"' for i, name in enumerate(homeless))
+    comment = textwrap.wrap(
+        "The classic probes decide the headline verdict; `matrix = true` adds the RFC 7672 "
+        f"conformance probes (see README): {', '.join(matrix)}.",
+        width=86,
+    )
+    return "\n".join(
+        [*(f"# {line}" for line in comment), f"enabled = {json.dumps(classic)}", "matrix = false"]
+        + ["# Probes without STARTTLS need a listener address of their own, e.g."]
+        + [f"# addresses = {{ {addresses} }}"]
+    )
+
+
 def render(domain: str, smtp_listen: list[str], web_listen: str) -> str:
     """The havedane.toml written by `havedane init`: every key, with its default."""
     listen = ", ".join(f'"{s}"' for s in smtp_listen)
@@ -370,11 +391,7 @@ def render(domain: str, smtp_listen: list[str], web_listen: str) -> str:
 domain = "{domain}"
 
 [probes]
-# The classic three; `matrix = true` adds the RFC 7672 conformance probes (see README).
-enabled = ["do", "dont", "wrong"]
-matrix = false
-# Probes without STARTTLS need a listener address of their own, e.g.
-# addresses = {{ notls = "192.0.2.8", "unusable-notls" = "192.0.2.9" }}
+{_probes_section()}
 
 [smtp]
 listen = [{listen}]
