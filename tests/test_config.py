@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from havedane import config
+from havedane import config, probes
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -29,6 +30,19 @@ def test_rendered_file_loads_with_every_key(tmp_path: Path) -> None:
     c = config.load(write(tmp_path, config.render("x.test", ["127.0.0.1:25", "[::1]:25"], "127.0.0.1:80")), env={})
     assert c.smtp_listen == (config.Listen("127.0.0.1", 25), config.Listen("::1", 25))
     assert c.web_listen == config.Listen("127.0.0.1", 80)
+
+
+def test_rendered_file_names_the_probes_of_the_catalogue(tmp_path: Path) -> None:
+    """The template's probe lists come from the catalogue: every probe is named, and its
+    example of listener addresses, uncommented with the matrix on, is a working setup."""
+    text = config.render("x.test", ["127.0.0.1:25"], "127.0.0.1:80")
+    section = text[text.index("[probes]") : text.index("[smtp]")]
+    assert set(probes.CATALOGUE) - set(re.findall(r"[\w-]+", section)) == set()
+    (example,) = [line for line in text.splitlines() if line.startswith("# addresses = ")]
+    text = text.replace(example, example.removeprefix("# ")).replace("matrix = false", "matrix = true")
+    c = config.load(write(tmp_path, text), env={})
+    assert [p.name for p in c.probes] == list(probes.CATALOGUE)
+    assert set(c.probe_addresses) == {p.name for p in probes.CATALOGUE.values() if not p.starttls}
 
 
 def test_environment_overrides_every_section(tmp_path: Path) -> None:

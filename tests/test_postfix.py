@@ -36,7 +36,7 @@ def new_alias(config: Path) -> str:
 
     from havedane import config as configmod
     from havedane.model import Test
-    from havedane.store.sqlite import open_store
+    from havedane.store import open_store
 
     alias = "bridgetest" + os.urandom(4).hex()
 

@@ -20,7 +20,8 @@ import pytest
 from havedane import config as configmod
 from havedane import report
 from havedane.model import Delivery, Test, Tls
-from havedane.store.base import KINDS_SHOWN, SESSIONS_WITHOUT_MAIL, Store
+from havedane.store import Store
+from havedane.store.base import KINDS_SHOWN, SESSIONS_WITHOUT_MAIL
 from havedane.store.sqlite import SQLiteStore
 from havedane.web.app import create_app
 from helpers import make_setup

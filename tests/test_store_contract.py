@@ -20,9 +20,8 @@ import pytest
 from havedane import check, report, wording
 from havedane import config as configmod
 from havedane.model import Delivery, Outcome, Session, Test, Tls
-from havedane.store import postgres, sqlite
-from havedane.store.base import CHECK_HELO, Store, StoreError, TooManyTests, client_key
-from havedane.store.sqlite import SchemaTooNew, open_store
+from havedane.store import SchemaTooNew, Store, StoreError, TooManyTests, open_store, postgres, sqlite, upgrade
+from havedane.store.base import CHECK_HELO, client_key
 from pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.anyio
@@ -115,9 +114,39 @@ async def test_create_and_get_test(store: Store) -> None:
 
 async def test_duplicate_alias_is_refused_and_keeps_the_first(store: Store) -> None:
     await store.create_test(Test("dup", T0, "192.0.2.7"))
-    with pytest.raises((StoreError, sqlite3.IntegrityError)):
+    # The store's own error, never the driver's (sqlite3.IntegrityError, psycopg's UniqueViolation).
+    with pytest.raises(StoreError):
         await store.create_test(Test("dup", T0 + 5, "192.0.2.8"))
     assert await store.get_test("dup") == Test("dup", T0, "192.0.2.7")
+
+
+async def test_hostile_smtp_text_is_stored_cleaned(store: Store) -> None:
+    """aiosmtpd keeps undecodable bytes as surrogate escapes; NUL is legal in SMTP text but
+    not in PostgreSQL. Both backends store the same cleaned text, and a lone surrogate that
+    stands for no byte is no driver error either."""
+    await store.add_deliveries([delivery("h1", helo="a\x00b\udcffc", mail_from="\udce9@x", rcpt="\ud800@y")])
+    (got,) = await store.deliveries_for("h1")
+    assert (got.helo, got.mail_from, got.rcpt) == ("a\ufffdb\ufffdc", "\ufffd@x", "\ufffd\ufffd\ufffd@y")
+    hostile = dataclasses.replace(session("hs", T0, "h1"), helo="h\udce4lo", rcpts=("\x00@y",), error="\ud800")
+    await store.save_session(hostile)
+    (got_session,) = await store.sessions_for("h1", [], T0)
+    assert (got_session.helo, got_session.rcpts, got_session.error) == (
+        "h\ufffdlo",
+        ("\ufffd@y",),
+        "\ufffd\ufffd\ufffd",
+    )
+
+
+async def test_a_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> None:
+    """`havedane db upgrade` and open on a file that is not SQLite: the store's error (one
+    line for the user), not sqlite3.DatabaseError."""
+    path = tmp_path / "havedane.sqlite3"
+    path.write_bytes(b"this is not a database, just a file of the same name\n" * 100)
+    with pytest.raises(StoreError, match="not a database"):
+        upgrade(f"sqlite:///{path}")
+    s = open_store(f"sqlite:///{path}")
+    with pytest.raises(StoreError, match="not a database"):
+        await s.open()
 
 
 async def test_max_tests_refuses_without_evicting(store: Store) -> None:
@@ -400,12 +429,6 @@ async def test_a_waiter_wakes_once_per_burst_and_sees_every_write(store: Store, 
 # -- schema -----------------------------------------------------------------------------
 
 
-def upgrade(url: str) -> tuple[int, int]:
-    if url.startswith("sqlite:///"):
-        return sqlite.upgrade(Path(url.removeprefix("sqlite:///")))
-    return postgres.upgrade(url)
-
-
 def set_version(url: str, version: int) -> None:
     if url.startswith("sqlite:///"):
         with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
@@ -447,20 +470,6 @@ async def test_postgres_unreachable_is_one_line_without_password() -> None:
         await s.open()
     assert "\n" not in str(e.value) and "secret" not in str(e.value)
     assert "127.0.0.1:1/havedane" in str(e.value)
-
-
-@pytest.mark.postgres
-async def test_postgres_stores_hostile_smtp_text(postgres_url: str) -> None:  # noqa: F811
-    """aiosmtpd keeps undecodable bytes as surrogate escapes; NUL is legal in SMTP text but not in PostgreSQL."""
-    postgres.upgrade(postgres_url)
-    s = open_store(postgres_url)
-    await s.open()
-    try:
-        await s.add_deliveries([delivery("h1", helo="a\x00b\udcffc", mail_from="\udce9@x")])
-        (got,) = await s.deliveries_for("h1")
-        assert (got.helo, got.mail_from) == ("a\ufffdb\ufffdc", "\ufffd@x")
-    finally:
-        await s.close()
 
 
 @pytest.mark.postgres

@@ -25,9 +25,9 @@ from havedane import config as configmod
 from havedane.config import Listen
 from havedane.model import Delivery, Test
 from havedane.receiver import Receiver
-from havedane.store import postgres
-from havedane.store.base import Store, StoreError, StoreFull
-from havedane.store.sqlite import SQLiteStore, open_store, upgrade
+from havedane.store import Store, StoreError, StoreFull, open_store, upgrade
+from havedane.store.postgres import _failure
+from havedane.store.sqlite import SQLiteStore
 from havedane.web.app import create_app
 from helpers import free_port, make_setup
 from pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
@@ -52,10 +52,9 @@ def delivery(alias: str, n: int = 0) -> Delivery:
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         db = f"sqlite:///{tmp_path / 'havedane.sqlite3'}"
-        upgrade(tmp_path / "havedane.sqlite3")
     else:
         db = request.getfixturevalue("postgres_url")
-        postgres.upgrade(db)
+    upgrade(db)
     return db
 
 
@@ -156,7 +155,7 @@ async def test_a_full_disk_is_reported_as_a_full_disk(tmp_path: Path, caplog: py
 
 
 def test_postgres_disk_full_is_store_full() -> None:
-    error = postgres._failure("postgresql://db.example/havedane", psycopg.errors.DiskFull("could not extend file"))
+    error = _failure("postgresql://db.example/havedane", psycopg.errors.DiskFull("could not extend file"))
     assert isinstance(error, StoreFull)
 
 
@@ -220,7 +219,7 @@ async def test_a_large_prune_does_not_hold_up_a_delivery(tmp_path: Path) -> None
     """Pruning hundreds of thousands of orphan sessions runs in batches: a delivery committed
     meanwhile is acknowledged quickly (loose bound), not after the whole prune."""
     db = tmp_path / "havedane.sqlite3"
-    upgrade(db)
+    upgrade(f"sqlite:///{db}")
     raw = sqlite3.connect(db, isolation_level=None)
     raw.execute("BEGIN")
     raw.executemany(

@@ -23,8 +23,7 @@ import pytest
 
 from havedane import config as configmod
 from havedane.model import Delivery, Outcome, Session, Test, Tls
-from havedane.store.base import Store
-from havedane.store.sqlite import open_store
+from havedane.store import Store, open_store
 from havedane.web.app import create_app, serve_forever
 from helpers import Serve, free_port
 

@@ -27,7 +27,7 @@ from havedane import config as configmod
 from havedane.config import Config, ConfigError, Listen
 from havedane.failure import Failure
 from havedane.setupdir import add_missing, init
-from havedane.store.base import Store
+from havedane.store import Store
 
 EMBEDDED_DOMAIN = "havedane.localhost"
 
@@ -111,7 +111,7 @@ async def serve(
     config: Config, smtp: tuple[Listen, ...], web: Listen, ready: Callable[[str], None] = print, role: str = "all"
 ) -> None:
     from havedane.receiver import Receiver, probe_contexts
-    from havedane.store.sqlite import open_store
+    from havedane.store import open_store
     from havedane.web.app import create_app, serve_forever
 
     try:
@@ -321,8 +321,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_deliver(args: argparse.Namespace) -> int:
-    from havedane import postfix
-    from havedane.store.sqlite import open_store
+    from havedane import postfix, wiretext
+    from havedane.store import open_store
 
     try:
         config = load_config(args.config)
@@ -331,7 +331,8 @@ def cmd_deliver(args: argparse.Namespace) -> int:
         return postfix.EX_CONFIG
     try:
         store = open_store(config.store_url, config.store_busy_timeout, config.store_write_timeout)
-        utf8 = postfix.utf8_arg
+        # Postfix passes the sender and HELO as the client sent them: 8-bit, not always UTF-8.
+        utf8 = wiretext.clean_optional
         code, reason = postfix.deliver(
             config, store, utf8(args.sender) or "", utf8(args.recipient) or "", args.client_address,
             utf8(args.client_helo), sys.stdin.buffer,
@@ -354,18 +355,11 @@ def cmd_postfix_config(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from havedane.store.base import StoreError
+    from havedane.store import StoreError, upgrade
 
     config = load_config(args.config)
     try:
-        if not config.store_url.startswith("sqlite:///"):
-            from havedane.store import postgres
-
-            before, after = postgres.upgrade(config.store_url)
-        else:
-            from havedane.store import sqlite
-
-            before, after = sqlite.upgrade(Path(config.store_url.removeprefix("sqlite:///")))
+        before, after = upgrade(config.store_url, config.store_busy_timeout)
     except StoreError as e:
         raise Failure(str(e)) from None
     print(f"schema version {before} -> {after}" if before != after else f"schema is current (version {after})")

@@ -8,15 +8,17 @@ message names the key: the CLI prints it as one line and exits 2.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
+import textwrap
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from havedane import probes
+from havedane import probes, store
 
 
 class ConfigError(Exception):
@@ -318,11 +320,12 @@ def load(path: Path | None, env: Mapping[str, str] | None = None, default_domain
 
     base = path.parent if path else Path.cwd()
     store_url = parsed["store"]["url"] or f"sqlite:///{base / 'havedane.sqlite3'}"
-    if not store_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
-        raise ConfigError(f"store.url: must start with sqlite:/// or postgresql://, got {store_url!r}")
-    if store_url.startswith("sqlite:///"):
-        db = Path(store_url.removeprefix("sqlite:///"))
-        store_url = f"sqlite:///{db if db.is_absolute() else base / db}"
+    try:
+        db = store.parse_url(store_url).path
+    except store.StoreError as e:
+        raise ConfigError(f"store.url: {e}") from None
+    if db is not None:
+        store_url = f"{store.SQLITE}{db if db.is_absolute() else base / db}"
     tls_dir = Path(parsed["tls"]["dir"])
     web = parsed["web"]
     return Config(
@@ -362,6 +365,25 @@ def load(path: Path | None, env: Mapping[str, str] | None = None, default_domain
     )
 
 
+def _probes_section() -> str:
+    """The [probes] keys of the template, named from the catalogue."""
+    classic = [p.name for p in probes.CATALOGUE.values() if p.classic]
+    matrix = [p.name for p in probes.CATALOGUE.values() if not p.classic]
+    # Example addresses from TEST-NET-1 (RFC 5737), one per probe without STARTTLS.
+    homeless = [p.name for p in probes.CATALOGUE.values() if not p.starttls]
+    addresses = ", ".join(f'"{name}" = "192.0.2.{8 + i}"' for i, name in enumerate(homeless))
+    comment = textwrap.wrap(
+        "The classic probes decide the headline verdict; `matrix = true` adds the RFC 7672 "
+        f"conformance probes (see README): {', '.join(matrix)}.",
+        width=86,
+    )
+    return "\n".join(
+        [*(f"# {line}" for line in comment), f"enabled = {json.dumps(classic)}", "matrix = false"]
+        + ["# Probes without STARTTLS need a listener address of their own, e.g."]
+        + [f"# addresses = {{ {addresses} }}"]
+    )
+
+
 def render(domain: str, smtp_listen: list[str], web_listen: str) -> str:
     """The havedane.toml written by `havedane init`: every key, with its default."""
     listen = ", ".join(f'"{s}"' for s in smtp_listen)
@@ -369,11 +391,7 @@ def render(domain: str, smtp_listen: list[str], web_listen: str) -> str:
 domain = "{domain}"
 
 [probes]
-# The classic three; `matrix = true` adds the RFC 7672 conformance probes (see README).
-enabled = ["do", "dont", "wrong"]
-matrix = false
-# Probes without STARTTLS need a listener address of their own, e.g.
-# addresses = {{ notls = "192.0.2.8", "unusable-notls" = "192.0.2.9" }}
+{_probes_section()}
 
 [smtp]
 listen = [{listen}]

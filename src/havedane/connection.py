@@ -76,17 +76,6 @@ def session_log(s: Session) -> dict[str, Any]:
     }
 
 
-def text(value: str) -> str:
-    """Text from the wire as valid Unicode. aiosmtpd keeps bytes that are not UTF-8 as lone
-    surrogates (surrogateescape), which neither the database, JSON nor a reply can encode:
-    they become U+FFFD."""
-    try:
-        raw = value.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        raw = value.encode("utf-8", "surrogatepass")
-    return raw.decode("utf-8", "replace")
-
-
 def split(address: str) -> tuple[str, str]:
     """(local part, domain lowercased without a final dot)."""
     local, _, domain = address.rpartition("@")

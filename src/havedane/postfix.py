@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from havedane import probes
+from havedane import probes, wiretext
 from havedane.config import Config
 from havedane.model import Delivery, Tls
-from havedane.store.base import Store, StoreError
+from havedane.store import Store, StoreError
 
 EX_OK = 0
 EX_USAGE = 64
@@ -83,11 +83,11 @@ def read_headers(stream: BinaryIO) -> tuple[dict[str, str], int]:
 def first_headers(head: bytes, names: tuple[str, ...]) -> dict[str, str]:
     """The first occurrence of each header in `names` (lower case), unfolded
     (RFC 5322 §2.2.3). Lenient on purpose: a line without a colon is skipped rather
-    than ending the header section, and bytes that are not UTF-8 are replaced."""
+    than ending the header section, and bytes that are not UTF-8 (and NUL) are replaced."""
     out: dict[str, str] = {}
     current: str | None = None
     for raw in head.replace(b"\r\n", b"\n").split(b"\n"):
-        line = raw.decode("utf-8", "replace")
+        line = wiretext.decode(raw)
         if line[:1] in (" ", "\t") and current is not None:
             out[current] += " " + line.strip()
             continue
@@ -98,18 +98,6 @@ def first_headers(head: bytes, names: tuple[str, ...]) -> dict[str, str]:
             out[key] = value.strip()
             current = key
     return out
-
-
-def utf8_arg(value: str | None) -> str | None:
-    """An argument as valid UTF-8. Postfix passes the sender and HELO as the client
-    sent them (8-bit, not always UTF-8), which Python keeps as surrogate escapes."""
-    if value is None:
-        return None
-    try:
-        raw = value.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # a surrogate that stands for no byte
-        raw = value.encode("utf-8", "replace")
-    return raw.decode("utf-8", "replace")
 
 
 async def record(store: Store, delivery: Delivery) -> None:

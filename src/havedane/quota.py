@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, field
 
-from havedane.store.base import Store
+from havedane.store import Store
 
 ENTRIES = 10_000  # tests whose counts are kept; the least recently named are read again when needed
 

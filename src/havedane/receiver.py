@@ -27,11 +27,12 @@ from aiosmtpd.smtp import Session as SMTPSession
 
 from havedane import admission, probes, quota
 from havedane.config import Config, Listen
-from havedane.connection import ip, session_log, split, text
+from havedane.connection import ip, session_log, split
 from havedane.model import Delivery, Session
 from havedane.smtpserver import ReceiverSMTP
-from havedane.store.base import Store, StoreError
+from havedane.store import Store, StoreError
 from havedane.tlspolicy import probe_contexts, tls_context
+from havedane.wiretext import clean as text  # bytes that are not UTF-8, NUL: U+FFFD
 
 __all__ = ["IDENT", "Receiver", "probe_contexts", "tls_context"]
 

@@ -15,7 +15,7 @@ from typing import Any
 from havedane import wording
 from havedane.config import Config
 from havedane.model import Delivery, Session, Test, Tls
-from havedane.store.base import Store
+from havedane.store import Store
 from havedane.verdict import Verdict, evaluate
 
 # A session without MAIL carries no alias: it is tied to a test by the client address

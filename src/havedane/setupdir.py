@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from havedane import config as configmod
-from havedane import pki
+from havedane import pki, store
 from havedane.config import Config, ConfigError
 from havedane.failure import Failure
 
@@ -63,10 +63,11 @@ def _move_into(new: Path, target: Path) -> None:
 def _create_database(config: Config) -> None:
     """Create the SQLite database, or bring it up to date. An existing one is kept,
     with every test in it, whatever else is replaced."""
-    if config.store_url.startswith("sqlite:///"):
-        from havedane.store import sqlite
-
-        sqlite.upgrade(Path(config.store_url.removeprefix("sqlite:///")))
+    if store.parse_url(config.store_url).kind == "sqlite":
+        try:
+            store.upgrade(config.store_url, config.store_busy_timeout)
+        except store.StoreError as e:
+            raise Failure(str(e)) from None
 
 
 def add_missing(path: Path) -> list[str]:

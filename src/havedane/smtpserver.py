@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException, syntax
 
 from havedane import admission, probes, smtpdata, tlspolicy
-from havedane.connection import Draft, ip, text
+from havedane.connection import Draft, ip
 from havedane.model import Outcome, Tls
+from havedane.wiretext import clean as text
 
 if TYPE_CHECKING:
     from havedane.receiver import Receiver

@@ -41,6 +41,10 @@ class TooManyTests(StoreError):
     """The upper bound on stored tests is reached: refuse, never evict."""
 
 
+class SchemaTooNew(StoreError):
+    """The database was migrated by a newer havedane: this one refuses to touch it."""
+
+
 class Store(abc.ABC):
     """The store interface. Every write is durable (committed) when its coroutine returns."""
 

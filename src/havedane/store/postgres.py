@@ -33,6 +33,7 @@ from havedane.store.base import (
     RECLAIM_BATCH,
     SESSIONS_WITHOUT_MAIL,
     UNUSED_TESTS,
+    SchemaTooNew,
     Store,
     StoreError,
     StoreFull,
@@ -46,7 +47,7 @@ from havedane.store.rows import (
     merge_sessions,
     session_from_row,
 )
-from havedane.store.sqlite import SchemaTooNew
+from havedane.wiretext import clean_optional as text
 
 SCHEMA_VERSION = 2
 
@@ -147,17 +148,6 @@ def _failure(url: str, e: psycopg.Error) -> StoreError:
     return StoreError(f"PostgreSQL {where(url)}: {notify.first_line(e)}")
 
 
-def _text(value: str | None) -> str | None:
-    """SMTP text as PostgreSQL can hold it: no NUL, valid UTF-8 (aiosmtpd keeps
-    undecodable bytes as surrogate escapes)."""
-    if value is None:
-        return None
-    if value.isascii() and "\x00" not in value:
-        return value
-    raw = value.encode("utf-8", "surrogateescape")
-    return raw.decode("utf-8", "replace").replace("\x00", "\ufffd")
-
-
 def _schema_message(url: str, found: int) -> StoreError:
     if found > SCHEMA_VERSION:
         return SchemaTooNew(
@@ -198,17 +188,17 @@ def upgrade(url: str) -> tuple[int, int]:
 def _session_row(s: Session) -> tuple[Any, ...]:
     t = s.tls
     return (
-        s.id, s.started, s.ended, _text(s.client_ip), s.client_port, _text(s.local_ip), s.local_port, _text(s.helo),
-        s.starttls, t and _text(t.version), t and _text(t.cipher), t and _text(t.sni), _text(s.mail_from),
-        [_text(r) for r in s.rcpts], s.probe, s.alias, s.outcome.value, _text(s.error), s.chain,
+        s.id, s.started, s.ended, text(s.client_ip), s.client_port, text(s.local_ip), s.local_port, text(s.helo),
+        s.starttls, t and text(t.version), t and text(t.cipher), t and text(t.sni), text(s.mail_from),
+        [text(r) for r in s.rcpts], s.probe, s.alias, s.outcome.value, text(s.error), s.chain,
     )  # fmt: skip
 
 
 def _delivery_row(d: Delivery) -> tuple[Any, ...]:
     t = d.tls
     return (
-        d.alias, d.probe, d.received_at, _text(d.client_ip), _text(d.helo), _text(d.mail_from), _text(d.rcpt),
-        t and _text(t.version), t and _text(t.cipher), t and _text(t.sni), d.session_id, d.size, _text(d.message_id),
+        d.alias, d.probe, d.received_at, text(d.client_ip), text(d.helo), text(d.mail_from), text(d.rcpt),
+        t and text(t.version), t and text(t.cipher), t and text(t.sni), d.session_id, d.size, text(d.message_id),
     )  # fmt: skip
 
 
@@ -324,7 +314,7 @@ class PostgresStore(Store):
                     raise TooManyTests(f"{count} tests stored, the limit is {max_tests}")
             await cur.execute(
                 "INSERT INTO tests (alias, created, client_ip) VALUES (%s, %s, %s)",
-                (test.alias, test.created, _text(test.client_ip)),
+                (test.alias, test.created, text(test.client_ip)),
             )
 
     async def get_test(self, alias: str) -> Test | None:
@@ -371,7 +361,7 @@ class PostgresStore(Store):
         return (
             "(alias = %s OR (alias IS NULL AND client_ip = ANY(%s) AND started BETWEEN %s AND %s"
             " AND lower(coalesce(helo, '')) <> %s))",
-            (alias, [_text(ip) for ip in client_ips], since, math.inf if until is None else until, CHECK_HELO),
+            (alias, [text(ip) for ip in client_ips], since, math.inf if until is None else until, CHECK_HELO),
         )
 
     async def sessions_for(
@@ -401,7 +391,7 @@ class PostgresStore(Store):
             " FROM (SELECT DISTINCT alias, client_ip FROM deliveries"
             " WHERE client_ip = ANY(%s) AND received_at BETWEEN %s AND %s) AS d"
             " JOIN tests t ON t.alias = d.alias ORDER BY d.alias, d.client_ip",
-            ([_text(ip) for ip in client_ips], since, until),
+            ([text(ip) for ip in client_ips], since, until),
         )
         return [Sent(*r) for r in rows]
 
@@ -412,7 +402,7 @@ class PostgresStore(Store):
 
     async def recent_tests_from(self, client_ip: str, since: float) -> int:
         rows = await self._rows(
-            "SELECT count(*) FROM tests WHERE client_ip = %s AND created >= %s", (_text(client_ip), since)
+            "SELECT count(*) FROM tests WHERE client_ip = %s AND created >= %s", (text(client_ip), since)
         )
         return int(rows[0][0])
 

@@ -30,6 +30,7 @@ from havedane.store.base import (
     RECLAIM_BATCH,
     SESSIONS_WITHOUT_MAIL,
     UNUSED_TESTS,
+    SchemaTooNew,
     Store,
     StoreError,
     StoreFull,
@@ -44,6 +45,7 @@ from havedane.store.rows import (
     merge_sessions,
     session_from_row,
 )
+from havedane.wiretext import clean_optional as text
 
 SCHEMA_VERSION = 2
 OTHERS_POLL = 0.1  # seconds between checks for commits by other processes (PRAGMA data_version)
@@ -110,15 +112,15 @@ Item = tuple[Job, asyncio.Future[Any], set[str] | None]
 log = logging.getLogger("havedane.store")
 
 
+def _full(e: sqlite3.Error) -> bool:
+    return bool(getattr(e, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL)
+
+
 def store_error(e: sqlite3.Error) -> StoreError:
     """SQLite's error as the store's: a full disk (SQLITE_FULL) is said as such, not as "busy"."""
-    if getattr(e, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL:
+    if _full(e):
         return StoreFull(f"the disk is full: {e}")
     return StoreError(f"database write failed: {e}")
-
-
-class SchemaTooNew(StoreError):
-    pass
 
 
 def connect(path: Path, busy_timeout: float = 10.0) -> sqlite3.Connection:
@@ -136,44 +138,53 @@ def schema_version(conn: sqlite3.Connection) -> int:
 
 def upgrade(path: Path, busy_timeout: float = 10.0) -> tuple[int, int]:
     """Apply pending migrations; returns (from, to). Refuses a schema newer than this code knows."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = connect(path, busy_timeout)
     try:
-        if schema_version(conn) == SCHEMA_VERSION:  # the usual case: no write lock needed
-            return SCHEMA_VERSION, SCHEMA_VERSION
-        conn.execute("BEGIN IMMEDIATE")
-        current = schema_version(conn)
-        if current > SCHEMA_VERSION:
-            conn.execute("ROLLBACK")
-            raise SchemaTooNew(
-                f"database {path} has schema version {current}, newer than this havedane knows "
-                f"({SCHEMA_VERSION}): upgrade havedane"
-            )
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            for statement in MIGRATIONS[version].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={version}")
-        conn.execute("COMMIT")
-        return current, SCHEMA_VERSION
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = connect(path, busy_timeout)
+    except (OSError, sqlite3.Error) as e:
+        raise StoreError(f"cannot open {path}: {e}") from e
+    try:
+        return _migrate(conn, path)
+    except sqlite3.Error as e:
+        raise store_error(e) if _full(e) else StoreError(f"cannot open {path}: {e}") from e
     finally:
         conn.close()
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> tuple[int, int]:
+    if schema_version(conn) == SCHEMA_VERSION:  # the usual case: no write lock needed
+        return SCHEMA_VERSION, SCHEMA_VERSION
+    conn.execute("BEGIN IMMEDIATE")
+    current = schema_version(conn)
+    if current > SCHEMA_VERSION:
+        conn.execute("ROLLBACK")
+        raise SchemaTooNew(
+            f"database {path} has schema version {current}, newer than this havedane knows "
+            f"({SCHEMA_VERSION}): upgrade havedane"
+        )
+    for version in range(current + 1, SCHEMA_VERSION + 1):
+        for statement in MIGRATIONS[version].split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version={version}")
+    conn.execute("COMMIT")
+    return current, SCHEMA_VERSION
 
 
 def _session_row(s: Session) -> tuple[Any, ...]:
     t = s.tls
     return (
-        s.id, s.started, s.ended, s.client_ip, s.client_port, s.local_ip, s.local_port, s.helo,
-        int(s.starttls), t and t.version, t and t.cipher, t and t.sni, s.mail_from, json.dumps(s.rcpts),
-        s.probe, s.alias, s.outcome.value, s.error, s.chain,
+        s.id, s.started, s.ended, text(s.client_ip), s.client_port, text(s.local_ip), s.local_port, text(s.helo),
+        int(s.starttls), t and text(t.version), t and text(t.cipher), t and text(t.sni), text(s.mail_from),
+        json.dumps([text(r) for r in s.rcpts]), s.probe, s.alias, s.outcome.value, text(s.error), s.chain,
     )  # fmt: skip
 
 
 def _delivery_row(d: Delivery) -> tuple[Any, ...]:
     t = d.tls
     return (
-        d.alias, d.probe, d.received_at, d.client_ip, d.helo, d.mail_from, d.rcpt,
-        t and t.version, t and t.cipher, t and t.sni, d.session_id, d.size, d.message_id,
+        d.alias, d.probe, d.received_at, text(d.client_ip), text(d.helo), text(d.mail_from), text(d.rcpt),
+        t and text(t.version), t and text(t.cipher), t and text(t.sni), d.session_id, d.size, text(d.message_id),
     )  # fmt: skip
 
 
@@ -194,8 +205,8 @@ class SQLiteStore(Store):
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(upgrade, self.path, self.busy_timeout)
         try:
-            await asyncio.to_thread(upgrade, self.path, self.busy_timeout)
             self._read = connect(self.path, self.busy_timeout)
             write = connect(self.path, self.busy_timeout)
         except sqlite3.Error as e:
@@ -364,7 +375,7 @@ class SQLiteStore(Store):
             raise StoreError("store is closed")
         try:
             return self._read.execute(sql, params).fetchall()
-        except sqlite3.OperationalError as e:
+        except sqlite3.Error as e:
             raise StoreError(f"database read failed: {e}") from e
 
     # -- the interface -----------------------------------------------------
@@ -380,7 +391,7 @@ class SQLiteStore(Store):
                     raise TooManyTests(f"{count} tests stored, the limit is {max_tests}")
             conn.execute(
                 "INSERT INTO tests (alias, created, client_ip) VALUES (?, ?, ?)",
-                (test.alias, test.created, test.client_ip),
+                (test.alias, test.created, text(test.client_ip)),
             )
 
         await self._write(job, {test.alias})
@@ -428,7 +439,8 @@ class SQLiteStore(Store):
             f" OR (alias IS NULL AND client_ip IN ({marks}) AND started BETWEEN ? AND ?"
             " AND lower(coalesce(helo, '')) <> ?)"
         )
-        return f"(alias = ?{correlated})", (alias, *client_ips, since, math.inf if until is None else until, CHECK_HELO)
+        until = math.inf if until is None else until
+        return f"(alias = ?{correlated})", (alias, *map(text, client_ips), since, until, CHECK_HELO)
 
     async def sessions_for(
         self, alias: str, client_ips: list[str], since: float, until: float | None = None, limit: int | None = None
@@ -458,7 +470,7 @@ class SQLiteStore(Store):
             " FROM (SELECT DISTINCT alias, client_ip FROM deliveries"
             f" WHERE client_ip IN ({', '.join('?' * len(client_ips))}) AND received_at BETWEEN ? AND ?) AS d"
             " JOIN tests t ON t.alias = d.alias ORDER BY d.alias, d.client_ip",
-            (*client_ips, since, until),
+            (*map(text, client_ips), since, until),
         )
         return [Sent(*r) for r in rows]
 
@@ -468,7 +480,7 @@ class SQLiteStore(Store):
         return {str(p): int(n) for p, n in probes}, int(sessions[0][0])
 
     async def recent_tests_from(self, client_ip: str, since: float) -> int:
-        rows = self._query("SELECT count(*) FROM tests WHERE client_ip = ? AND created >= ?", (client_ip, since))
+        rows = self._query("SELECT count(*) FROM tests WHERE client_ip = ? AND created >= ?", (text(client_ip), since))
         return int(rows[0][0])
 
     async def prune(self, older_than: float, orphan_sessions_older_than: float, max_orphans: int | None = None) -> int:
@@ -496,15 +508,3 @@ class SQLiteStore(Store):
             total += deleted
             if deleted < PRUNE_BATCH:
                 return total
-
-
-def open_store(url: str, busy_timeout: float = 10.0, write_timeout: float = 30.0) -> Store:
-    """A store for `url`: sqlite:///path or postgresql://…"""
-    if url.startswith("sqlite:///"):
-        return SQLiteStore(Path(url.removeprefix("sqlite:///")), busy_timeout, write_timeout)
-    if url.startswith(("postgresql://", "postgres://")):
-        from havedane.store import postgres  # type: ignore[attr-defined,unused-ignore]
-
-        store: Store = postgres.PostgresStore(url, write_timeout=write_timeout)
-        return store
-    raise StoreError(f"unsupported store url {url!r}")

@@ -27,7 +27,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from havedane import report
 from havedane.config import Config
 from havedane.model import Test
-from havedane.store.base import CLIENT_PREFIX, Store, StoreError, StoreFull, TooManyTests, client_key
+from havedane.store import Store, StoreError, StoreFull, TooManyTests
+from havedane.store.base import CLIENT_PREFIX, client_key
 from havedane.web import page
 
 HERE = Path(__file__).parent
