@@ -140,7 +140,8 @@ def shape(knot: Knot) -> None:
     assert rrset(unsigned, f"unsigned.{DOMAIN}", "DNSKEY") is None, "the unsigned child zone has a DNSKEY"
 
     # The delegations in the parent: bogus with a DS of its key; unsigned with none,
-    # and a signed NSEC that proves there is none (RFC 4035 §5.2: insecure).
+    # and a signed NSEC3 matching its name, with NS and without DS, that proves there
+    # is none (RFC 5155 §8.9: insecure; no opt-out).
     ds = knot.authoritative(f"bogus.{DOMAIN}", "DS")
     assert validates(ds, f"bogus.{DOMAIN}", "DS", parent)
     [bogus_key] = [k for k in bogus_keys[dns.name.from_text(f"bogus.{DOMAIN}")] if k.flags & 0x0001]
@@ -148,7 +149,11 @@ def shape(knot: Knot) -> None:
     assert published is not None and dns.dnssec.make_ds(f"bogus.{DOMAIN}.", bogus_key, "SHA256") in published
     no_ds = knot.authoritative(f"unsigned.{DOMAIN}", "DS")
     assert rrset(no_ds, f"unsigned.{DOMAIN}", "DS") is None
-    assert validates(no_ds, f"unsigned.{DOMAIN}", "NSEC", parent)
+    hashed = dns.dnssec.nsec3_hash(f"unsigned.{DOMAIN}.", None, 0, 1).lower() + f".{DOMAIN}."
+    assert validates(no_ds, hashed, "NSEC3", parent)
+    [nsec3] = rrset(no_ds, hashed, "NSEC3") or []
+    assert "NS" in nsec3.to_text().split() and "DS" not in nsec3.to_text().split(), nsec3
+    assert not any(r.rdtype == dns.rdatatype.NSEC for r in no_ds.authority), no_ds
 
     for p in ALL:
         host, tls_host = p.host(DOMAIN) + ".", p.tls_host(DOMAIN) + "."
@@ -161,11 +166,11 @@ def shape(knot: Knot) -> None:
         found = rrset(answer, owner, "TLSA")
         if p.tlsa is probes.Tlsa.NONE:
             assert found is None, (p.name, answer)
-            assert any(r.rdtype == dns.rdatatype.NSEC for r in answer.authority), (p.name, answer)  # denial
+            assert any(r.rdtype == dns.rdatatype.NSEC3 for r in answer.authority), (p.name, answer)  # denial
         else:
             assert found is not None and len(found) > 0, (p.name, answer)
         if p.zone is probes.Zone.UNSIGNED:
-            # Nothing signed here: a validator sees it as insecure through the parent's NSEC.
+            # Nothing signed here: a validator sees it as insecure through the parent's NSEC3.
             assert not [r for r in [*answer.answer, *mx.answer] if r.rdtype == dns.rdatatype.RRSIG], (p.name, answer)
         elif p.zone is probes.Zone.BOGUS:
             assert zone_keys is not None

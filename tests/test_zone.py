@@ -112,7 +112,7 @@ def test_unsigned_zone_is_complete(certs: tuple[list[x509.Certificate], x509.Cer
     for rec in zone.records(DOMAIN, probes.CLASSIC, leaves, ca, ADDRESSES):
         assert rec.rdata in texts(z, rec.name, rec.type), rec
     types = {rds.rdtype for _, node in z.items() for rds in node}
-    assert not types & {dns.rdatatype.DNSKEY, dns.rdatatype.RRSIG, dns.rdatatype.NSEC}
+    assert not types & {dns.rdatatype.DNSKEY, dns.rdatatype.RRSIG, dns.rdatatype.NSEC3, dns.rdatatype.NSEC3PARAM}
 
 
 def test_zone_needs_an_address(certs: tuple[list[x509.Certificate], x509.Certificate], tmp_path: Path) -> None:
@@ -135,19 +135,63 @@ def test_signed_zone_validates_with_dnspython(
     assert out.ds == [f"{DOMAIN}. {zone.TTL} IN DS {ds.to_text()}"]
 
 
-def test_nsec_chain_covers_every_name_in_canonical_order(
+def test_nsec3_chain_covers_every_name_and_empty_non_terminal(
     certs: tuple[list[x509.Certificate], x509.Certificate], tmp_path: Path
 ) -> None:
+    """NSEC3 with the parameters of RFC 9276 §3.1 (SHA-1, no salt, 0 extra iterations,
+    no opt-out), and no NSEC: with NSEC a validating resolver answers new names from
+    cached proofs (aggressive use, RFC 8198) and its queries never reach our server."""
     z = parse(build(certs, tmp_path / "dnssec", signed=True).text)
-    names = sorted(name for name, _ in z.items())
-    # RFC 4034 §4.1.1: each NSEC names the next owner in canonical order; the last, the apex.
-    for name, following in zip(names, [*names[1:], names[0]], strict=True):
-        [nsec] = z.get_rdataset(name, "NSEC")
-        assert nsec.next == following
-        # ... and lists exactly the types present there (RFC 4034 §4.1.2).
-        assert nsec_types(nsec) == {rds.rdtype for rds in z.find_node(name)}, name
-    # An empty non-terminal (_tcp.do.x.test) has no NSEC of its own (RFC 4035 §2.3).
-    assert z.get_node(f"_tcp.do.{DOMAIN}.") is None
+    [param] = z.get_rdataset(ORIGIN, "NSEC3PARAM")
+    assert (param.algorithm, param.flags, param.iterations, param.salt) == (1, 0, 0, b"")
+    assert not [name for name, node in z.items() if node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.NSEC)]
+    chain = {name: node for name, node in z.items() if node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.NSEC3)}
+    originals = [name for name in sorted(n for n, _ in z.items()) if name not in chain]
+    # RFC 5155 §7.1: one NSEC3 per name with data and per empty non-terminal
+    # (_tcp.<host>, between <host> and _25._tcp.<host>, for every host with TLSA).
+    ents = {n.parent() for n in originals if n.labels[0] == b"_25"}
+    assert dns.name.from_text(f"_tcp.do.{DOMAIN}.") in ents
+    expected = {*originals, *ents}
+    hashed = {dns.name.from_text(dns.dnssec.nsec3_hash(n, None, 0, 1).lower(), ORIGIN): n for n in expected}
+    assert set(chain) == set(hashed)
+    # Each NSEC3 names the next hash in order, the last the first (RFC 5155 §3.1.7), and
+    # lists exactly the types at its original name (§3.1.8; RRSIG where signed).
+    owners = sorted(chain)
+    for owner, following in zip(owners, [*owners[1:], owners[0]], strict=True):
+        [nsec3] = chain[owner].get_rdataset(dns.rdataclass.IN, dns.rdatatype.NSEC3)
+        assert (nsec3.algorithm, nsec3.flags, nsec3.iterations, nsec3.salt) == (1, 0, 0, b"")
+        assert nsec3.next_name(ORIGIN) == following
+        node = z.get_node(hashed[owner])
+        assert nsec_types(nsec3) == ({rds.rdtype for rds in node} if node else set()), hashed[owner]
+    assert z.get_node(f"_tcp.do.{DOMAIN}.") is None, "an empty non-terminal gets no records of its own"
+
+
+def test_signing_again_replaces_the_old_chain(
+    certs: tuple[list[x509.Certificate], x509.Certificate], tmp_path: Path
+) -> None:
+    """The lab re-signs a changed zone: nothing of the first signing may remain (an
+    NSEC3 of a name that is gone would break the chain)."""
+    z = parse(build(certs, tmp_path / "dnssec", signed=True).text)
+    gone = dns.name.from_text(f"wrong.{DOMAIN}.")
+    for name in [n for n, _ in z.items() if n.is_subdomain(gone)]:
+        del z.nodes[name]
+    sign.sign(z, zonekeys.load_or_create(tmp_path / "dnssec", DOMAIN))
+    path = tmp_path / "zone"
+    path.write_text(zone.zone_text(z))
+    proc = ldns_verify(path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    nsec3 = [n for n, node in z.items() if node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.NSEC3)]
+    assert len(nsec3) == len(z.nodes) - len(nsec3) + 1  # + _tcp.do, the one empty non-terminal left
+    assert validate_all(z)[0] == []
+
+
+def test_dnskey_ttl_is_short(certs: tuple[list[x509.Certificate], x509.Certificate], tmp_path: Path) -> None:
+    """A fresh test should see its resolver fetch the DNSKEY (positive evidence that it
+    validates): the key expires from resolvers' caches within seconds."""
+    z = parse(build(certs, tmp_path / "dnssec", signed=True).text)
+    assert z.get_rdataset(ORIGIN, "DNSKEY").ttl == sign.DNSKEY_TTL <= 60
+    [sig] = z.get_rdataset(ORIGIN, "RRSIG", "DNSKEY")
+    assert sig.original_ttl == sign.DNSKEY_TTL
 
 
 def test_ldns_verify_zone_accepts_the_signed_zone(
@@ -179,6 +223,18 @@ def test_a_corrupted_signature_is_caught(
     path = tmp_path / "zone"
     path.write_text(zone.zone_text(z))
     assert ldns_verify(path).returncode != 0
+
+
+def test_a_broken_nsec3_chain_is_caught(certs: tuple[list[x509.Certificate], x509.Certificate], tmp_path: Path) -> None:
+    """ldns-verify-zone checks the NSEC3 chain too: one NSEC3 (and its RRSIG) gone, and
+    a name is neither proven to exist nor covered (RFC 5155 §7.1)."""
+    z = parse(build(certs, tmp_path / "dnssec", signed=True).text)
+    hashed = dns.dnssec.nsec3_hash(f"_25._tcp.do.{DOMAIN}.", None, 0, 1).lower()
+    del z.nodes[dns.name.from_text(hashed, ORIGIN)]
+    path = tmp_path / "zone"
+    path.write_text(zone.zone_text(z))
+    proc = ldns_verify(path)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
 
 
 def test_key_is_kept_private_and_reused(certs: tuple[list[x509.Certificate], x509.Certificate], tmp_path: Path) -> None:

@@ -164,7 +164,7 @@ def check_tlsa_rrset(
         if ans.error or not denial:
             yield Result(f"TLSA {name}", False, ans.error or "TLSA present", f"{tls_host} must publish no TLSA")
         elif not ans.ad:
-            yield Result(f"TLSA {name}", False, "denial of existence not authenticated", "sign the zone (NSEC)")
+            yield Result(f"TLSA {name}", False, "denial of existence not authenticated", "sign the zone (NSEC3)")
         else:
             yield Result(f"TLSA {name}", True, "none, authenticated denial (AD)")
         return records

@@ -408,7 +408,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--address", action="append", metavar="IP", help="the receiver's public address (repeatable)")
 
     c = command("zone", "print a complete zone file for the base domain (--sign: signed, DS on stderr)", cmd_zone)
-    c.add_argument("--sign", action="store_true", help="sign the zone (ECDSA P-256, NSEC) with keys kept in DIR/dnssec")
+    c.add_argument("--sign", action="store_true", help="sign the zone (ECDSA P-256, NSEC3); keys in DIR/dnssec")
     c.add_argument("--address", action="append", metavar="IP", help="the receiver's public address (repeatable)")
     c.add_argument(
         "--out", metavar="FILE", type=argtypes.output_file, help="write the zone here instead of standard output"

@@ -39,7 +39,7 @@ template:
 zone:
 {zones}"""
 
-# on: Knot checks every signature and the NSEC chain on load and refuses a zone that
+# on: Knot checks every signature and the NSEC3 chain on load and refuses a zone that
 # fails, an independent validator in front of Unbound. Off only for a zone that is
 # broken on purpose (or not signed at all).
 KNOT_ZONE = """\
@@ -180,12 +180,30 @@ def knot(ns: Netns, directory: Path, address: str, zone: str, zone_text: str, va
         yield
 
 
+# Every query Knot receives, as dnstap frames, into a file: written out when knotd
+# stops (Knot's file sink does not flush before), so read it after the context exits.
+DNSTAP_FILE = "dnstap.fstrm"
+KNOT_DNSTAP = """\
+mod-dnstap:
+  - id: tap
+    sink: "{dir}/{file}"
+    log-queries: on
+    log-responses: off
+"""
+
+
 @contextlib.contextmanager
 def knot_zones(
-    ns: Netns, directory: Path, address: str, zones: list[ServedZone], ready: list[str] | None = None
+    ns: Netns,
+    directory: Path,
+    address: str,
+    zones: list[ServedZone],
+    ready: list[str] | None = None,
+    dnstap: bool = False,
 ) -> Iterator[None]:
     """One knotd at `address` with the lab's own configuration, serving each zone's file
-    exactly as written; ready when the zones in `ready` (default: all) answer."""
+    exactly as written; ready when the zones in `ready` (default: all) answer. With
+    `dnstap`, the queries it receives go to `directory`/DNSTAP_FILE."""
     directory.mkdir(parents=True, exist_ok=True)
     entries = []
     for z in zones:
@@ -193,7 +211,12 @@ def knot_zones(
         zone_file.write_text(z.text)
         entries.append(KNOT_ZONE.format(zone=z.name, zone_file=zone_file, validation="on" if z.validation else "off"))
     conf = directory / "knot.conf"
-    conf.write_text(KNOT_CONF.format(dir=directory, address=address, zones="".join(entries)))
+    text = KNOT_CONF.format(dir=directory, address=address, zones="".join(entries))
+    if dnstap:
+        template = "template:\n  - id: default\n"
+        tap = KNOT_DNSTAP.format(dir=directory, file=DNSTAP_FILE)
+        text = text.replace(template, tap + template + "    global-module: mod-dnstap/tap\n")
+    conf.write_text(text)
     proc = ns.popen(["knotd", "-c", str(conf)], directory / "knotd.log")
     try:
         # Ready when every zone is loaded (with validation on: only if it validated).

@@ -49,12 +49,12 @@ def send_one(lab: world.World, sender: Postfix, test: dict[str, Any]) -> tuple[d
 
 
 def test_zone_is_signed_by_havedane_and_validated(lab: world.World) -> None:
-    # Knot checked every signature and the NSEC chain when it loaded the file.
+    # Knot checked every signature and the NSEC3 chain when it loaded the file.
     assert "DNSSEC, validation successful" in (lab.dir / "knot" / "knotd.log").read_text()
     tlsa = lab.query(f"_25._tcp.do.{lab.zone}", "TLSA")
     assert (tlsa.rcode, tlsa.ad) == ("NOERROR", True)
     assert any(" TLSA 3 1 1 " in rrset for rrset in tlsa.rrsets)
-    # dont: no TLSA, and the resolver proves it (NSEC, RFC 7672 §2.2).
+    # dont: no TLSA, and the resolver proves it (NSEC3, RFC 7672 §2.2).
     none = lab.query(f"_25._tcp.dont.{lab.zone}", "TLSA")
     assert (none.rcode, none.ad) == ("NXDOMAIN", True)
 

@@ -219,7 +219,7 @@ def test_bogus_and_unsigned_as_the_resolver_sees_them(lab: world.World) -> None:
     ds = lab.query(f"bogus.{zone}", "DS")
     assert (ds.rcode, ds.ad) == ("NOERROR", True) and any(" DS " in r for r in ds.rrsets), ds
 
-    # unsigned: delegated without DS, and the parent proves there is none (NSEC, AD).
+    # unsigned: delegated without DS, and the parent proves there is none (NSEC3, AD).
     no_ds = lab.query(f"unsigned.{zone}", "DS")
     assert (no_ds.rcode, no_ds.ad, no_ds.rrsets) == ("NOERROR", True, []), no_ds
     for name, rdtype in ((f"_25._tcp.unsigned.{zone}", "TLSA"), (f"unsigned.{zone}", "A"), (f"unsigned.{zone}", "MX")):

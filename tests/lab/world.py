@@ -197,14 +197,16 @@ def alternate_dns(
     validation: bool,
     children: tuple[dnsservers.ServedZone, ...] = (),
     ready: list[str] | None = None,
+    dnstap: bool = False,
 ) -> Iterator[Path]:
     """A second Knot + Unbound pair in the lab (127.0.0.22/23) serving a variant of the
     zone under the same trust anchor (and `children`, reached there only when the
-    variant's ns.<zone> has that address); yields a resolv.conf that points at it."""
+    variant's ns.<zone> has that address); yields a resolv.conf that points at it.
+    With `dnstap`, Knot writes the queries it gets to dns-<tag>/knot/DNSTAP_FILE."""
     base = world.dir / f"dns-{tag}"
     with contextlib.ExitStack() as stack:
         zones = [dnsservers.ServedZone(world.zone, zone_text, validation), *children]
-        stack.enter_context(dnsservers.knot_zones(world.ns, base / "knot", ALT_AUTHORITATIVE, zones, ready))
+        stack.enter_context(dnsservers.knot_zones(world.ns, base / "knot", ALT_AUTHORITATIVE, zones, ready, dnstap))
         stack.enter_context(
             dnsservers.unbound(
                 world.ns, base / "unbound", ALT_RESOLVER, world.zone, world.ds, ALT_AUTHORITATIVE, world.zone

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dns.dnssec
 import dns.name
 import dns.rdataclass
 import dns.rdataset
@@ -58,4 +59,23 @@ def ta_only(config_file: Path, probe: str, address: str) -> str:
     ta = dns.rdataset.from_text("IN", "TLSA", zone.TTL, tlsa.record(tlsa.DANE_TA, ca).rdata())
     z.find_node(dns.name.from_text(f"_25._tcp.{probe}.{cfg.domain}.")).replace_rdataset(ta)
     sign.sign(z, zonekeys.load_or_create(key_dir, cfg.domain))
+    return zone.zone_text(z)
+
+
+def nsec_signed(config_file: Path, zone_text: str) -> str:
+    """The zone as written, signed again with the deployment's key the way it was
+    before NSEC3: dnspython's own NSEC chain (RFC 4034 §4). Only to show what NSEC3
+    changes at the authoritative server."""
+    cfg = configmod.load(config_file, env={})
+    z = dns.zone.from_text(zone_text, origin=cfg.domain + ".", relativize=False)
+    sign.sign(z, zonekeys.load_or_create(cfg.data_dir / "dnssec", cfg.domain))  # the DNSKEY, its TTL
+    dnskey = z.get_rdataset(z.origin, "DNSKEY")
+    for node in z.nodes.values():
+        for rds in list(node.rdatasets):
+            if rds.rdtype in (dns.rdatatype.RRSIG, dns.rdatatype.NSEC3, dns.rdatatype.NSEC3PARAM):
+                node.delete_rdataset(dns.rdataclass.IN, rds.rdtype, rds.covers)
+    for name in [n for n, node in z.nodes.items() if len(node) == 0]:
+        del z.nodes[name]
+    key = zonekeys.load_or_create(cfg.data_dir / "dnssec", cfg.domain)
+    dns.dnssec.sign_zone(z, keys=[(key, dnskey[0])], add_dnskey=False, lifetime=86400)
     return zone.zone_text(z)

@@ -117,7 +117,10 @@ def _header(domain: str, signed_at: datetime.datetime | None, note: str = "") ->
     lines = [f"; zone {domain.rstrip('.')}. written by `havedane zone`"]
     if signed_at is not None:
         until = signed_at + dnssec_sign.LIFETIME
-        lines.append(f"; DNSSEC: ECDSA P-256 (algorithm 13), NSEC; signatures expire {until:%Y-%m-%d %H:%M} UTC:")
+        lines.append(
+            f"; DNSSEC: ECDSA P-256 (algorithm 13), NSEC3 (no salt, 0 iterations, RFC 9276);"
+            f" signatures expire {until:%Y-%m-%d %H:%M} UTC:"
+        )
         lines.append("; run `havedane zone --sign` again well before then (e.g. weekly from cron)")
     if note:
         lines.append(f"; {note}")
@@ -148,8 +151,8 @@ def _child(
 ) -> tuple[str, list[Record]]:
     """A probe's child zone, and the delegation the parent needs for it: NS, plus DS
     when the child is signed (RFC 4035 §2.4). `bogus` is signed with a key of its own
-    and a broken TLSA signature; `unsigned` gets no DS, which the parent's signed NSEC
-    proves (RFC 4035 §5.2: an insecure delegation)."""
+    and a broken TLSA signature; `unsigned` gets no DS, which the parent's signed NSEC3
+    proves (RFC 5155 §8.9: an insecure delegation)."""
     apex, ns = probe.host(domain) + ".", f"ns.{domain.rstrip('.')}."
     zone = to_zone(apex, soa_ns(apex, ns, serial) + recs)
     delegation = [Record(apex, "NS", ns)]
