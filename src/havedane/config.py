@@ -72,6 +72,9 @@ class Config:
     max_tests: int
     max_orphan_sessions: int
     tests_per_minute: int
+    dnstap_socket: Path | None = None  # None: no dnstap feed, no DNS evidence on this deployment
+    max_dns_queries_per_test: int = 200
+    max_zone_queries: int = 100_000
     raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
 
     @property
@@ -111,6 +114,12 @@ def _above_zero(v: Any) -> float:
     if f == 0:
         raise ValueError("must be greater than 0")
     return f
+
+
+def _path_or_empty(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"must be a path (or empty), got {v!r}")
+    return v.strip()
 
 
 def _bool(v: Any) -> bool:
@@ -213,6 +222,11 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "max_orphan_sessions": (_positive_int, 100_000),
     },
     "limits": {"tests_per_minute": (_positive_int, 10)},
+    "dns": {
+        "dnstap_socket": (_path_or_empty, ""),
+        "max_queries_per_test": (_positive_int, 200),
+        "max_zone_queries": (_positive_int, 100_000),
+    },
 }
 
 
@@ -315,6 +329,7 @@ def load(path: Path | None, env: Mapping[str, str] | None = None, default_domain
         db = Path(store_url.removeprefix("sqlite:///"))
         store_url = f"sqlite:///{db if db.is_absolute() else base / db}"
     tls_dir = Path(parsed["tls"]["dir"])
+    dnstap = Path(parsed["dns"]["dnstap_socket"]) if parsed["dns"]["dnstap_socket"] else None
     web = parsed["web"]
     return Config(
         domain=domain,
@@ -344,6 +359,9 @@ def load(path: Path | None, env: Mapping[str, str] | None = None, default_domain
         max_tests=parsed["retention"]["max_tests"],
         max_orphan_sessions=parsed["retention"]["max_orphan_sessions"],
         tests_per_minute=parsed["limits"]["tests_per_minute"],
+        dnstap_socket=dnstap if dnstap is None or dnstap.is_absolute() else base / dnstap,
+        max_dns_queries_per_test=parsed["dns"]["max_queries_per_test"],
+        max_zone_queries=parsed["dns"]["max_zone_queries"],
         raw=data,
     )
 
@@ -397,4 +415,9 @@ max_orphan_sessions = 100000    # sessions tied to no test (refusals, strangers)
 
 [limits]
 tests_per_minute = 10           # per client address
+
+[dns]
+dnstap_socket = ""              # unix socket Knot's mod-dnstap writes to (`serve --role dns`); empty: no DNS evidence
+max_queries_per_test = 200      # DNS queries kept per test; beyond, dropped
+max_zone_queries = 100000       # zone-level queries (DNSKEY, DS, ...): kept a day at most, the newest this many
 """
