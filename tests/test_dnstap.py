@@ -15,9 +15,10 @@ import fstrm
 import pytest
 from dnstap_pb import dnstap_pb2
 
-from havedane import probes
+from havedane import cli, probes
 from havedane.dns.queries import DnsQuery, alias_of, probe_hosts
 from havedane.dnstap import CONTENT_TYPE, Pairer, Reader, decode
+from helpers import make_setup
 
 DOMAIN = "x.test"
 HOSTS = probe_hosts(DOMAIN, tuple(probes.CATALOGUE.values()))
@@ -178,3 +179,12 @@ async def test_malformed_frames_are_counted_and_the_reader_goes_on(tmp_path: Pat
     assert reader.counts.malformed == 6  # 4 data frames, the oversized frame, the foreign READY
     assert reader.counts.connections == 5
     assert not (tmp_path / "t.sock").exists()
+
+
+def test_serve_role_dns_without_a_socket_is_one_line_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = make_setup(tmp_path)
+    assert cli.main(["serve", "--config", str(config), "--role", "dns"]) == 2
+    err = capsys.readouterr().err
+    assert err == "havedane: serve --role dns needs [dns] dnstap_socket (the socket Knot's mod-dnstap writes to)\n"
