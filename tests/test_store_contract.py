@@ -19,6 +19,7 @@ import pytest
 
 from havedane import check, report, wording
 from havedane import config as configmod
+from havedane.dns.queries import DnsQuery
 from havedane.model import Delivery, Outcome, Session, Test, Tls
 from havedane.store import SchemaTooNew, Store, StoreError, TooManyTests, open_store, postgres, sqlite, upgrade
 from havedane.store.base import CHECK_HELO, client_key
@@ -569,3 +570,100 @@ async def test_two_tests_from_one_address_compete_for_a_refusal_and_say_so(store
     r = await report.load(store, CONFIG, "a", T0 + 3600)
     assert r is not None
     assert "could also belong to another test" in wording.summary(r.verdict).text
+
+
+# -- DNS queries (dnstap) ---------------------------------------------------------------
+
+
+def dnsq(n: int, qname: str, qtype: str = "TLSA", alias: str | None = None, resolver: str = "198.51.100.53",
+         **kw: object) -> DnsQuery:  # fmt: skip
+    fields: dict[str, object] = dict(
+        time=T0 + n, resolver=resolver, transport="udp", qname=qname, qtype=qtype, dnssec_ok=True,
+        rcode="NOERROR", server="192.0.2.53", alias=alias,
+    )  # fmt: skip
+    fields.update(kw)
+    return DnsQuery(**fields)  # type: ignore[arg-type]
+
+
+def without_id(queries: list[DnsQuery]) -> list[DnsQuery]:
+    return [dataclasses.replace(q, id=None) for q in queries]
+
+
+async def test_dns_queries_of_a_test_and_zone_level_ones_from_its_resolvers_in_its_window(store: Store) -> None:
+    await store.create_test(Test("d1", T0))
+    mine = [
+        dnsq(1, "_25._tcp.d1.do.x.test", alias="d1"),
+        dnsq(2, "d1.wrong.x.test", "A", alias="d1", dnssec_ok=False, rcode=None, transport="tcp", server=None),
+    ]
+    dnskey = dnsq(3, "x.test", "DNSKEY")
+    other_resolver = dnsq(4, "x.test", "DNSKEY", resolver="203.0.113.9")
+    too_late = dnsq(500, "x.test", "DS")
+    stranger = dnsq(5, "_25._tcp.zz.do.x.test", alias="zz")  # no such test: not kept
+    assert await store.add_dns_queries([mine[0], dnskey, other_resolver, too_late, stranger, mine[1]], 200) == 5
+    found = await store.dns_queries_for("d1", ["198.51.100.53"], T0, T0 + 100)
+    assert without_id(found) == [mine[0], mine[1], dnskey]  # oldest first, exact values back
+    assert found[2].zone_level and not found[0].zone_level
+    assert all(q.id is not None for q in found)
+    assert without_id(await store.dns_queries_for("d1", [], T0)) == mine  # no resolver: the test's own only
+    both = await store.dns_queries_for("d1", ["198.51.100.53", "203.0.113.9"], T0, None)
+    assert without_id(both) == [mine[0], mine[1], dnskey, other_resolver, too_late]
+    assert len(await store.dns_queries_for("d1", ["198.51.100.53"], T0, None, limit=1)) == 3
+
+
+async def test_dns_queries_are_bounded_per_test_keeping_the_first(store: Store, other: Store) -> None:
+    await store.create_test(Test("b1", T0))
+    batch = [dnsq(i, f"_25._tcp.b1.do.x.test{i}", alias="b1") for i in range(5)]
+    assert await store.add_dns_queries(batch, 3) == 3
+    # Another reader (another name server) adds more: the bound holds across writers.
+    results = await asyncio.gather(
+        store.add_dns_queries([dnsq(10, "b1.do.x.test", "A", alias="b1")], 4),
+        other.add_dns_queries([dnsq(11, "b1.do.x.test", "AAAA", alias="b1")], 4),
+    )
+    assert sorted(results) == [0, 1]
+    found = await store.dns_queries_for("b1", [], T0)
+    assert [q.time for q in found][:3] == [T0, T0 + 1, T0 + 2] and len(found) == 4
+
+
+async def test_dns_queries_wake_pages_of_their_test(store: Store) -> None:
+    await store.create_test(Test("w9", T0))
+    assert await woken(store, "w9", lambda: store.add_dns_queries([dnsq(1, "_25._tcp.w9.do.x.test", alias="w9")], 9))
+
+
+async def test_prune_dns_removes_queries_of_gone_tests_and_old_or_surplus_zone_level_ones(store: Store) -> None:
+    await store.create_test(Test("gone", T0))
+    await store.create_test(Test("stays", T0 + 100))
+    zone = [dnsq(i, "x.test", "DNSKEY") for i in range(5)]
+    await store.add_dns_queries(
+        [dnsq(0, "gone.do.x.test", alias="gone"), dnsq(1, "stays.do.x.test", alias="stays"), *zone], 200
+    )
+    await store.prune(older_than=T0 + 50, orphan_sessions_older_than=0)
+    assert await store.prune_dns(zone_older_than=T0 + 1, max_zone=2) == 1 + 1 + 2  # gone's, the oldest, surplus
+    everything = await store.dns_queries_for("stays", ["198.51.100.53"], 0)
+    assert [(q.alias, q.time) for q in everything] == [("stays", T0 + 1), (None, T0 + 3), (None, T0 + 4)]
+    assert await store.dns_queries_for("gone", [], 0) == []
+    assert await store.prune_dns(zone_older_than=T0 + 1, max_zone=2) == 0
+
+
+async def test_upgrade_from_version_2_keeps_the_rows_and_adds_dns_queries(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kind = sqlite if url.startswith("sqlite:") else postgres
+    fresh = f"sqlite:///{tmp_path / 'v2.sqlite3'}" if kind is sqlite else url
+    if kind is postgres:
+        with psycopg.connect(url, autocommit=True) as conn:  # back to an empty database
+            conn.execute("DROP TABLE IF EXISTS dns_queries, deliveries, sessions, tests, schema_version")
+    monkeypatch.setattr(kind, "SCHEMA_VERSION", 2)
+    assert upgrade(fresh) == (0, 2)
+    s = open_store(fresh)
+    await s.open()
+    await s.create_test(Test("v2", T0))
+    await s.close()
+    monkeypatch.undo()
+    assert upgrade(fresh) == (2, 3)
+    s = open_store(fresh)
+    await s.open()
+    try:
+        assert await s.get_test("v2") == Test("v2", T0)
+        assert await s.add_dns_queries([dnsq(1, "v2.do.x.test", alias="v2")], 200) == 1
+    finally:
+        await s.close()

@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 
@@ -28,6 +29,9 @@ from havedane.config import Config, ConfigError, Listen
 from havedane.failure import Failure
 from havedane.setupdir import add_missing, init
 from havedane.store import Store
+
+if TYPE_CHECKING:
+    from havedane.dnstap import Reader
 
 EMBEDDED_DOMAIN = "havedane.localhost"
 
@@ -100,7 +104,7 @@ def _listen(value: str) -> Listen:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-ROLES = ("all", "smtp", "web")
+ROLES = ("all", "smtp", "web", "dns")
 
 
 async def _until(stop: asyncio.Event) -> None:
@@ -114,6 +118,8 @@ async def serve(
     from havedane.store import open_store
     from havedane.web.app import create_app, serve_forever
 
+    if role == "dns":
+        return await serve_dns(config, ready)
     try:
         pki.load_chains(config.tls_dir)  # before anything starts: a missing file is one clear line
     except FileNotFoundError as e:
@@ -132,6 +138,7 @@ async def serve(
     except FileNotFoundError as e:
         raise missing_certificate(e, config) from None
     receiver = Receiver(config, store, context)
+    dnstap = await start_dnstap(config, store) if role == "all" and config.dnstap_socket else None
     try:
         if role != "web":
             try:
@@ -160,11 +167,50 @@ async def serve(
         parts = [f"domain {config.domain}"]
         parts += [f"SMTP on {smtp_at}"] if role != "web" else []
         parts += [f"web on http://{web} (open it in a browser)"] if role != "smtp" else []
+        parts += [f"dnstap on {config.dnstap_socket}"] if dnstap else []
         ready(f"havedane {__version__}: {'; '.join(parts)}")
         await web_task
         prune_task.cancel()
     finally:
         await receiver.stop()
+        if dnstap is not None:
+            await dnstap.stop()
+        await store.close()
+
+
+async def start_dnstap(config: Config, store: Store) -> Reader:
+    from havedane.dnstap import reader_for
+
+    reader = reader_for(config, store)
+    try:
+        await reader.start()
+    except OSError as e:
+        await store.close()
+        raise Failure(f"cannot listen for dnstap on {config.dnstap_socket}: {e.strerror or e}") from None
+    return reader
+
+
+async def serve_dns(config: Config, ready: Callable[[str], None]) -> None:
+    """`serve --role dns`: the dnstap reader next to one Knot, writing to the shared store."""
+    from havedane.store import open_store
+
+    if config.dnstap_socket is None:
+        raise Failure("serve --role dns needs [dns] dnstap_socket (the socket Knot's mod-dnstap writes to)", 2)
+    store = open_store(config.store_url, config.store_busy_timeout, config.store_write_timeout)
+    try:
+        await store.open()
+    except Exception as e:  # noqa: BLE001 - reported as one line
+        raise Failure(f"cannot open the store {config.store_url}: {e}") from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    reader = await start_dnstap(config, store)
+    try:
+        ready(f"havedane {__version__}: domain {config.domain}; dnstap on {config.dnstap_socket}")
+        await stop.wait()
+    finally:
+        await reader.stop()
         await store.close()
 
 
@@ -175,6 +221,7 @@ async def prune_forever(config: Config, store: Store) -> None:
         keep = config.retention_days * 86400
         try:
             await store.prune(now - keep, now - min(keep, 86400), config.max_orphan_sessions)
+            await store.prune_dns(now - min(keep, 86400), config.max_zone_queries)
         except Exception as e:  # noqa: BLE001 - pruning must never stop the service
             logging.getLogger("havedane").error("pruning failed: %s", e)
         await asyncio.sleep(600)
@@ -296,7 +343,9 @@ def cmd_zone(args: argparse.Namespace) -> int:
         files[name] = path.resolve()
         print(f"havedane: child zone {name.rstrip('.')} written to {path}", file=sys.stderr)
     if args.knot_conf:
-        Path(args.knot_conf).write_text(zone.knot_conf({n: str(p) for n, p in files.items()}, out.validated))
+        socket = args.dnstap_socket or (str(config.dnstap_socket) if config.dnstap_socket else None)
+        conf = zone.knot_conf({n: str(p) for n, p in files.items()}, out.validated, dnstap_socket=socket)
+        Path(args.knot_conf).write_text(conf)
         print(f"havedane: Knot configuration written to {args.knot_conf}", file=sys.stderr)
     for line in out.ds:
         print(line, file=sys.stderr)
@@ -400,7 +449,8 @@ def parser() -> argparse.ArgumentParser:
                    help="SMTP listener (repeat for several; overrides [smtp] listen)")  # fmt: skip
     c.add_argument("--web-listen", type=_listen, metavar="ADDR:PORT", help="web listener (overrides [web] listen)")
     c.add_argument("--role", choices=ROLES, default="all",
-                   help="all (default): receiver and web; smtp: the receiver only; web: the web app only "
+                   help="all (default): receiver and web (and the dnstap reader when [dns] dnstap_socket is "
+                        "set); smtp: the receiver only; web: the web app only; dns: the dnstap reader only "
                         "(processes with different roles share one database: docs/scaling.md)")  # fmt: skip
 
     c = command("records", "print the DNS records to publish (TLSA computed from the certificates)", cmd_records)
@@ -415,6 +465,9 @@ def parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--knot-conf", metavar="FILE", type=argtypes.output_file,
                    help="also write a Knot DNS configuration serving the zones (needs --out)")  # fmt: skip
+    c.add_argument("--dnstap-socket", metavar="PATH",
+                   help="in --knot-conf, stream queries to havedane's dnstap reader at PATH "
+                        "(default: [dns] dnstap_socket; none when empty)")  # fmt: skip
 
     c = command(
         "check", "verify the live deployment from outside: DNSSEC, TLSA vs served certificates, SMTP, web", cmd_check

@@ -79,6 +79,9 @@ class Config:
     reclaim_after: float
     tests_per_minute: int
     tests_per_minute_total: int
+    dnstap_socket: Path | None = None  # None: no dnstap feed, no DNS evidence on this deployment
+    max_dns_queries_per_test: int = 200
+    max_zone_queries: int = 100_000
     raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
 
     @property
@@ -118,6 +121,12 @@ def _above_zero(v: Any) -> float:
     if f == 0:
         raise ValueError("must be greater than 0")
     return f
+
+
+def _path_or_empty(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"must be a path (or empty), got {v!r}")
+    return v.strip()
 
 
 def _bool(v: Any) -> bool:
@@ -224,6 +233,11 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "reclaim_after": (_positive_float, 3600.0),
     },
     "limits": {"tests_per_minute": (_positive_int, 10), "tests_per_minute_total": (_positive_int, 600)},
+    "dns": {
+        "dnstap_socket": (_path_or_empty, ""),
+        "max_queries_per_test": (_positive_int, 200),
+        "max_zone_queries": (_positive_int, 100_000),
+    },
 }
 
 
@@ -327,6 +341,7 @@ def load(path: Path | None, env: Mapping[str, str] | None = None, default_domain
     if db is not None:
         store_url = f"{store.SQLITE}{db if db.is_absolute() else base / db}"
     tls_dir = Path(parsed["tls"]["dir"])
+    dnstap = Path(parsed["dns"]["dnstap_socket"]) if parsed["dns"]["dnstap_socket"] else None
     web = parsed["web"]
     return Config(
         domain=domain,
@@ -361,6 +376,9 @@ def load(path: Path | None, env: Mapping[str, str] | None = None, default_domain
         reclaim_after=parsed["retention"]["reclaim_after"],
         tests_per_minute=parsed["limits"]["tests_per_minute"],
         tests_per_minute_total=parsed["limits"]["tests_per_minute_total"],
+        dnstap_socket=dnstap if dnstap is None or dnstap.is_absolute() else base / dnstap,
+        max_dns_queries_per_test=parsed["dns"]["max_queries_per_test"],
+        max_zone_queries=parsed["dns"]["max_zone_queries"],
         raw=data,
     )
 
@@ -434,4 +452,9 @@ reclaim_after = 3600            # seconds: when full, tests this old that never 
 [limits]
 tests_per_minute = 10           # per client address (IPv6: per /64)
 tests_per_minute_total = 600    # from all addresses together (per web process); beyond: 503
+
+[dns]
+dnstap_socket = ""              # unix socket Knot's mod-dnstap writes to (`serve --role dns`); empty: no DNS evidence
+max_queries_per_test = 200      # DNS queries kept per test; beyond, dropped
+max_zone_queries = 100000       # zone-level queries (DNSKEY, DS, ...): kept a day at most, the newest this many
 """

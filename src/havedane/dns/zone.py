@@ -227,7 +227,9 @@ def zone_text(zone: dns.zone.Zone) -> str:
     return zone.to_text(sorted=True, relativize=False, want_origin=False)
 
 
-def knot_conf(files: Mapping[str, str], validated: frozenset[str], listen: str = "0.0.0.0@53") -> str:
+def knot_conf(
+    files: Mapping[str, str], validated: frozenset[str], listen: str = "0.0.0.0@53", dnstap_socket: str | None = None
+) -> str:
     """A sample Knot DNS configuration that serves `files` (zone name -> zone file)
     exactly as havedane wrote them: Knot must not sign (the zones are signed already).
 
@@ -235,7 +237,10 @@ def knot_conf(files: Mapping[str, str], validated: frozenset[str], listen: str =
     `validated`: Knot 3.2 refuses to load a zone it validates that has no DNSKEY ("no
     keys for signing") or a signature that fails, and then answers SERVFAIL for it, so
     the `unsigned` child (no keys by design), the `bogus` one (broken on purpose) and an
-    unsigned base zone are served unchecked."""
+    unsigned base zone are served unchecked.
+
+    With `dnstap_socket`, Knot's mod-dnstap streams every query and response to the
+    havedane reader listening there (`serve --role dns`): the DNS evidence of tests."""
     zones = []
     for name, path in files.items():
         check = "on" if name.rstrip(".") in {v.rstrip(".") for v in validated} else "off"
@@ -245,9 +250,15 @@ def knot_conf(files: Mapping[str, str], validated: frozenset[str], listen: str =
         "# Re-run `havedane zone --sign` before the signatures expire, then `knotc reload`.\n"
         "server:\n"
         f"    listen: {listen}\n"
-        "template:\n"
+        + (
+            f'mod-dnstap:\n  - id: tap\n    sink: "unix:{dnstap_socket}"\n    log-queries: on\n    log-responses: on\n'
+            if dnstap_socket
+            else ""
+        )
+        + "template:\n"
         "  - id: default\n"
-        "    dnssec-signing: off\n"
+        + ("    global-module: mod-dnstap/tap\n" if dnstap_socket else "")
+        + "    dnssec-signing: off\n"
         "    zonefile-load: whole\n"
         "    journal-content: none\n"
         "    zonefile-sync: -1\n"

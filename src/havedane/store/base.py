@@ -9,6 +9,7 @@ import abc
 import asyncio
 from collections.abc import Callable, Iterable
 
+from havedane.dns.queries import DnsQuery
 from havedane.model import Delivery, Sent, Session, Test
 
 # The EHLO name of `havedane check`'s own connections: they are never a sender's, so never
@@ -118,6 +119,27 @@ class Store(abc.ABC):
         """Remove tests (with their deliveries and sessions) created before `older_than`,
         sessions tied to no test that started before `orphan_sessions_older_than`, and
         beyond the newest `max_orphans` of those. Returns how many tests went."""
+
+    # -- DNS queries (dnstap, schema version 3) --------------------------------
+
+    @abc.abstractmethod
+    async def add_dns_queries(self, queries: list[DnsQuery], per_test: int) -> int:
+        """Store a batch in one transaction (group commit); returns how many were kept.
+        A test's queries are kept while it exists and holds fewer than `per_test`;
+        zone-level ones (alias None) always, bounded by `prune_dns`."""
+
+    @abc.abstractmethod
+    async def dns_queries_for(
+        self, alias: str, resolvers: list[str], since: float, until: float | None = None, limit: int = 1000
+    ) -> list[DnsQuery]:
+        """The test's queries, and the zone-level queries from one of `resolvers` that
+        arrived between `since` and `until` (inclusive; None: no end), oldest first; of
+        the zone-level ones at most `limit` (the oldest)."""
+
+    @abc.abstractmethod
+    async def prune_dns(self, zone_older_than: float, max_zone: int) -> int:
+        """Remove the queries of tests that are gone, zone-level queries older than
+        `zone_older_than`, and beyond the newest `max_zone` of those. Returns how many went."""
 
 
 def client_key(client_ip: str) -> str:

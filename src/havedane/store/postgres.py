@@ -24,6 +24,7 @@ import psycopg
 import psycopg.conninfo
 from psycopg_pool import AsyncConnectionPool
 
+from havedane.dns.queries import DnsQuery
 from havedane.model import Delivery, Sent, Session, Test
 from havedane.store import notify
 from havedane.store.base import (
@@ -39,6 +40,7 @@ from havedane.store.base import (
     StoreFull,
     TooManyTests,
 )
+from havedane.store.dnsrows import DNS_COLUMNS, admitted, dns_from_row, dns_row
 from havedane.store.rows import (
     DELIVERY_COLUMNS,
     SESSION_COLUMNS,
@@ -49,7 +51,7 @@ from havedane.store.rows import (
 )
 from havedane.wiretext import clean_optional as text
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -104,12 +106,32 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # The tests a session tied by client address may belong to (Store.tests_sent_from).
     2: ("CREATE INDEX deliveries_client ON deliveries (client_ip, received_at)",),
+    # DNS queries from dnstap (havedane.dnstap): a test's by alias, zone-level ones
+    # (alias NULL) by resolver address and time.
+    3: (
+        """CREATE TABLE dns_queries (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            at double precision NOT NULL,
+            resolver text NOT NULL,
+            transport text NOT NULL,
+            qname text NOT NULL,
+            qtype text NOT NULL,
+            dnssec_ok boolean NOT NULL,
+            rcode text,
+            server text,
+            alias text
+        )""",
+        "CREATE INDEX dns_queries_alias ON dns_queries (alias, id)",
+        "CREATE INDEX dns_queries_resolver ON dns_queries (resolver, at)",
+        "CREATE INDEX dns_queries_at ON dns_queries (at)",
+    ),
 }
 
 # Advisory lock keys (any constants; they only have to differ from each other).
 MIGRATION_LOCK = 0x68617665_64616E01
 TESTS_LOCK = 0x68617665_64616E02
 PRUNE_LOCK = 0x68617665_64616E03
+DNS_LOCK = 0x68617665_64616E04
 
 NOTIFY = f"SELECT pg_notify('{notify.CHANNEL}', %s)"
 # The receiver's writes are one statement each, the NOTIFY included: one round trip, and
@@ -428,3 +450,54 @@ class PostgresStore(Store):
                 )
             await cur.execute("DELETE FROM tests WHERE created < %s", (older_than,))
             return cur.rowcount
+
+    async def add_dns_queries(self, queries: list[DnsQuery], per_test: int) -> int:
+        aliases = sorted({q.alias for q in queries if q.alias is not None})
+        async with self._transaction(set(aliases)) as cur:
+            if aliases:
+                # Readers next to several name servers add a test's queries at once: one at a
+                # time, so that the bound per test holds exactly.
+                await cur.execute("SELECT pg_advisory_xact_lock(%s)", (DNS_LOCK,))
+                await cur.execute("SELECT alias FROM tests WHERE alias = ANY(%s)", (aliases,))
+                tests = {r[0] for r in await cur.fetchall()}
+                await cur.execute(
+                    "SELECT alias, count(*) FROM dns_queries WHERE alias = ANY(%s) GROUP BY alias", (aliases,)
+                )
+                held = {r[0]: int(r[1]) for r in await cur.fetchall()}
+            else:
+                tests, held = set(), {}
+            kept = admitted(queries, held, tests, per_test)
+            if kept:
+                rows = ", ".join([f"({', '.join(['%s'] * 9)})"] * len(kept))
+                params = [v for q in kept for v in dns_row(q)]
+                await cur.execute(f"INSERT INTO dns_queries ({DNS_COLUMNS}) VALUES {rows}", params)
+            return len(kept)
+
+    async def dns_queries_for(
+        self, alias: str, resolvers: list[str], since: float, until: float | None = None, limit: int = 1000
+    ) -> list[DnsQuery]:
+        select = f"SELECT id, {DNS_COLUMNS} FROM dns_queries"
+        rows = await self._rows(f"{select} WHERE alias = %s", (alias,))
+        if resolvers:
+            rows += await self._rows(
+                f"{select} WHERE alias IS NULL AND resolver = ANY(%s) AND at BETWEEN %s AND %s"
+                " ORDER BY at, id LIMIT %s",
+                (resolvers, since, math.inf if until is None else until, limit),
+            )
+        return sorted((dns_from_row(r) for r in rows), key=lambda q: (q.time, q.id or 0))
+
+    async def prune_dns(self, zone_older_than: float, max_zone: int) -> int:
+        async with self._transaction(set()) as cur:
+            await cur.execute(
+                "DELETE FROM dns_queries WHERE alias IS NOT NULL AND NOT EXISTS"
+                " (SELECT 1 FROM tests t WHERE t.alias = dns_queries.alias)"
+            )
+            gone = cur.rowcount
+            await cur.execute("DELETE FROM dns_queries WHERE alias IS NULL AND at < %s", (zone_older_than,))
+            gone += cur.rowcount
+            await cur.execute(
+                "DELETE FROM dns_queries WHERE alias IS NULL AND id NOT IN "
+                "(SELECT id FROM dns_queries WHERE alias IS NULL ORDER BY at DESC, id DESC LIMIT %s)",
+                (max_zone,),
+            )
+            return gone + cur.rowcount

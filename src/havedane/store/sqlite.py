@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from havedane.dns.queries import DnsQuery
 from havedane.model import Delivery, Sent, Session, Test
 from havedane.store.base import (
     CHECK_HELO,
@@ -37,6 +38,7 @@ from havedane.store.base import (
     TooManyTests,
     client_key,
 )
+from havedane.store.dnsrows import DNS_COLUMNS, admitted, dns_from_row, dns_row
 from havedane.store.rows import (
     DELIVERY_COLUMNS,
     SESSION_COLUMNS,
@@ -47,7 +49,7 @@ from havedane.store.rows import (
 )
 from havedane.wiretext import clean_optional as text
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 OTHERS_POLL = 0.1  # seconds between checks for commits by other processes (PRAGMA data_version)
 PRUNE_BATCH = 1000  # rows per pruning transaction: tens of milliseconds of the writer each
 
@@ -104,6 +106,25 @@ MIGRATIONS: dict[int, str] = {
     """,
     # The tests a session tied by client address may belong to (Store.tests_sent_from).
     2: "CREATE INDEX deliveries_client ON deliveries (client_ip, received_at);",
+    # DNS queries from dnstap (havedane.dnstap): a test's by alias, zone-level ones
+    # (alias NULL) by resolver address and time.
+    3: """
+    CREATE TABLE dns_queries (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        resolver TEXT NOT NULL,
+        transport TEXT NOT NULL,
+        qname TEXT NOT NULL,
+        qtype TEXT NOT NULL,
+        dnssec_ok INTEGER NOT NULL,
+        rcode TEXT,
+        server TEXT,
+        alias TEXT
+    );
+    CREATE INDEX dns_queries_alias ON dns_queries (alias, id);
+    CREATE INDEX dns_queries_resolver ON dns_queries (resolver, at);
+    CREATE INDEX dns_queries_at ON dns_queries (at);
+    """,
 }
 
 
@@ -499,6 +520,49 @@ class SQLiteStore(Store):
             if rows:
                 await self._delete("sessions", "alias IS NULL AND (started, id) <= (?, ?)", rows[0])
         return await self._delete("tests", "created < ?", (older_than,), key="alias")
+
+    async def add_dns_queries(self, queries: list[DnsQuery], per_test: int) -> int:
+        aliases = sorted({q.alias for q in queries if q.alias is not None})
+
+        def job(conn: sqlite3.Connection) -> int:
+            marks = ", ".join("?" * len(aliases))
+            tests: set[str] = set()
+            held: list[tuple[str, int]] = []
+            if aliases:
+                tests = {r[0] for r in conn.execute(f"SELECT alias FROM tests WHERE alias IN ({marks})", aliases)}
+                sql = f"SELECT alias, count(*) FROM dns_queries WHERE alias IN ({marks}) GROUP BY alias"
+                held = conn.execute(sql, aliases).fetchall()
+            kept = admitted(queries, {a: int(n) for a, n in held}, tests, per_test)
+            conn.executemany(
+                f"INSERT INTO dns_queries ({DNS_COLUMNS}) VALUES ({', '.join('?' * 9)})", [dns_row(q) for q in kept]
+            )
+            return len(kept)
+
+        kept: int = await self._write(job, set(aliases))
+        return kept
+
+    async def dns_queries_for(
+        self, alias: str, resolvers: list[str], since: float, until: float | None = None, limit: int = 1000
+    ) -> list[DnsQuery]:
+        select = f"SELECT id, {DNS_COLUMNS} FROM dns_queries"
+        rows = await self._read_off_loop(f"{select} WHERE alias = ?", (alias,))
+        if resolvers:
+            rows += await self._read_off_loop(
+                f"{select} WHERE alias IS NULL AND resolver IN ({', '.join('?' * len(resolvers))})"
+                " AND at BETWEEN ? AND ? ORDER BY at, id LIMIT ?",
+                (*resolvers, since, math.inf if until is None else until, limit),
+            )
+        return sorted((dns_from_row(r) for r in rows), key=lambda q: (q.time, q.id or 0))
+
+    async def prune_dns(self, zone_older_than: float, max_zone: int) -> int:
+        gone = await self._delete("dns_queries", "alias IS NOT NULL AND alias NOT IN (SELECT alias FROM tests)", ())
+        gone += await self._delete("dns_queries", "alias IS NULL AND at < ?", (zone_older_than,))
+        rows = await self._read_off_loop(
+            "SELECT at, id FROM dns_queries WHERE alias IS NULL ORDER BY at DESC, id DESC LIMIT 1 OFFSET ?", (max_zone,)
+        )
+        if rows:
+            gone += await self._delete("dns_queries", "alias IS NULL AND (at, id) <= (?, ?)", rows[0])
+        return gone
 
     async def _delete(self, table: str, where: str, params: tuple[Any, ...], key: str = "rowid") -> int:
         sql = f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} WHERE {where} LIMIT {PRUNE_BATCH})"
