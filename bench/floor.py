@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,6 +143,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=16, help="concurrent SMTP clients")
     ap.add_argument("--connections", type=int, default=32, help="wrk connections")
     ap.add_argument("--only", choices=["smtp", "http"], help="run one half only")
+    ap.add_argument("--profile", type=Path, help="instead of rounds: py-spy each havedane leg once, stacks here")
     args = ap.parse_args()
     started: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="havedane-floor-") as tmp:
@@ -201,6 +203,11 @@ def run(args: argparse.Namespace, d: Path, started: list[subprocess.Popen[bytes]
     machine(len(body))
     for leg in legs.values():  # warm-up, not counted
         leg(2)
+    if args.profile:
+        pids = {"havedane smtp": hd.pid, "bare smtp": bare_smtp.pid, "havedane http": hd.pid, "bare http": bare_web.pid}
+        for name in legs:
+            profile(pids[name], legs[name], args.seconds, args.profile / (name.replace(" ", "-") + ".txt"))
+        return
     figures: dict[str, list[tuple[float, float]]] = {k: [] for k in legs}
     for r in range(args.rounds):
         order = list(legs) if r % 2 == 0 else list(reversed(legs))
@@ -219,6 +226,39 @@ def run(args: argparse.Namespace, d: Path, started: list[subprocess.Popen[bytes]
             hd_rate, hd_ms = med[f"havedane {kind}"]
             bare_rate, bare_ms = med[f"bare {kind}"]
             print(f"ratio {kind}: {hd_rate / bare_rate:.2f}x throughput, {bare_ms / hd_ms:.2f}x CPU efficiency")
+
+
+def profile(pid: int, leg: Callable[[float], tuple[float, float]], seconds: float, out: Path) -> None:
+    """py-spy (`pip install py-spy`) samples the server during one leg, only while a thread
+    holds the GIL (waiting threads and OpenSSL's handshake arithmetic, which releases it, are
+    not counted): collapsed stacks in `out`, then the functions with the largest share of
+    the samples, inclusive and self."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spy = subprocess.Popen(
+        [str(ROOT / ".venv" / "bin" / "py-spy"), "record", "--pid", str(pid), "--duration", str(int(seconds)),
+         "--format", "raw", "--rate", "250", "--nolineno", "--threads", "--gil", "--output", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(0.5)
+    rate, ms = leg(seconds - 1)
+    spy.wait(timeout=60)
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")[1:]  # the first is the thread
+        n = int(count)
+        total += n
+        for f in set(frames):
+            inclusive[f] = inclusive.get(f, 0) + n
+        if frames:
+            own[frames[-1]] = own.get(frames[-1], 0) + n
+    print(f"== {out.stem}: {rate:,.0f}/s, {ms:.3f} ms CPU each, {total} samples ({out})")
+    for title, table in (("inclusive", inclusive), ("self", own)):
+        print(f"  top {title}:")
+        for f, n in sorted(table.items(), key=lambda x: -x[1])[:25]:
+            print(f"    {100 * n / total:5.1f}%  {f}")
 
 
 def machine(body: int) -> None:
