@@ -113,6 +113,24 @@ async def test_create_and_get_test(store: Store) -> None:
     assert await store.get_test("nope") is None
 
 
+async def test_a_failing_write_fails_alone_among_concurrent_ones(store: Store) -> None:
+    """Writes at the same time may share a transaction (SQLite's group commit): the one that
+    fails raises, each of the others is committed and returns."""
+    await store.create_test(Test("dup", T0))
+    for _ in range(3):
+        results = await asyncio.gather(
+            store.add_deliveries([delivery("dup", 1)]),
+            store.create_test(Test("dup", T0 + 5)),
+            store.save_session(session("s-dup", T0, "dup")),
+            store.add_deliveries([delivery("dup", 2, probe="dont")]),
+            return_exceptions=True,
+        )
+        assert [isinstance(r, BaseException) for r in results] == [False, True, False, False], results
+    assert await store.get_test("dup") == Test("dup", T0)
+    assert await store.delivery_totals("dup") == {"do": 3, "dont": 3}
+    assert await store.usage("dup") == ({"do": 3, "dont": 3}, 1)
+
+
 async def test_duplicate_alias_is_refused_and_keeps_the_first(store: Store) -> None:
     await store.create_test(Test("dup", T0, "192.0.2.7"))
     # The store's own error, never the driver's (sqlite3.IntegrityError, psycopg's UniqueViolation).
@@ -310,6 +328,7 @@ async def test_prune_removes_old_tests_with_their_rows(store: Store) -> None:
     for s in (session("o1", T0, "old"), session("n1", T0 + 100, "new"), session("orphan-old", T0 + 10),
               session("orphan-new", T0 + 90)):  # fmt: skip
         await store.save_session(s)
+    assert await store.get_test("old") is not None  # read (and cached) before the prune
     assert await store.prune(older_than=T0 + 50, orphan_sessions_older_than=T0 + 50) == 1
     assert await store.get_test("old") is None
     assert await store.deliveries_for("old") == []

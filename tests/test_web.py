@@ -167,3 +167,25 @@ def test_status_read_right_after_the_250_shows_the_delivery(serve: Serve) -> Non
         assert serve.result(t["alias"])["probes"]["do"]["status"] == "pending"  # now cached
     send(serve.smtp_port, [t["addresses"]["do"]], sni="do.x.test")
     assert serve.result(t["alias"])["probes"]["do"]["status"] == "delivered"  # no waiting
+
+
+def test_a_cached_status_read_is_the_same_response_with_the_security_headers(serve: Serve) -> None:
+    """The second read of a test's JSON is served from the cache: the same bytes, status and
+    headers as the first (every security header included), not a shortcut without them."""
+    alias = serve.new_test()["alias"]
+    reads = []
+    for _ in range(3):
+        conn = http.client.HTTPConnection("127.0.0.1", serve.web_port, timeout=5)
+        conn.request("GET", f"/api/tests/{alias}")
+        resp = conn.getresponse()
+        headers = sorted((k.lower(), v) for k, v in resp.getheaders() if k.lower() != "date")
+        reads.append((resp.status, headers, resp.read()))
+        conn.close()
+    assert reads[0] == reads[1] == reads[2]
+    status, headers, body = reads[0]
+    names = dict(headers)
+    assert status == 200 and json.loads(body)["alias"] == alias
+    assert names["content-type"] == "application/json" and names["content-length"] == str(len(body))
+    assert names["cache-control"] == "no-store"
+    assert names["x-content-type-options"] == "nosniff" and names["x-frame-options"] == "DENY"
+    assert names["referrer-policy"] == "no-referrer" and "frame-ancestors 'none'" in names["content-security-policy"]

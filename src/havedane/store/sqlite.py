@@ -19,6 +19,7 @@ import math
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,8 @@ from havedane.wiretext import clean_optional as text
 SCHEMA_VERSION = 3
 OTHERS_POLL = 0.1  # seconds between checks for commits by other processes (PRAGMA data_version)
 PRUNE_BATCH = 1000  # rows per pruning transaction: tens of milliseconds of the writer each
+TEST_CACHE_SECONDS = 10.0  # found tests kept in memory (as the PostgreSQL store does)
+TEST_CACHE_ENTRIES = 10_000
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -223,6 +226,11 @@ class SQLiteStore(Store):
         self._writer: threading.Thread | None = None
         self._read: sqlite3.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # A test never changes once created and goes only by prune, for being older than the
+        # retention period, which the receiver checks by itself: a cached test may outlive a
+        # prune in another process by TEST_CACHE_SECONDS, harmlessly. Misses are not cached.
+        # It saves a read on the event loop per RCPT (docs/benchmarks.md, issue 13).
+        self._tests: dict[str, tuple[Test, float]] = {}
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -254,12 +262,14 @@ class SQLiteStore(Store):
         batch: list[Item] = []
         try:
             seen = self._others_wrote(conn, None)
+            checked = time.monotonic()
             while True:
                 batch = []
                 try:
                     first = self._jobs.get(timeout=OTHERS_POLL)
                 except queue.Empty:
                     seen = self._others_wrote(conn, seen)
+                    checked = time.monotonic()
                     continue
                 if first is None:
                     return
@@ -274,7 +284,9 @@ class SQLiteStore(Store):
                         break
                     batch.append(item)
                 self._commit(conn, batch)
-                seen = self._others_wrote(conn, seen)
+                if time.monotonic() - checked >= OTHERS_POLL:  # under load too, not after every commit
+                    seen = self._others_wrote(conn, seen)
+                    checked = time.monotonic()
         except BaseException as e:
             # Whatever killed the writer, no caller may wait for it forever: fail what it
             # held and what is queued, and every later write at once (`_write`).
@@ -316,23 +328,16 @@ class SQLiteStore(Store):
         changed: set[str] | None = set()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for job, fut, aliases in batch:
-                # A savepoint per job: one bad job fails alone, the others still commit.
-                conn.execute("SAVEPOINT job")
-                try:
-                    result = job(conn)
-                    conn.execute("RELEASE job")
-                    results.append((fut, result, None))
-                    if aliases is None:
-                        changed = None
-                    elif changed is not None:
-                        changed |= aliases
-                except Exception as e:  # noqa: BLE001 - handed to the caller
-                    if not conn.in_transaction:
-                        raise  # SQLite rolled the whole transaction back (e.g. SQLITE_FULL): all fail
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    results.append((fut, None, store_error(e) if isinstance(e, sqlite3.Error) else e))
+            done = self._run(conn, batch, savepoints=False)
+            if done is None:
+                # A job failed: the batch again, a savepoint per job, so that it fails alone and
+                # the others still commit. (Without a failure the savepoints were half the
+                # writer's statements: the first pass goes without them.)
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                done = self._run(conn, batch, savepoints=True)
+            assert done is not None
+            results, changed = done
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             if conn.in_transaction:
@@ -342,6 +347,35 @@ class SQLiteStore(Store):
             changed = set()
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._settle, results, changed)
+
+    def _run(
+        self, conn: sqlite3.Connection, batch: list[Item], savepoints: bool
+    ) -> tuple[list[tuple[asyncio.Future[Any], Any, BaseException | None]], set[str] | None] | None:
+        """Each job of the batch in the open transaction: (results, aliases changed), or None when
+        a job failed and `savepoints` is off (the caller rolls back and runs them with savepoints)."""
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        changed: set[str] | None = set()
+        for job, fut, aliases in batch:
+            if savepoints:
+                conn.execute("SAVEPOINT job")
+            try:
+                result = job(conn)
+                if savepoints:
+                    conn.execute("RELEASE job")
+                results.append((fut, result, None))
+                if aliases is None:
+                    changed = None
+                elif changed is not None:
+                    changed |= aliases
+            except Exception as e:  # noqa: BLE001 - handed to the caller
+                if not conn.in_transaction:
+                    raise  # SQLite rolled the whole transaction back (e.g. SQLITE_FULL): all fail
+                if not savepoints:
+                    return None
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+                results.append((fut, None, store_error(e) if isinstance(e, sqlite3.Error) else e))
+        return results, changed
 
     def _settle(
         self, results: list[tuple[asyncio.Future[Any], Any, BaseException | None]], changed: set[str] | None
@@ -361,16 +395,25 @@ class SQLiteStore(Store):
             raise StoreError("store is closed")
         if self._died is not None or not self._writer.is_alive():
             raise StoreError(f"the database writer stopped ({self._died}): restart havedane")
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         self._jobs.put((job, fut, aliases))
+        # (A timer on the future itself: asyncio.wait_for costs a task's worth of futures and
+        # callbacks per write, on the loop that serves SMTP.)
+        timer = loop.call_later(self.write_timeout, self._expire, fut)
         try:
-            return await asyncio.wait_for(fut, self.write_timeout)
-        except TimeoutError:
-            # A frozen disk or a lock held elsewhere. The job may still commit later: the
-            # caller answers "try again" (451/503), so at worst a sender delivers twice.
-            raise StoreError(
-                f"database write did not finish within {self.write_timeout:g} s ([store] write_timeout)"
-            ) from None
+            return await fut
+        finally:
+            timer.cancel()
+
+    def _expire(self, fut: asyncio.Future[Any]) -> None:
+        """A frozen disk or a lock held elsewhere. The job may still commit later (`_settle`
+        skips a settled future): the caller answers "try again" (451/503), so at worst a sender
+        delivers twice."""
+        if not fut.done():
+            fut.set_exception(
+                StoreError(f"database write did not finish within {self.write_timeout:g} s ([store] write_timeout)")
+            )
 
     async def _read_off_loop(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         """A read that may touch many rows (a report): in a worker thread, on that thread's
@@ -418,8 +461,18 @@ class SQLiteStore(Store):
         await self._write(job, {test.alias})
 
     async def get_test(self, alias: str) -> Test | None:
+        now = time.monotonic()
+        cached = self._tests.get(alias)
+        if cached is not None and cached[1] > now:
+            return cached[0]
         rows = self._query("SELECT alias, created, client_ip FROM tests WHERE alias = ?", (alias,))
-        return Test(*rows[0]) if rows else None
+        if not rows:
+            return None
+        test = Test(*rows[0])
+        if len(self._tests) >= TEST_CACHE_ENTRIES:
+            self._tests.pop(next(iter(self._tests)))
+        self._tests[alias] = (test, now + TEST_CACHE_SECONDS)
+        return test
 
     async def add_deliveries(self, deliveries: list[Delivery]) -> None:
         rows = [_delivery_row(d) for d in deliveries]
@@ -519,7 +572,9 @@ class SQLiteStore(Store):
             )
             if rows:
                 await self._delete("sessions", "alias IS NULL AND (started, id) <= (?, ?)", rows[0])
-        return await self._delete("tests", "created < ?", (older_than,), key="alias")
+        deleted = await self._delete("tests", "created < ?", (older_than,), key="alias")
+        self._tests.clear()
+        return deleted
 
     async def add_dns_queries(self, queries: list[DnsQuery], per_test: int) -> int:
         aliases = sorted({q.alias for q in queries if q.alias is not None})
