@@ -28,7 +28,7 @@ from havedane import config as configmod
 from havedane.config import Config, ConfigError, Listen
 from havedane.failure import Failure
 from havedane.setupdir import add_missing, init
-from havedane.store import Store
+from havedane.store import Store, open_store
 
 if TYPE_CHECKING:
     from havedane.dnstap import Reader
@@ -115,7 +115,6 @@ async def serve(
     config: Config, smtp: tuple[Listen, ...], web: Listen, ready: Callable[[str], None] = print, role: str = "all"
 ) -> None:
     from havedane.receiver import Receiver, probe_contexts
-    from havedane.store import open_store
     from havedane.web.app import create_app, serve_forever
 
     if role == "dns":
@@ -124,15 +123,7 @@ async def serve(
         pki.load_chains(config.tls_dir)  # before anything starts: a missing file is one clear line
     except FileNotFoundError as e:
         raise missing_certificate(e, config) from None
-    store = open_store(config.store_url, config.store_busy_timeout, config.store_write_timeout)
-    try:
-        await store.open()
-    except Exception as e:  # noqa: BLE001 - reported as one line
-        raise Failure(f"cannot open the store {config.store_url}: {e}") from None
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    store, stop = await open_for_serving(config)
     try:
         context = probe_contexts(config)
     except FileNotFoundError as e:
@@ -190,12 +181,8 @@ async def start_dnstap(config: Config, store: Store) -> Reader:
     return reader
 
 
-async def serve_dns(config: Config, ready: Callable[[str], None]) -> None:
-    """`serve --role dns`: the dnstap reader next to one Knot, writing to the shared store."""
-    from havedane.store import open_store
-
-    if config.dnstap_socket is None:
-        raise Failure("serve --role dns needs [dns] dnstap_socket (the socket Knot's mod-dnstap writes to)", 2)
+async def open_for_serving(config: Config) -> tuple[Store, asyncio.Event]:
+    """The open store, and the event SIGTERM/SIGINT set: what every role of `serve` needs."""
     store = open_store(config.store_url, config.store_busy_timeout, config.store_write_timeout)
     try:
         await store.open()
@@ -205,6 +192,14 @@ async def serve_dns(config: Config, ready: Callable[[str], None]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    return store, stop
+
+
+async def serve_dns(config: Config, ready: Callable[[str], None]) -> None:
+    """`serve --role dns`: the dnstap reader next to one Knot, writing to the shared store."""
+    if config.dnstap_socket is None:
+        raise Failure("serve --role dns needs [dns] dnstap_socket (the socket Knot's mod-dnstap writes to)", 2)
+    store, stop = await open_for_serving(config)
     reader = await start_dnstap(config, store)
     try:
         ready(f"havedane {__version__}: domain {config.domain}; dnstap on {config.dnstap_socket}")
@@ -371,7 +366,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_deliver(args: argparse.Namespace) -> int:
     from havedane import postfix, wiretext
-    from havedane.store import open_store
 
     try:
         config = load_config(args.config)

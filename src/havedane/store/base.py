@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import time
 from collections.abc import Callable, Iterable
 
 from havedane.dns.queries import DnsQuery
@@ -28,6 +29,33 @@ UNUSED_TESTS = (
     " (SELECT 1 FROM deliveries WHERE deliveries.alias = tests.alias) AND NOT EXISTS"
     " (SELECT 1 FROM sessions WHERE sessions.alias = tests.alias) ORDER BY created LIMIT {limit}"
 )
+
+
+class TestCache:
+    """Found tests, kept in memory for a few seconds by both backends. A test never changes once
+    created and goes only by prune, for being older than the retention period, which the
+    receiver checks by itself: a cached test may outlive a prune in another process by
+    `seconds`, harmlessly. Misses are not cached. It saves a read per RCPT after the first
+    of a test (one MTA sends all its probes; docs/benchmarks.md, issue 13)."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, seconds: float = 10.0, entries: int = 10_000) -> None:
+        self.seconds, self.entries = seconds, entries
+        self._tests: dict[str, tuple[Test, float]] = {}
+
+    def get(self, alias: str) -> Test | None:
+        cached = self._tests.get(alias)
+        return cached[0] if cached is not None and cached[1] > time.monotonic() else None
+
+    def put(self, test: Test) -> Test:
+        if len(self._tests) >= self.entries:
+            self._tests.pop(next(iter(self._tests)))
+        self._tests[test.alias] = (test, time.monotonic() + self.seconds)
+        return test
+
+    def clear(self) -> None:
+        self._tests.clear()
 
 
 class StoreError(Exception):

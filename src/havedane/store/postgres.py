@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -38,6 +37,7 @@ from havedane.store.base import (
     Store,
     StoreError,
     StoreFull,
+    TestCache,
     TooManyTests,
 )
 from havedane.store.dnsrows import DNS_COLUMNS, admitted, dns_from_row, dns_row
@@ -143,8 +143,6 @@ SAVE_SESSION = (
     + " RETURNING alias, client_ip)"
     + f" SELECT pg_notify('{notify.CHANNEL}', coalesce(alias, '{CLIENT_PREFIX}' || client_ip)) FROM saved"
 )
-TEST_CACHE_SECONDS = 10.0
-TEST_CACHE_ENTRIES = 10_000
 
 
 def add_deliveries_sql(count: int) -> str:
@@ -237,11 +235,7 @@ class PostgresStore(Store):
         self._min_size = min_size
         self._max_size = max_size
         self._pool: AsyncConnectionPool[Conn] | None = None
-        # A test never changes once created and goes only by prune, for being older than the
-        # retention period, which the receiver checks by itself: a cached test may outlive a
-        # prune in another process by TEST_CACHE_SECONDS, harmlessly. Misses are not cached.
-        # It saves a round trip per RCPT after the first of a test (one MTA sends all its probes).
-        self._tests: dict[str, tuple[Test, float]] = {}
+        self._tests = TestCache()  # see TestCache: a read saved per RCPT
 
     async def open(self) -> None:
         # One plain connection first: its error says why (the pool's would only say "timeout").
@@ -340,18 +334,13 @@ class PostgresStore(Store):
             )
 
     async def get_test(self, alias: str) -> Test | None:
-        now = time.monotonic()
         cached = self._tests.get(alias)
-        if cached is not None and cached[1] > now:
-            return cached[0]
+        if cached is not None:
+            return cached
         rows = await self._rows("SELECT alias, created, client_ip FROM tests WHERE alias = %s", (alias,))
         if not rows:
             return None
-        test = Test(*rows[0])
-        if len(self._tests) >= TEST_CACHE_ENTRIES:
-            self._tests.pop(next(iter(self._tests)))
-        self._tests[alias] = (test, now + TEST_CACHE_SECONDS)
-        return test
+        return self._tests.put(Test(*rows[0]))
 
     async def add_deliveries(self, deliveries: list[Delivery]) -> None:
         if not deliveries:

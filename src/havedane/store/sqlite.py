@@ -36,6 +36,7 @@ from havedane.store.base import (
     Store,
     StoreError,
     StoreFull,
+    TestCache,
     TooManyTests,
     client_key,
 )
@@ -53,8 +54,6 @@ from havedane.wiretext import clean_optional as text
 SCHEMA_VERSION = 3
 OTHERS_POLL = 0.1  # seconds between checks for commits by other processes (PRAGMA data_version)
 PRUNE_BATCH = 1000  # rows per pruning transaction: tens of milliseconds of the writer each
-TEST_CACHE_SECONDS = 10.0  # found tests kept in memory (as the PostgreSQL store does)
-TEST_CACHE_ENTRIES = 10_000
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -226,11 +225,7 @@ class SQLiteStore(Store):
         self._writer: threading.Thread | None = None
         self._read: sqlite3.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # A test never changes once created and goes only by prune, for being older than the
-        # retention period, which the receiver checks by itself: a cached test may outlive a
-        # prune in another process by TEST_CACHE_SECONDS, harmlessly. Misses are not cached.
-        # It saves a read on the event loop per RCPT (docs/benchmarks.md, issue 13).
-        self._tests: dict[str, tuple[Test, float]] = {}
+        self._tests = TestCache()  # see TestCache: a read saved per RCPT
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -461,18 +456,13 @@ class SQLiteStore(Store):
         await self._write(job, {test.alias})
 
     async def get_test(self, alias: str) -> Test | None:
-        now = time.monotonic()
         cached = self._tests.get(alias)
-        if cached is not None and cached[1] > now:
-            return cached[0]
+        if cached is not None:
+            return cached
         rows = self._query("SELECT alias, created, client_ip FROM tests WHERE alias = ?", (alias,))
         if not rows:
             return None
-        test = Test(*rows[0])
-        if len(self._tests) >= TEST_CACHE_ENTRIES:
-            self._tests.pop(next(iter(self._tests)))
-        self._tests[alias] = (test, now + TEST_CACHE_SECONDS)
-        return test
+        return self._tests.put(Test(*rows[0]))
 
     async def add_deliveries(self, deliveries: list[Delivery]) -> None:
         rows = [_delivery_row(d) for d in deliveries]
