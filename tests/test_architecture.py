@@ -27,6 +27,7 @@ PURE = (
     "havedane.dns",
     "havedane.probes",
     "havedane.verdict",
+    "havedane.diagnosis",
     "havedane.model",
     "havedane.wording",
     "havedane.wiretext",

@@ -16,6 +16,9 @@ their names):
   must-deliver probe is still missing (or a must-refuse one failed on our side);
 - pending: otherwise.
 
+Beside it, what DNS shows (`diagnosis.DnsFacts`): which resolvers asked for the test's
+names, whose TLSA records they fetched, whether they fetched the zone's DNSKEY.
+
 No sentence is written here: `wording` turns these facts into words, once, for the
 API and the page.
 """
@@ -26,6 +29,8 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from havedane.diagnosis import DnsFacts, Finding, dns_facts
+from havedane.dns.evidence import DnsEvidence
 from havedane.model import Delivery, Outcome, Session, Test
 from havedane.probes import Expect, Probe, Tlsa
 
@@ -142,6 +147,7 @@ class Verdict:
     stayed_away: tuple[str, ...] = ()  # classic must-refuse probes: nothing arrived, after the grace period
     waiting: tuple[str, ...] = ()  # classic probes still awaited
     flaws: tuple[str, ...] = ()  # matrix probes whose failure exposes the mail
+    dns: DnsFacts = DnsFacts(Finding.NOT_AVAILABLE)
 
     def host(self, name: str) -> str:
         return self.probes[name].probe.host(self.domain)
@@ -212,6 +218,7 @@ def evaluate(
     grace: float,
     domain: str,
     competing: Mapping[str, int] | None = None,
+    dns: DnsEvidence | None = None,
 ) -> Verdict:
     first = min((d.received_at for d in deliveries), default=None)
     grace_ends = None if first is None else first + grace
@@ -260,6 +267,14 @@ def evaluate(
         stayed_away=_names([r for r in must_refuse if r.status is Status.NOT_DELIVERED]),
         waiting=_names(missing + [r for r in must_refuse if r.status is Status.PENDING]),
         flaws=_names(flaws),
+        dns=dns_facts(
+            _names(plaintext + leaked),
+            code in (Code.VALIDATES, Code.VALIDATES_WITH_FLAWS),
+            probes,
+            domain,
+            dns,
+            {s.client_ip for s in sessions} | {d.client_ip for d in deliveries},
+        ),  # fmt: skip
     )
 
 
