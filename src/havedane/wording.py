@@ -302,10 +302,10 @@ NOT_AVAILABLE = (
 # How to tell a non-DANE MTA from a DANE MTA behind a non-validating resolver, on the sender's
 # side: the AD bit (RFC 4035 §3.2.3) in the resolver's answer, and Postfix's own two settings.
 TELL_APART = (
-    "To tell them apart on your server, ask the resolver it uses: `dig +dnssec _25._tcp.{host} TLSA`. "
-    "If the answer's flags include `ad`, the resolver validates, and DANE is off in your mail server "
-    "(Postfix needs `smtp_dns_support_level = dnssec` and `smtp_tls_security_level = dane`). "
-    "Without `ad`, the resolver does not validate, and a DANE server then skips DANE "
+    "To tell them apart on your server, ask the resolver it uses: dig +dnssec _25._tcp.{host} TLSA. "
+    'If the flags of the answer include "ad", the resolver validates, and DANE is off in your mail server '
+    "(Postfix needs smtp_dns_support_level = dnssec and smtp_tls_security_level = dane). "
+    'Without "ad", the resolver does not validate, and a DANE server then skips DANE '
     '(Postfix logs "not DNSSEC validated").'
 )
 DO_BIT = (
