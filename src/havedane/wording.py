@@ -299,6 +299,9 @@ NOT_AVAILABLE = (
     "DNS evidence is not available on this deployment: it reads no query log from its name servers, so this "
     "page cannot show which records your server's resolver looked up."
 )
+UNSEEN = (
+    "A resolver that answers from its cache, or asks a name server whose queries we do not read, leaves nothing here."
+)
 # How to tell a non-DANE MTA from a DANE MTA behind a non-validating resolver, on the sender's
 # side: the AD bit (RFC 4035 §3.2.3) in the resolver's answer, and Postfix's own two settings.
 TELL_APART = (
@@ -308,10 +311,7 @@ TELL_APART = (
     'Without "ad", the resolver does not validate, and a DANE server then skips DANE '
     '(Postfix logs "not DNSSEC validated").'
 )
-DO_BIT = (
-    "Its queries had the DNSSEC OK bit set; validating and non-validating resolvers both set it, so that shows "
-    "nothing either way."
-)
+DO_BIT = "The queries had the DNSSEC OK bit set, which validating and non-validating resolvers both set."
 
 
 def resolver(r: ResolverFacts) -> str:
@@ -326,11 +326,6 @@ def resolver_seen(v: Verdict, r: ResolverFacts) -> str:
     if r.dnskey:
         said += ". It also fetched our DNSKEY records during the test (tied to it by its address and the time)"
     return said + "."
-
-
-UNSEEN = (
-    "A resolver that answers from its cache, or asks a name server whose queries we do not read, leaves nothing here."
-)
 
 
 def resolvers(rs: Sequence[ResolverFacts]) -> str:
@@ -348,7 +343,8 @@ def diagnosis(v: Verdict) -> Summary:
             yet = " yet" if v.code is Code.PENDING else ""
             return Summary(f"No DNS query naming this test has reached our name servers{yet}.", (UNSEEN,))
         case Finding.VALIDATES:
-            return Summary(f"Your server's resolver fetched the TLSA records of {hosts(v, d.fetched)}.", seen)
+            who = resolvers([r for r in d.resolvers if r.tlsa])
+            return Summary(f"Your server's resolver fetched the TLSA records of {hosts(v, d.fetched)} ({who}).", seen)
         case Finding.VALIDATES_UNSEEN:
             return Summary("No TLSA lookup for this test reached our name servers.", (*seen, UNSEEN))
         case Finding.SEEN:
@@ -382,8 +378,9 @@ def delivered_against(v: Verdict, seen: tuple[str, ...]) -> Summary:
     return Summary(
         f"No TLSA records were looked up for this test, and {resolvers(d.resolvers)} was not seen fetching our "
         "DNSKEY records: either DANE is not enabled in your mail server, or its resolver does not validate "
-        "DNSSEC. From our side these two look the same.",
+        "DNSSEC.",
         (
+            "From our side these two look the same: a DANE server whose resolver does not validate skips DANE.",
             *seen,
             "A resolver that already has our keys in its cache does not fetch them again, so the missing DNSKEY "
             "fetch alone does not show that it does not validate.",
