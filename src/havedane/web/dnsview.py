@@ -43,6 +43,6 @@ def row(r: dict[str, Any], group: list[dict[str, Any]]) -> DnsRow:
         ("DO bit", "set" if first["dnssec_ok"] else "not set"),
     ]
     if len(group) > 1:
-        facts.append(("asked", f"{len(group)} times"))
+        facts.append(("seen", f"{len(group)} times"))
     host = r["probes"][probe]["host"] if probe in r["probes"] else None
     return DnsRow(first["time"], host, ZONE_TIED if first["zone_level"] else TIED, facts)
