@@ -166,3 +166,7 @@ def test_the_diagnosis_and_the_dns_queries_show_on_the_page(page: Page, tapped: 
     expect(rows.first).to_contain_text("tied to this test by the resolver's address and the time")
     expect(page.locator("ol.events")).to_contain_text(f"A {alias}.wrong.{DOMAIN}")
     expect(page.locator("ol.events")).to_contain_text("Message accepted")
+    # The long query names wrap on a phone: no sideways scrolling.
+    page.set_viewport_size({"width": 375, "height": 800})
+    expect(rows.first).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
