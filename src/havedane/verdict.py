@@ -267,15 +267,23 @@ def evaluate(
         stayed_away=_names([r for r in must_refuse if r.status is Status.NOT_DELIVERED]),
         waiting=_names(missing + [r for r in must_refuse if r.status is Status.PENDING]),
         flaws=_names(flaws),
-        dns=dns_facts(
-            _names(plaintext + leaked),
-            code in (Code.VALIDATES, Code.VALIDATES_WITH_FLAWS),
-            probes,
-            domain,
-            dns,
-            {s.client_ip for s in sessions} | {d.client_ip for d in deliveries},
-        ),  # fmt: skip
+        dns=_dns(code, _names(plaintext + leaked), probes, domain, dns, sessions, deliveries),
     )
+
+
+def _dns(
+    code: Code,
+    against: tuple[str, ...],
+    enabled: tuple[Probe, ...],
+    domain: str,
+    dns: DnsEvidence | None,
+    sessions: list[Session],
+    deliveries: list[Delivery],
+) -> DnsFacts:
+    """What DNS shows beside `code`; `against`: the classic probes delivered to against DANE."""
+    validated = code in (Code.VALIDATES, Code.VALIDATES_WITH_FLAWS)
+    clients = {s.client_ip for s in sessions} | {d.client_ip for d in deliveries}
+    return dns_facts(against, validated, enabled, domain, dns, clients)
 
 
 def saw_its_chain(result: ProbeResult, domain: str) -> bool:
