@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from havedane.store.base import Delivery, Outcome, Session, Test, Tls
+from havedane.model import Delivery, Outcome, Session, Test, Tls
 from havedane.store.sqlite import SQLiteStore
 
 

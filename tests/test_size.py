@@ -18,7 +18,10 @@ MAX_FUNCTION_LINES = 60
 
 # Being edited by another change in this round; split after merge. Each entry is
 # "path:qualified.name" (a function) or "path" (a module), relative to src/havedane.
-PENDING: set[str] = set()
+PENDING: set[str] = {
+    "web/app.py",  # being edited by another change in this round; split after merge
+    "web/page.py",  # being edited by another change in this round; split after merge
+}
 
 
 def module_lines(path: Path) -> int:
