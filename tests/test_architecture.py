@@ -30,6 +30,8 @@ PURE = (
     "havedane.model",
     "havedane.wording",
     "havedane.wiretext",
+    "havedane.config_keys",
+    "havedane.config_template",
 )
 PURE_EXACT = ("havedane",)
 # I/O by module, stdlib and third-party, matched with their submodules. dnspython is

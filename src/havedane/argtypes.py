@@ -9,7 +9,7 @@ import re
 import typing
 from pathlib import Path
 
-from havedane import config as configmod
+from havedane import config_keys
 
 
 class Parser(argparse.ArgumentParser):
@@ -21,7 +21,7 @@ class Parser(argparse.ArgumentParser):
 
 def domain_arg(value: str) -> str:
     try:
-        return configmod._domain(value)
+        return config_keys.domain_name(value)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
