@@ -58,3 +58,11 @@ def output_file(value: str) -> str:
     if not path.parent.is_dir():
         raise argparse.ArgumentTypeError(f"{path.parent} does not exist (create it first)")
     return value
+
+
+def listen(value: str) -> config_keys.Listen:
+    """ADDRESS:PORT, as in [smtp] listen and [web] listen."""
+    try:
+        return config_keys.parse_listen(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
