@@ -32,6 +32,7 @@ PURE = (
     "havedane.wiretext",
     "havedane.config_keys",
     "havedane.config_template",
+    "havedane.dnstap_decode",
 )
 PURE_EXACT = ("havedane",)
 # I/O by module, stdlib and third-party, matched with their submodules. dnspython is
