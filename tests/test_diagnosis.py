@@ -1,7 +1,7 @@
 """What DNS shows, for every combination of DNS facts and what the sender did at do, dont and wrong.
 
 The facts are DnsQuery values as the dnstap reader stores them (tied to the test by the
-alias in their names, zone-level ones by nothing); the expectations are LAB-NOTES.md's
+alias in their names, zone-level ones by nothing); the expectations are docs/dns-evidence.md's
 measurements, written out independently of diagnosis.finding.
 """
 
@@ -104,7 +104,7 @@ def judge(outcome: str, facts: str, clients: tuple[str, ...] = (CLIENT,)) -> Ver
 
 
 def expected(outcome: str, facts: str) -> Finding:
-    """LAB-NOTES.md, "Per-test names and dnstap", case by case."""
+    """docs/dns-evidence.md, "Per-test names and dnstap", case by case."""
     if facts == "no-feed":
         return Finding.NOT_AVAILABLE
     if facts == "nothing":

@@ -1,6 +1,6 @@
 """What DNS shows about why a sender did what it did: facts and a finding, beside the verdict.
 
-Pure. What can be read from the authoritative side was measured (LAB-NOTES.md, "Per-test
+Pure. What can be read from the authoritative side was measured (docs/dns-evidence.md, "Per-test
 names and dnstap"): a DANE sender behind a validating resolver fetches `_25._tcp.<host> TLSA`;
 a DNSKEY fetch shows the resolver validates (its absence shows nothing: caches); a
 non-DANE sender and a DANE sender behind a non-validating resolver both fetch no TLSA

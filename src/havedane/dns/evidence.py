@@ -2,7 +2,7 @@
 
 Pure: the queries come from the store (report.load), tied to the test by the alias in
 their names, plus the zone-level ones (DNSKEY, DS) from the same resolvers within the
-test's window (dns.queries). What can be read from them was measured (LAB-NOTES.md, "Per-test
+test's window (dns.queries). What can be read from them was measured (docs/dns-evidence.md, "Per-test
 names and dnstap"): a DANE sender behind a validating resolver fetches `_25._tcp.<host> TLSA`;
 a DNSKEY fetch shows the resolver validates (its absence shows nothing: caches); the DO bit
 is set by validating and non-validating resolvers alike (RFC 3225) and tells nothing.
