@@ -29,7 +29,7 @@ from havedane import admission, probes, quota
 from havedane.config import Config, Listen
 from havedane.connection import ip, session_log, split
 from havedane.model import Delivery, Session
-from havedane.smtpserver import ReceiverSMTP
+from havedane.smtpserver import Hooks, ReceiverSMTP
 from havedane.store import Store, StoreError
 from havedane.tlspolicy import probe_contexts, tls_context
 from havedane.wiretext import clean as text  # bytes that are not UTF-8, NUL: U+FFFD
@@ -54,6 +54,7 @@ class Receiver:
         self._saves: set[asyncio.Task[None]] = set()
         self.connections: set[ReceiverSMTP] = set()
         self.now: Callable[[], float] = time.time
+        self.hooks = Hooks(self)  # what aiosmtpd is handed as its handler (see Hooks)
 
     # -- lifecycle -----------------------------------------------------------
 
