@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException, syntax
 
-from havedane import admission, probes, smtpdata, tlspolicy
+from havedane import admission, probes, smtpaddr, smtpdata, tlspolicy
 from havedane.connection import Draft, ip
 from havedane.model import Outcome, Tls
 from havedane.wiretext import clean as text
@@ -214,6 +214,11 @@ class ReceiverSMTP(SMTP):
             await super().push(status.replace(b"\r", b" ").replace(b"\n", b" "))
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        plain = smtpaddr.plain_path(arg)  # most paths, without the email package (see smtpaddr)
+        if plain is not None and not (
+            self.local_part_limit and len(plain[0].rpartition("@")[0]) > self.local_part_limit
+        ):
+            return plain
         try:
             return super()._getaddr(arg)
         except IndexError:
