@@ -6,10 +6,11 @@ Checked against aiosmtpd 1.4.6 (aiosmtpd/smtp.py). The private attributes it tou
 each where it is used: `command_size_limits` (a class attribute there), `_smtp_methods`
 and `_auth_methods` (no AUTH), `_tls_protocol` (the STARTTLS layer: its asyncio private
 `_sslobj` is the only view of a handshake that failed), `_timeout_handle` and
-`_timeout_cb` (the idle timeout), `_getaddr`, and in smtp_DATA `_reader`, `_writer`,
-`_call_handler_hook` and `_set_post_data_state`. Not an attribute but a habit of its
-`SMTP.__init__`: it finds the commands, AUTH mechanisms and hooks by listing the
-protocol's and the handler's attributes on every connection (`__dir__` and `Hooks`).
+`_timeout_cb` (the idle timeout), `_getaddr` (plain paths read by smtpaddr before it),
+and in smtp_DATA `_reader`, `_writer`, `_call_handler_hook` and `_set_post_data_state`.
+Not an attribute but a habit of its `SMTP.__init__`: it finds the commands, AUTH
+mechanisms and hooks by listing the protocol's and the handler's attributes on every
+connection (`__dir__` and `Hooks`).
 """
 
 from __future__ import annotations
