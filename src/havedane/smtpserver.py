@@ -44,23 +44,16 @@ class Hooks:
     `inspect.signature` of handle_EHLO): over the whole `Receiver` that cost as much as
     the rest of a bare `SMTP()` (bench/floor.py, docs/benchmarks.md "The floor")."""
 
-    __slots__ = (
-        "handle_DATA",
-        "handle_EHLO",
-        "handle_HELO",
-        "handle_MAIL",
-        "handle_PROXY",
-        "handle_RCPT",
-        "handle_exception",
-    )
-
     def __init__(self, receiver: Receiver) -> None:
-        for name in self.__slots__:
-            setattr(self, name, getattr(receiver, name))
+        # Every handle_* hook the receiver defines (aiosmtpd calls those it finds), nothing else;
+        # handle_exception too (aiosmtpd's own handle_exception asks the handler for it).
+        for name in dir(type(receiver)):
+            if name.startswith("handle_"):
+                setattr(self, name, getattr(receiver, name))
         # inspect.signature looks for `__signature__` on the function before it reads its code:
         # worked out once here instead of on every connection.
-        ehlo = receiver.handle_EHLO.__func__  # type: ignore[attr-defined]
-        if "__signature__" not in vars(ehlo):
+        ehlo = getattr(getattr(self, "handle_EHLO", None), "__func__", None)
+        if ehlo is not None and "__signature__" not in vars(ehlo):
             ehlo.__signature__ = inspect.signature(ehlo)
 
 
