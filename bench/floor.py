@@ -55,12 +55,29 @@ CAPS = {
     "HAVEDANE_SMTP_MAX_SESSIONS_PER_TEST": "1000000000",
 }
 TICK = os.sysconf("SC_CLK_TCK")
+SHOW_THREADS = "--threads" in sys.argv
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process and its threads (proc(5): fields 14 and 15)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def thread_cpu(pid: int) -> dict[str, tuple[float, float, int]]:
+    """Per thread of a process (the event loop is the one whose id is the process's): user
+    and system CPU seconds, and voluntary context switches (/proc/PID/task/*)."""
+    seen: dict[str, tuple[float, float, int]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            status = (task / "status").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        switches = int(status.split("voluntary_ctxt_switches:", 1)[1].split()[0])
+        name = "loop" if task.name == str(pid) else f"thread {task.name}"
+        seen[name] = (int(fields[11]) / TICK, int(fields[12]) / TICK, switches)
+    return seen
 
 
 def wait_port(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
@@ -106,8 +123,10 @@ def http_test(web: str, port: int) -> str:
 
 
 def smtp_round(port: int, seconds: float, clients: int, pid: int, extra: list[str]) -> tuple[float, float]:
-    """(deliveries/s, server CPU ms per delivery)."""
+    """(deliveries/s, server CPU ms per delivery); with --threads, prints the CPU per delivery
+    of each of the server's threads (the event loop, SQLite's writer, asyncio's executor)."""
     cpu = cpu_seconds(pid)
+    threads = thread_cpu(pid)
     out = subprocess.run(
         [PY, str(ROOT / "bench" / "smtp_load.py"), "--smtp", f"127.0.0.1:{port}", "--web", f"http://127.0.0.1:{HD_WEB}",
          "--clients", str(clients), "--seconds", str(seconds), *extra],
@@ -118,6 +137,17 @@ def smtp_round(port: int, seconds: float, clients: int, pid: int, extra: list[st
     total = int(re.search(r" deliveries=(\d+)", out).group(1))  # type: ignore[union-attr]
     if "errors=0" not in out:
         print(f"  (load generator reported errors: {out.strip()})")
+    if SHOW_THREADS:
+        n = max(total, 1)
+        parts = []
+        for k, (user, system, switches) in thread_cpu(pid).items():
+            u0, s0, w0 = threads.get(k, (0.0, 0.0, 0))
+            if user + system - u0 - s0 > 0 or switches > w0:
+                parts.append(
+                    f"{k} user {1000 * (user - u0) / n:.3f} sys {1000 * (system - s0) / n:.3f} ms,"
+                    f" {(switches - w0) / n:.2f} switches"
+                )
+        print("  per delivery: " + "; ".join(parts))
     return rate, 1000 * used / max(total, 1)
 
 
@@ -143,6 +173,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=16, help="concurrent SMTP clients")
     ap.add_argument("--connections", type=int, default=32, help="wrk connections")
     ap.add_argument("--only", choices=["smtp", "http"], help="run one half only")
+    ap.add_argument("--threads", action="store_true", help="print each server thread's CPU per delivery")
     ap.add_argument("--profile", type=Path, help="instead of rounds: py-spy each havedane leg once, stacks here")
     args = ap.parse_args()
     started: list[subprocess.Popen[bytes]] = []

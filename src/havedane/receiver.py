@@ -13,8 +13,6 @@ here aiosmtpd's documented handler hooks and the receiver's life.
 from __future__ import annotations
 
 import asyncio
-import email.parser
-import email.policy
 import json
 import logging
 import ssl
@@ -28,8 +26,9 @@ from aiosmtpd.smtp import Session as SMTPSession
 from havedane import admission, probes, quota
 from havedane.config import Config, Listen
 from havedane.connection import ip, session_log, split
+from havedane.messageid import message_id as _message_id
 from havedane.model import Delivery, Session
-from havedane.smtpserver import ReceiverSMTP
+from havedane.smtpserver import Hooks, ReceiverSMTP
 from havedane.store import Store, StoreError
 from havedane.tlspolicy import probe_contexts, tls_context
 from havedane.wiretext import clean as text  # bytes that are not UTF-8, NUL: U+FFFD
@@ -54,6 +53,7 @@ class Receiver:
         self._saves: set[asyncio.Task[None]] = set()
         self.connections: set[ReceiverSMTP] = set()
         self.now: Callable[[], float] = time.time
+        self.hooks = Hooks(self)  # what aiosmtpd is handed as its handler (see Hooks)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -225,14 +225,3 @@ class Receiver:
             return "454 4.7.0 TLS handshake failed"
         log.exception("SMTP session error", exc_info=error)
         return "451 4.3.0 Internal error, try again later"
-
-
-def _message_id(content: bytes) -> str | None:
-    """The Message-ID header only; everything else in the message is dropped."""
-    head = content.split(b"\r\n\r\n", 1)[0][:16384]
-    try:
-        headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
-        value = headers.get("Message-ID")
-    except Exception:  # noqa: BLE001 - hostile headers must never break a delivery
-        return None
-    return text(str(value))[:256] if value else None

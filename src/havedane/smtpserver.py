@@ -6,14 +6,18 @@ Checked against aiosmtpd 1.4.6 (aiosmtpd/smtp.py). The private attributes it tou
 each where it is used: `command_size_limits` (a class attribute there), `_smtp_methods`
 and `_auth_methods` (no AUTH), `_tls_protocol` (the STARTTLS layer: its asyncio private
 `_sslobj` is the only view of a handshake that failed), `_timeout_handle` and
-`_timeout_cb` (the idle timeout), `_getaddr`, and in smtp_DATA `_reader`, `_writer`,
-`_call_handler_hook` and `_set_post_data_state`.
+`_timeout_cb` (the idle timeout), `_getaddr` (plain paths read by smtpaddr before it),
+and in smtp_DATA `_reader`, `_writer`, `_call_handler_hook` and `_set_post_data_state`.
+Not an attribute but a habit of its `SMTP.__init__`: it finds the commands, AUTH
+mechanisms and hooks by listing the protocol's and the handler's attributes on every
+connection (`__dir__` and `Hooks`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import logging
 import secrets
 import ssl
@@ -21,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException, syntax
 
-from havedane import admission, probes, smtpdata, tlspolicy
+from havedane import admission, probes, smtpaddr, smtpdata, tlspolicy
 from havedane.connection import Draft, ip
 from havedane.model import Outcome, Tls
 from havedane.wiretext import clean as text
@@ -32,6 +36,30 @@ if TYPE_CHECKING:
 log = logging.getLogger("havedane.receiver")
 
 
+class Hooks:
+    """The handler aiosmtpd is given: the receiver's hooks and nothing else.
+
+    aiosmtpd 1.4.6's `SMTP.__init__` looks its handler over on every connection
+    (`dir(handler)` for handle_*, `inspect.getmembers(handler)` for auth_*,
+    `inspect.signature` of handle_EHLO): over the whole `Receiver` that cost as much as
+    the rest of a bare `SMTP()` (bench/floor.py, docs/benchmarks.md "The floor")."""
+
+    def __init__(self, receiver: Receiver) -> None:
+        # Every handle_* hook the receiver defines (aiosmtpd calls those it finds), nothing else;
+        # handle_exception too (aiosmtpd's own handle_exception asks the handler for it).
+        for name in dir(type(receiver)):
+            if name.startswith("handle_"):
+                setattr(self, name, getattr(receiver, name))
+        # inspect.signature looks for `__signature__` on the function before it reads its code:
+        # worked out once here instead of on every connection.
+        ehlo = getattr(getattr(self, "handle_EHLO", None), "__func__", None)
+        if ehlo is not None and "__signature__" not in vars(ehlo):
+            ehlo.__signature__ = inspect.signature(ehlo)
+
+
+_SCANNED: dict[type, list[str]] = {}  # per class: the names ReceiverSMTP.__dir__ lists
+
+
 class ReceiverSMTP(SMTP):
     """One connection. `record` survives STARTTLS (aiosmtpd starts a new Session then)."""
 
@@ -39,7 +67,7 @@ class ReceiverSMTP(SMTP):
         # aiosmtpd 1.4.6 keeps command_size_limits on the class: every EHLO raised the MAIL limit
         # of all connections and every new connection reset it. One per connection here.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
-        super().__init__(receiver, **kwargs)
+        super().__init__(receiver.hooks, **kwargs)
         # No AUTH (see Receiver.handle_EHLO): without an smtp_AUTH method aiosmtpd 1.4.6 answers it
         # as an unknown command, which counts toward its limit of 5 per connection (BOGUS_LIMIT) and
         # cannot start an AUTH dialogue (was: a long answer to it gave 451 and a traceback).
@@ -51,6 +79,17 @@ class ReceiverSMTP(SMTP):
         self._finished = False
         self._timed_out = False
         self.messages = 0  # MAIL commands accepted on this connection
+
+    def __dir__(self) -> list[str]:
+        """Only the names aiosmtpd 1.4.6's `SMTP.__init__` looks for in `dir(self)` and
+        `inspect.getmembers(self)` (smtp_* commands, auth_* mechanisms), the same on every
+        connection of a class: listing and getting every attribute of the protocol was
+        a third of a connection's set-up."""
+        cls = type(self)
+        names = _SCANNED.get(cls)
+        if names is None:
+            names = _SCANNED[cls] = [name for name in dir(cls) if name.startswith(("smtp_", "auth_"))]
+        return names
 
     # -- connection lifecycle ----------------------------------------------------
 
@@ -169,6 +208,11 @@ class ReceiverSMTP(SMTP):
             await super().push(status.replace(b"\r", b" ").replace(b"\n", b" "))
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        plain = smtpaddr.plain_path(arg)  # most paths, without the email package (see smtpaddr)
+        if plain is not None and not (
+            self.local_part_limit and len(plain[0].rpartition("@")[0]) > self.local_part_limit
+        ):
+            return plain
         try:
             return super()._getaddr(arg)
         except IndexError:
