@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from havedane.model import Outcome, Session
+from havedane.model import Outcome, Session, Tie
 from havedane.probes import Expect
 from havedane.verdict import Client, Code, Grade, Reason, Verdict
 
@@ -95,7 +95,7 @@ def reason(v: Verdict, name: str) -> str:
             return "delivered without TLS, where TLS is mandatory"
         case Reason.NO_SNI:
             return (
-                f"your server did not name {r.probe.tls_host(v.domain)} in SNI, so it was shown our default "
+                f"your server did not name {r.probe.tls_host(v.domain, v.alias)} in SNI, so it was shown our default "
                 "certificate, not the one this probe is about"
             )
         case Reason.FAILED_HERE:
@@ -154,7 +154,9 @@ def refusal(v: Verdict, name: str, session: Session) -> str:
     else:
         how = "found no STARTTLS and left without sending"
     tied = ""
-    if session.alias is None:
+    if session.tied_by is Tie.SNI:
+        tied = ", tied to this test by the host it asked for in TLS (SNI)"
+    elif session.alias is None:
         tied = ", tied to this test by its client address"
         if r.competing:
             others = f"{r.competing} other test{'s' if r.competing > 1 else ''}"
