@@ -86,7 +86,8 @@ def test_deliver_records_8bit_and_broken_headers(setup_dir: Path) -> None:
         b"\r\n"
         b"body \xff\xfe\x00 binary\r\n"
     )
-    r = deliver(setup_dir, f"test@{alias}.do.x.test", message, "--client-address", "192.0.2.44", "--client-helo", "helo.x")
+    rcpt = f"test@{alias}.do.x.test"
+    r = deliver(setup_dir, rcpt, message, "--client-address", "192.0.2.44", "--client-helo", "helo.x")
     assert r.returncode == 0, r.stderr
     assert b"Traceback" not in r.stderr
     rows = stored(setup_dir, alias)

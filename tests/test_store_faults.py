@@ -45,7 +45,7 @@ def anyio_backend() -> str:
 
 def delivery(alias: str, n: int = 0) -> Delivery:
     return Delivery(alias=alias, probe="do", received_at=T0 + n, client_ip="192.0.2.1", helo="mx.sender.example",
-                    mail_from="postmaster@sender.example", rcpt=f"test@{alias}.do.x.test", tls=None, size=10)  # fmt: skip
+                    mail_from="postmaster@sender.example", rcpt=f"t@{alias}.do.x.test", tls=None, size=10)  # fmt: skip
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
