@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from havedane import probes
+from havedane import check, pki, probes
 from havedane.dns import queries
 
 DOMAIN = "x.test"
@@ -84,3 +86,14 @@ def test_dns_queries_are_tied_by_the_alias_in_a_tests_names() -> None:
         assert queries.alias_of(name, hosts) == "abc123", name
     for name in ("do.x.test", "x.test", "_25._tcp.mxhost.x.test", "mxhost.x.test", "_25._tcp.do.x.test"):
         assert queries.alias_of(name, hosts) is None, name
+
+
+def test_check_reads_a_certificates_names_as_a_sender_does(tmp_path: Path) -> None:
+    """`havedane check` tells whether the leaf names a test's host (the DANE-TA name check,
+    RFC 7672 §3.2.2): a wildcard covers one label (RFC 6125 §6.4.3), any case."""
+    pki.create(tmp_path, DOMAIN)
+    [leaf, _] = [c.leaf for c in pki.load_chains(tmp_path)]
+    assert check.names_host(leaf, "abc123.ta.x.test") and check.names_host(leaf, "ABC123.TA.X.TEST.")
+    assert check.names_host(leaf, "mxhost.x.test")
+    for host in ("ta.x.test", "a.b.ta.x.test", "abc.ee.x.test", "abc.ta-badname.x.test", "abc.ta.y.test"):
+        assert not check.names_host(leaf, host), host
