@@ -1,14 +1,16 @@
 """`havedane check`: the live deployment, seen from outside.
 
 Through a validating resolver: every name answers with the AD bit (RFC 4035
-§3.2.3); `do`'s TLSA matches the chain the receiver actually serves and `wrong`'s
+§3.2.3), at a fresh test host under each probe (the wildcard records answer it, as
+they answer a new test's); `do`'s TLSA matches the chain the receiver actually serves and `wrong`'s
 does not (connect, STARTTLS with SNI, compare SPKI digests, RFC 7672 §3.1);
-`dont` has an authenticated denial of TLSA (RFC 7672 §2.2); every probe host
+`dont` has an authenticated denial of TLSA (RFC 7672 §2.2); every probe
 accepts SMTP and offers STARTTLS; the web URL answers. One line per check.
 """
 
 from __future__ import annotations
 
+import secrets
 import smtplib
 import socket
 import ssl
@@ -93,24 +95,24 @@ def check(config: Config, resolver: str, smtp_port: int = 25) -> Iterator[Result
     yield check_web(config.public_url)
 
 
+def fresh_alias() -> str:
+    """A name no test has (nor had): a test's host that no resolver has cached, so the
+    wildcard answers it as it answers a new test's (the aliases' alphabet, probes.ALIAS)."""
+    return "check" + secrets.token_hex(6)
+
+
 def check_probe(config: Config, probe: probes.Probe, resolver: str, port: int) -> Iterator[Result]:
-    """DNS and SMTP of one probe, against the shape the catalogue gives it."""
+    """DNS and SMTP of one probe at a fresh test host, against the shape the catalogue gives it."""
     domain = config.domain
-    host, tls_host = probe.host(domain), probe.tls_host(domain)
+    alias = fresh_alias()
+    host, tls_host = probe.host(domain, alias), probe.tls_host(domain, alias)
     signed = probe.zone is not probes.Zone.UNSIGNED  # an unsigned delegation is provably insecure on purpose
     if probe.zone is not probes.Zone.PARENT:
-        served = check_child_zone(host, resolver)
+        served = check_child_zone(probe.base(domain), resolver)
         yield served
         if not served.ok:
             return  # every other answer from the zone would fail for this one reason
-    mx = query(resolver, host, "MX")
-    want_mx = f"10 {tls_host}."
-    if want_mx not in mx.records:
-        yield Result(
-            f"MX {host}", False, f"got {mx.records or mx.error or 'nothing'}", f"publish `{host}. MX {want_mx}`"
-        )
-    else:
-        yield authenticated(f"MX {host}", mx, "sign the zone", need_records=True, signed=signed)
+    yield from check_mx(probe, domain, host, resolver, signed)
     addresses: list[str] = []
     for rdtype in ("A", "AAAA"):
         ans = query(resolver, tls_host, rdtype)
@@ -118,7 +120,8 @@ def check_probe(config: Config, probe: probes.Probe, resolver: str, port: int) -
         if ans.records:
             yield authenticated(f"{rdtype} {tls_host}", ans, "the answer must be signed (DNSSEC)", signed=signed)
     if not addresses:
-        yield Result(f"A/AAAA {tls_host}", False, "no address", f"publish A/AAAA for {tls_host} (`havedane records`)")
+        where = probe.mx_host(domain) or probe.wildcard(domain)
+        yield Result(f"A/AAAA {tls_host}", False, "no address", f"publish A/AAAA at {where} (`havedane records`)")
         return
     own = config.probe_addresses.get(probe.name)
     if own and own not in addresses:
@@ -126,6 +129,27 @@ def check_probe(config: Config, probe: probes.Probe, resolver: str, port: int) -
                      f"{tls_host} must point at its own listener address {own} ([probes] addresses)")  # fmt: skip
     records = yield from check_tlsa_rrset(probe, tls_host, resolver)
     yield from check_smtp(probe, tls_host, own or addresses[0], port, records)
+
+
+def check_mx(probe: probes.Probe, domain: str, host: str, resolver: str, signed: bool) -> Iterator[Result]:
+    """A probe with an MX host: `*.<probe> MX` to it. Any other: no MX, authenticated
+    (NODATA from the wildcard), so that senders use the host's own address (RFC 5321 §5.1)."""
+    mx = query(resolver, host, "MX")
+    mx_host = probe.mx_host(domain)
+    if mx_host is not None:
+        want = f"10 {mx_host}."
+        if want in mx.records:
+            yield authenticated(f"MX {host}", mx, "sign the zone", need_records=True, signed=signed)
+        else:
+            fix = f"publish `{probe.wildcard(domain)}. MX {want}`"
+            yield Result(f"MX {host}", False, f"got {mx.records or mx.error or 'nothing'}", fix)
+        return
+    if [r for r in mx.records if r != f"10 {host}."]:
+        fix = f"publish no MX at {probe.wildcard(domain)} (`havedane records`)"
+        yield Result(f"MX {host}", False, f"got {', '.join(mx.records)}: mail would go elsewhere", fix)
+    elif not mx.records:
+        fix = f"publish the wildcard records at {probe.wildcard(domain)} (`havedane records`)"
+        yield authenticated(f"MX {host}", mx, fix, signed=signed, none="none: mail goes to the host's address")
 
 
 def check_child_zone(apex: str, resolver: str) -> Result:
@@ -195,6 +219,13 @@ def check_smtp(
     yield Result(where, True, f"STARTTLS offered, chain of {len(chain)} certificate(s) for SNI {tls_host}")
     if not records or probe.zone is probes.Zone.BOGUS or probe.tlsa is probes.Tlsa.UNUSABLE:
         return
+    if probe.tlsa is probes.Tlsa.TA and probe.chain is None:
+        # Under DANE-TA alone the leaf must name the host (RFC 7672 §3.2.2): a certificate
+        # made before per-test hosts names `ta.<domain>`, not `*.ta.<domain>`.
+        ok = names_host(chain[0], tls_host)
+        fix = "remove the tls/chain-*.pem files, run `havedane init --add-missing`, republish `havedane records`"
+        said = "the certificate names it" if ok else "the certificate does not name it"
+        yield Result(f"name {tls_host}", ok, said, fix)
     matched = tlsa.matches(records, chain)
     if probe.tlsa is probes.Tlsa.MISMATCH:
         detail = "a record matches the served chain" if matched else "served chain does not match (as intended)"
@@ -203,6 +234,21 @@ def check_smtp(
         detail = "served chain matches" if matched else "no record matches the served chain"
         fix = "republish TLSA from the certificates served (`havedane records`), or serve the chain they came from"
         yield Result(f"TLSA matches {tls_host}", matched, detail, fix)
+
+
+def names_host(cert: x509.Certificate, host: str) -> bool:
+    """Whether a DNS name of the certificate matches `host`, a wildcard covering one
+    label (RFC 6125 §6.4.3)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    host = host.lower().rstrip(".")
+    for name in san.get_values_for_type(x509.DNSName):
+        name = name.lower()
+        if name == host or (name.startswith("*.") and host.partition(".")[2] == name[2:]):
+            return True
+    return False
 
 
 def starttls_offered(address: str, port: int, timeout: float = 10.0) -> bool:
@@ -215,14 +261,16 @@ def _rcode(ans: Answer) -> str:
     return ans.error or dns.rcode.to_text(dns.rcode.Rcode(ans.rcode))
 
 
-def authenticated(name: str, ans: Answer, fix: str, need_records: bool = False, signed: bool = True) -> Result:
+def authenticated(
+    name: str, ans: Answer, fix: str, need_records: bool = False, signed: bool = True, none: str = ""
+) -> Result:
     if ans.error:
         return Result(name, False, f"no answer ({ans.error})", "check the resolver address and that it validates")
     if ans.rcode != dns.rcode.NOERROR:
         return Result(name, False, f"rcode {_rcode(ans)}", fix)
     if need_records and not ans.records:
         return Result(name, False, "no records", fix)
-    shown = ", ".join(ans.records[:3])
+    shown = ", ".join(ans.records[:3]) or none or "none"
     if not signed:
         # The unsigned probe: an answer without AD is the point (RFC 4035 §4.3, insecure).
         if ans.ad:
@@ -231,7 +279,7 @@ def authenticated(name: str, ans: Answer, fix: str, need_records: bool = False, 
         return Result(name, True, f"{shown} (insecure, as intended)")
     if not ans.ad:
         return Result(name, False, "answer not authenticated (no AD bit)", fix)
-    return Result(name, True, f"{shown} (AD)" if ans.records else "authenticated (AD)")
+    return Result(name, True, f"{shown} (AD)" if ans.records else f"{none or 'none'}, authenticated (AD)")
 
 
 def parse_tlsa(text: str) -> tlsa.TlsaRecord:

@@ -28,6 +28,14 @@ class Outcome(enum.StrEnum):
     SHUTDOWN = "server-shutdown"  # still open when the receiver stopped (421): proves nothing
 
 
+class Tie(enum.StrEnum):
+    """How a session is tied to its test (the API's `tied_by`)."""
+
+    RCPT = "rcpt"  # a recipient it named: <local>@<alias>.<probe>.<domain>
+    SNI = "sni"  # it sent no MAIL, but asked for <alias>.<probe>.<domain> in TLS (RFC 6066 §3)
+    ADDRESS = "address"  # neither: by the client address that delivered the test's other probes
+
+
 @dataclass(frozen=True)
 class Tls:
     version: str
@@ -65,6 +73,14 @@ class Session:
     outcome: Outcome = Outcome.OPEN
     error: str | None = None
     chain: str | None = None  # which certificate chain was served
+
+    @property
+    def tied_by(self) -> Tie:
+        """RCPT when it named the test in a recipient, SNI when it named it only in TLS;
+        ADDRESS for a session without alias (a report ties it by client address, if at all)."""
+        if self.alias is None:
+            return Tie.ADDRESS
+        return Tie.RCPT if self.rcpts else Tie.SNI
 
 
 @dataclass(frozen=True)

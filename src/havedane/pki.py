@@ -3,7 +3,7 @@
 Layout of the TLS directory (written by `havedane init`):
 
     ca.pem, ca.key                  the CA (ECDSA P-256, 100 years, like the original's)
-    leaf-ecdsa.pem, leaf-ecdsa.key  ECDSA P-256 leaf naming every probe host
+    leaf-ecdsa.pem, leaf-ecdsa.key  ECDSA P-256 leaf naming every probe's hosts (*.<probe>.<domain>)
     leaf-rsa.pem, leaf-rsa.key      RSA 2048 leaf, same names, for senders without ECDSA
     chain-ecdsa.pem, chain-rsa.pem  leaf + CA: DANE-TA (2 1 1) needs the CA in the chain
                                     (RFC 7671 §5.2.2)
@@ -125,10 +125,12 @@ def write_key(path: Path, key: PrivateKey) -> None:
 
 
 def default_names(domain: str) -> list[str]:
-    """Names on the default leaves: the TLS host of every probe served the default
-    chain. Probes with a chain of their own are left out, so that a sender that asks
-    for them by SNI can only be satisfied by that chain."""
-    return [p.tls_host(domain) for p in probes.CATALOGUE.values() if p.chain is None]
+    """Names on the default leaves: the name covering the TLS host of every test at a
+    probe served the default chain (`*.<probe>.<domain>`, or its MX host), so that the
+    DANE-TA name check (RFC 7672 §3.2.2) passes at every test's host. Probes with a chain
+    of their own are left out, so that a sender that asks for them by SNI can only be
+    satisfied by that chain."""
+    return [p.tls_name(domain) for p in probes.CATALOGUE.values() if p.chain is None]
 
 
 def create(tls_dir: Path, domain: str) -> None:
@@ -192,7 +194,7 @@ def create_probe_chains(tls_dir: Path, domain: str, ca: x509.Certificate, ca_key
     """The chains the conformance probes serve to senders that name them in SNI, each
     with an ECDSA and an RSA leaf (the issuing CAs stay ECDSA, as the default chain's)."""
     long_ago = _now() - datetime.timedelta(days=400)
-    hosts = {c: [p.tls_host(domain) for p in probes.CATALOGUE.values() if p.chain is c] for c in probes.Chain}
+    hosts = {c: [p.tls_name(domain) for p in probes.CATALOGUE.values() if p.chain is c] for c in probes.Chain}
     elsewhere = f"elsewhere.{domain}"  # a name no probe answers to
     rogue_key = new_key("ecdsa")
     rogue_ca = make_ca(f"havedane rogue CA for {domain}", rogue_key)

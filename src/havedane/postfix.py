@@ -107,11 +107,11 @@ def deliver(
     stream: BinaryIO,
 ) -> tuple[int, str]:
     """Record one delivery; returns (exit status, one-line reason for Postfix's log)."""
-    local, _, domain = recipient.rpartition("@")
-    probe = probes.probe_for_host(config.probes, config.domain, domain)
-    if probe is None:
+    domain = recipient.rpartition("@")[2]
+    named = probes.probe_for_host(config.probes, config.domain, domain)
+    if named is None:
         return EX_NOUSER, f"{recipient}: not a probe domain of {config.domain}"
-    alias = local.lower()
+    probe, alias = named.probe, named.alias  # the test is named by the host, whatever the local part
     try:
         headers, size = read_headers(stream)
     except OSError as e:
@@ -121,8 +121,8 @@ def deliver(
     async def run() -> tuple[int, str]:
         await store.open()
         try:
-            test = await store.get_test(alias) if alias.isalnum() else None
-            if test is None or test.created < time.time() - config.retention_days * 86400:
+            test = await store.get_test(alias) if alias is not None else None
+            if alias is None or test is None or test.created < time.time() - config.retention_days * 86400:
                 return EX_NOUSER, f"{recipient}: no such test"
             ip = client_address if client_address and client_address != "unknown" else received.client_ip
             helo = client_helo if client_helo and client_helo != "unknown" else received.helo
@@ -154,11 +154,14 @@ def deliver(
 
 def snippets(config: Config, havedane: str, config_file: Path, user: str = "havedane") -> str:
     """main.cf, master.cf and transport map text that hand the probe hosts to havedane."""
-    hosts = [p.host(config.domain) for p in config.probes]
+    # Every test has its own host below each probe (<alias>.<probe>.<domain>): the
+    # `.domain` form matches the names below it, in a domain list and in a transport
+    # table alike (transport(5), with parent_domain_matches_subdomains at its default).
+    hosts = ["." + p.base(config.domain) for p in config.probes]
     tls = config.tls_dir
     transport = "\n".join(f"{h:<40} havedane:" for h in hosts)
     return f"""# --- main.cf (add; adjust paths) -------------------------------------------
-# Accept mail for the probe hosts and hand it to havedane (never relay anything else).
+# Accept mail for every test's hosts and hand it to havedane (never relay anything else).
 relay_domains = $mydestination, {", ".join(hosts)}
 transport_maps = hash:/etc/postfix/havedane_transport
 havedane_destination_recipient_limit = 1

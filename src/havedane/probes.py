@@ -7,7 +7,16 @@ other module names a probe. Adding a probe means adding a row here.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
+
+# Every test has its own host under each probe: <alias>.<probe>.<domain>, published once
+# as a wildcard (*.<probe>.<domain>, RFC 4592), so that a session is tied to its test by
+# the host it names: in RCPT, or in SNI when it never sends MAIL (a refusal).
+ALIAS = re.compile(r"[a-z0-9]{1,63}")  # the alphabet of aliases (web.app.new_alias); one DNS label
+# The local part of the addresses handed out. Any local part is accepted at RCPT: the test
+# is named by the host (postmaster@, RFC 5321 §4.5.1, reaches it too).
+LOCAL_PART = "test"
 
 
 class Expect(enum.StrEnum):
@@ -65,15 +74,46 @@ class Probe:
     # lookups of TLSA): without it a missing delivery proves nothing.
     control: str | None = None
 
-    def host(self, domain: str) -> str:
+    def base(self, domain: str) -> str:
+        """The name every test's host is below: the wildcard's parent (and the apex of a
+        child zone)."""
         return f"{self.name}.{domain}"
 
-    def tls_host(self, domain: str) -> str:
-        """The name the sender connects to, looks up TLSA for, and sends in SNI."""
-        return f"{self.mx}.{domain}" if self.mx else self.host(domain)
+    def wildcard(self, domain: str) -> str:
+        """The owner of the wildcard records that serve every test's host (RFC 4592)."""
+        return f"*.{self.base(domain)}"
+
+    def host(self, domain: str, alias: str | None = None) -> str:
+        """A test's mail domain at this probe, `<alias>.<probe>.<domain>`; without an
+        alias, the name all of them are below (`base`)."""
+        return f"{alias}.{self.base(domain)}" if alias else self.base(domain)
+
+    def mx_host(self, domain: str) -> str | None:
+        """The fixed MX host of a probe that has one (the same for every test)."""
+        return f"{self.mx}.{domain}" if self.mx else None
+
+    def tls_host(self, domain: str, alias: str | None = None) -> str:
+        """The name the sender connects to, looks up TLSA for, and sends in SNI: the MX
+        host, or the test's host (without an alias, the name its hosts are below)."""
+        return self.mx_host(domain) or self.host(domain, alias)
+
+    def tls_name(self, domain: str) -> str:
+        """The name that covers the TLS host of every test: the MX host, or the wildcard.
+        It owns the TLSA RRset (`_25._tcp.<MX host>`, or the wildcard itself, which also
+        answers `_25._tcp.<alias>.<probe>.<domain>`) and is the certificate's name."""
+        return self.mx_host(domain) or self.wildcard(domain)
+
+    def tlsa_owner(self, domain: str) -> str:
+        return f"_25._tcp.{self.mx_host(domain)}" if self.mx else self.wildcard(domain)
 
     def address(self, alias: str, domain: str) -> str:
-        return f"{alias}@{self.host(domain)}"
+        return f"{LOCAL_PART}@{self.host(domain, alias)}"
+
+    @property
+    def sni_names_test(self) -> bool:
+        """Whether a DANE sender's SNI names the test: the TLS host carries the alias. Not
+        at a fixed MX host (its evidence is tied by RCPT only) nor without STARTTLS."""
+        return self.starttls and self.mx is None
 
     @property
     def tls_required(self) -> bool:
@@ -239,6 +279,8 @@ MATRIX: tuple[Probe, ...] = (
         expect=Expect.DELIVER,
         tlsa=Tlsa.MATCH,
         mx="mxhost",
+        # Every test's host has the same MX host (*.mx.<domain> MX 10 mxhost.<domain>): SNI and
+        # TLSA name mxhost, not the test, so this probe's sessions are tied by RCPT only.
         tests="The domain's MX is another host; TLSA is published only for that MX host.",
         proves_pass="Your server looks TLSA up at the MX host's name and sends that name in SNI.",
         proves_fail="Your server does not find TLSA at the MX host: mail to most DANE domains is not protected.",
@@ -260,10 +302,24 @@ def enabled(names: list[str] | None = None, matrix: bool = False) -> tuple[Probe
     return tuple(p for p in CATALOGUE.values() if p.name in names or (matrix and not p.classic))
 
 
-def probe_for_host(probes: tuple[Probe, ...], domain: str, host: str) -> Probe | None:
-    """The probe whose mail domain (RCPT) or TLS host (SNI) is `host`."""
-    host = host.lower().rstrip(".")
+@dataclass(frozen=True)
+class Named:
+    """What a host name (in RCPT or in SNI) names: a probe, and the test whose host it is."""
+
+    probe: Probe
+    alias: str | None  # None: a fixed host of the probe (its MX host), no test's
+
+
+def probe_for_host(probes: tuple[Probe, ...], domain: str, host: str) -> Named | None:
+    """The probe and test named by `host`: `<alias>.<probe>.<domain>` (any case, a final
+    dot allowed), or a probe's fixed MX host (no alias). None for anything else, an
+    alias outside [a-z0-9] included."""
+    name, domain = host.lower().rstrip("."), domain.lower().rstrip(".")
     for p in probes:
-        if p.host(domain) == host or p.tls_host(domain) == host:
-            return p
-    return None
+        if p.mx_host(domain) == name:
+            return Named(p, None)
+    alias, _, base = name.partition(".")
+    probe = next((p for p in probes if p.base(domain) == base), None)
+    if probe is None or not ALIAS.fullmatch(alias):
+        return None
+    return Named(probe, alias)

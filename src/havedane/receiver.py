@@ -23,7 +23,7 @@ from typing import Any
 from aiosmtpd.smtp import Envelope, TLSSetupException
 from aiosmtpd.smtp import Session as SMTPSession
 
-from havedane import admission, probes, quota
+from havedane import admission, probes, quota, tie
 from havedane.config import Config, Listen
 from havedane.connection import ip, session_log, split
 from havedane.messageid import message_id as _message_id
@@ -99,6 +99,7 @@ class Receiver:
         task.add_done_callback(self._saves.discard)
 
     async def _save(self, session: Session) -> None:
+        session = await tie.confirm_sni(session, self.store, self.quota, self.config, self.now())
         try:
             await self.store.save_session(session)
         except StoreError as e:
@@ -114,20 +115,21 @@ class Receiver:
         if len(envelope.rcpt_tos) >= self.config.max_recipients:
             return "452 4.5.3 Too many recipients"
         address = text(address)
-        local, domain = split(address)
-        probe = probes.probe_for_host(self.config.probes, self.config.domain, domain)
-        if probe is None:
+        _, domain = split(address)
+        named = probes.probe_for_host(self.config.probes, self.config.domain, domain)
+        if named is None:
             # Never a relay: only our probe hosts are ours (RFC 5321 §3.6.2).
             return f"550 5.7.1 <{address}>: relay access denied, not a probe domain of {self.config.domain}"
-        alias = local.lower()
+        # The test is named by the host (<alias>.<probe>.<domain>), whatever the local part.
+        probe, alias = named.probe, named.alias
         try:
-            test = await self.store.get_test(alias) if alias.isalnum() and len(alias) <= 64 else None
+            test = await self.store.get_test(alias) if alias is not None else None
         except StoreError as e:
             log.error("RCPT %s deferred: %s", address, e)
             return "451 4.3.0 Temporary failure looking up the test, try again later"
-        if test is None or test.created < self.now() - self.config.retention_days * 86400:
+        if alias is None or test is None or test.created < self.now() - self.config.retention_days * 86400:
             return f"550 5.1.1 <{address}>: no such test; create one at {self.config.public_url}"
-        if (alias, domain) in {(r_local.lower(), r_domain) for r_local, r_domain in map(split, envelope.rcpt_tos)}:
+        if domain in {split(r)[1] for r in envelope.rcpt_tos}:
             # Named already in this message: accepted (RFC 5321 §3.3 lets a server accept a
             # duplicate recipient), but one message makes one delivery per probe of a test.
             return "250 2.1.5 OK (named already, recorded once)"
@@ -192,13 +194,12 @@ class Receiver:
         message_id = _message_id(content)
         deliveries = []
         for rcpt in envelope.rcpt_tos:
-            local, domain = split(rcpt)
-            probe = probes.probe_for_host(self.config.probes, self.config.domain, domain)
-            assert probe is not None  # checked at RCPT
+            named = probes.probe_for_host(self.config.probes, self.config.domain, split(rcpt)[1])
+            assert named is not None and named.alias is not None  # checked at RCPT
             deliveries.append(
                 Delivery(
-                    alias=local.lower(),
-                    probe=probe.name,
+                    alias=named.alias,
+                    probe=named.probe.name,
                     received_at=now,
                     client_ip=record.client_ip,
                     helo=record.helo,

@@ -16,11 +16,13 @@ from havedane import wording
 from havedane.config import Config
 from havedane.dns.evidence import DnsEvidence, ResolverFacts, relevant, tlsa_probe
 from havedane.dns.queries import DnsQuery, probe_names
-from havedane.model import Delivery, Session, Test, Tls
+from havedane.model import Delivery, Session, Test, Tie, Tls
 from havedane.store import Store
 from havedane.verdict import Verdict, evaluate
 
-# A session without MAIL carries no alias: it is tied to a test by the client address
+# A session is tied to its test by the test's host it named: in RCPT, or, when it sent no
+# MAIL, in SNI (model.Tie). One that named neither (no SNI: a sender that does not do DANE
+# there, or a probe at a fixed MX host) carries no alias: it is tied to a test by the client address
 # that delivered the test's other probes, but only while that test waits for mail: from
 # MARGIN seconds before its first delivery (a sender tries its recipients in parallel,
 # the refusal may come first; never before the test was created) to the end of its grace
@@ -129,6 +131,7 @@ def delivery_json(d: Delivery) -> dict[str, Any]:
         "tls": tls_json(d.tls),
         "size": d.size,
         "message_id": d.message_id,
+        "tied_by": Tie.RCPT.value,  # a delivery names its test in its recipient
     }
 
 
@@ -146,6 +149,9 @@ def session_json(s: Session, competing: dict[str, int], refusal: bool) -> dict[s
         "rcpts": s.rcpts,
         "probe": s.probe,
         "outcome": s.outcome.value,
+        # How it is tied to this test: a recipient it named, the host it asked for in SNI
+        # (a refusal), or neither: by its client address (model.Tie).
+        "tied_by": s.tied_by.value,
         "correlated_by_client_ip": s.alias is None,
         "competing_tests": competing.get(s.id, 0),
         "refusal": refusal,  # the verdict counts it as a refusal at this probe
@@ -205,7 +211,7 @@ def to_json(config: Config, report: Report) -> dict[str, Any]:
         "addresses": addresses(config, report.test.alias),
         "probes": {
             name: {
-                "host": r.probe.host(config.domain),
+                "host": r.probe.host(config.domain, report.test.alias),
                 "address": r.probe.address(report.test.alias, config.domain),
                 "expect": r.probe.expect.value,
                 "expected": wording.expected(r.probe.expect, r.probe.tls_required),
@@ -215,7 +221,7 @@ def to_json(config: Config, report: Report) -> dict[str, Any]:
                 "status": r.status.value,
                 "classic": r.probe.classic,
                 "tls_required": r.probe.tls_required,
-                "tls_host": r.probe.tls_host(config.domain),
+                "tls_host": r.probe.tls_host(config.domain, report.test.alias),
                 "grade": {"grade": v.grades[name].grade.value, "reason": wording.reason(v, name)},
                 "reason_code": v.grades[name].reason.value,
                 "exposes": v.grades[name].exposes,

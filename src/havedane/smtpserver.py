@@ -148,8 +148,7 @@ class ReceiverSMTP(SMTP):
         r.outcome = r.ending(self._timed_out)
         config = self.receiver.config
         if r.probe is None and r.tls is not None and r.tls.sni:
-            probe = probes.probe_for_host(config.probes, config.domain, r.tls.sni)
-            r.probe = probe.name if probe else None
+            self._named_in_sni(r.tls.sni)
         if r.probe is None:
             probe = admission.probe_at(config, r.local_ip)
             r.probe = probe.name if probe else None
@@ -299,9 +298,16 @@ class ReceiverSMTP(SMTP):
         sni = tlspolicy.sni_of(raw)
         if sni:
             self.record.tls = None
-            config = self.receiver.config
-            probe = probes.probe_for_host(config.probes, config.domain, sni)
-            self.record.probe = probe.name if probe else None
+            self._named_in_sni(sni)
+
+    def _named_in_sni(self, sni: str) -> None:
+        """The probe the SNI names, and for a session that named no test in RCPT, the test
+        whose host it is (`<alias>.<probe>.<domain>`; confirmed when saved: tie.confirm_sni)."""
+        config = self.receiver.config
+        named = probes.probe_for_host(config.probes, config.domain, sni)
+        self.record.probe = named.probe.name if named else None
+        if named is not None and named.probe.sni_names_test and self.record.alias is None:
+            self.record.alias = named.alias
 
     def _record_tls(self) -> None:
         """What the completed handshake showed (nothing before it completes)."""

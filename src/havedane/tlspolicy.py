@@ -58,13 +58,16 @@ def tls_context(chains: list[pki.Chain], by_sni: dict[str, list[pki.Chain]] | No
     """The server context: the default chains loaded (OpenSSL picks by the client's
     signature algorithms), SNI captured on the SSLObject, and for the names in
     `by_sni` a context serving those chains instead (a conformance probe's ECDSA chain and
-    its RSA sibling, recorded under the first one's name)."""
+    its RSA sibling, recorded under the first one's name). A name `*.<parent>` there
+    stands for every name one label below <parent>, as in a certificate (RFC 6125 §6.4.3):
+    every test's host at a probe."""
     ctx = _context(chains)
     special = {name.lower(): (served[0].kind, _context(served)) for name, served in (by_sni or {}).items()}
 
     def on_sni(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
         sslobj.havedane_sni = name  # type: ignore[attr-defined]
-        chosen = special.get(name.lower().rstrip(".")) if name else None
+        asked = name.lower().rstrip(".") if name else ""
+        chosen = special.get(asked) or special.get("*." + asked.partition(".")[2]) if asked else None
         if chosen is not None:
             sslobj.havedane_chain, sslobj.context = chosen  # type: ignore[attr-defined]
 
@@ -75,7 +78,7 @@ def tls_context(chains: list[pki.Chain], by_sni: dict[str, list[pki.Chain]] | No
 def probe_contexts(config: Config) -> ssl.SSLContext:
     """The TLS context for `config`: default chains plus each enabled probe's own."""
     by_sni = {
-        p.tls_host(config.domain): pki.load_probe_chain(config.tls_dir, p.chain.value) for p in config.probes if p.chain
+        p.tls_name(config.domain): pki.load_probe_chain(config.tls_dir, p.chain.value) for p in config.probes if p.chain
     }
     return tls_context(pki.load_chains(config.tls_dir), by_sni)
 

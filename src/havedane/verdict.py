@@ -148,9 +148,10 @@ class Verdict:
     waiting: tuple[str, ...] = ()  # classic probes still awaited
     flaws: tuple[str, ...] = ()  # matrix probes whose failure exposes the mail
     dns: DnsFacts = DnsFacts(Finding.NOT_AVAILABLE)
+    alias: str = ""  # the test's: its hosts are <alias>.<probe>.<domain>
 
     def host(self, name: str) -> str:
-        return self.probes[name].probe.host(self.domain)
+        return self.probes[name].probe.host(self.domain, self.alias)
 
     def counts(self) -> dict[Grade, int]:
         """How many probes have each grade (every grade present, zero or not)."""
@@ -168,9 +169,9 @@ def is_refusal(session: Session, probe: Probe) -> bool:
     return session.outcome is Outcome.LEFT
 
 
-def reached(session: Session, probe: Probe, domain: str) -> bool:
+def reached(session: Session, probe: Probe, domain: str, alias: str) -> bool:
     """The session was for this probe: by its attribution, or by any recipient it named."""
-    suffix = "@" + probe.host(domain)
+    suffix = "@" + probe.host(domain, alias)
     return session.probe == probe.name or any(r.lower().endswith(suffix) for r in session.rcpts)
 
 
@@ -181,8 +182,9 @@ def probe_result(
     grace_over: bool,
     domain: str,
     competing: Mapping[str, int] | None = None,
+    alias: str = "",
 ) -> ProbeResult:
-    mine = tuple(s for s in sessions if reached(s, probe, domain))
+    mine = tuple(s for s in sessions if reached(s, probe, domain, alias))
     delivered = tuple(d for d in deliveries if d.probe == probe.name)
     refusal = next((s for s in mine if is_refusal(s, probe)), None)
     if delivered:
@@ -223,7 +225,7 @@ def evaluate(
     first = min((d.received_at for d in deliveries), default=None)
     grace_ends = None if first is None else first + grace
     grace_over = grace_ends is not None and now >= grace_ends
-    results = {p.name: probe_result(p, sessions, deliveries, grace_over, domain, competing) for p in probes}
+    results = {p.name: probe_result(p, sessions, deliveries, grace_over, domain, competing, test.alias) for p in probes}
     classic = [results[p.name] for p in probes if p.classic]
 
     must_deliver = [r for r in classic if r.probe.expect is Expect.DELIVER]
@@ -233,21 +235,12 @@ def evaluate(
     missing = [r for r in must_deliver if r.status is not Status.DELIVERED]
     ours = [r for r in must_refuse if r.status is Status.NOT_DELIVERED and r.failed_here is not None]
     held = not ours and all(r.status in (Status.REFUSED, Status.NOT_DELIVERED) for r in must_refuse)
-    grades = {name: grade(r, results, grace_over, domain) for name, r in results.items()}
+    grades = {name: grade(r, results, grace_over, domain, test.alias) for name, r in results.items()}
     # A corner case whose failure hands the mail to an attacker (or to anyone on the path)
     # outweighs the classic probes' good news: it is in the headline (issue 13).
     flaws = [r for r in results.values() if not r.probe.classic and grades[r.probe.name].exposes]
 
-    if plaintext:
-        code = Code.NO_TLS
-    elif leaked:
-        code = Code.DOES_NOT_VALIDATE
-    elif not missing and held:
-        code = Code.VALIDATES_WITH_FLAWS if flaws else Code.VALIDATES
-    elif grace_over and (missing or ours):
-        code = Code.INCOMPLETE
-    else:
-        code = Code.PENDING
+    code = _code(bool(plaintext), bool(leaked), bool(missing), held, bool(flaws), grace_over and bool(missing or ours))
     return Verdict(
         code=code,
         probes=results,
@@ -267,8 +260,21 @@ def evaluate(
         stayed_away=_names([r for r in must_refuse if r.status is Status.NOT_DELIVERED]),
         waiting=_names(missing + [r for r in must_refuse if r.status is Status.PENDING]),
         flaws=_names(flaws),
+        alias=test.alias,
         dns=_dns(code, _names(plaintext + leaked), probes, domain, dns, sessions, deliveries),
     )
+
+
+def _code(plaintext: bool, leaked: bool, missing: bool, held: bool, flaws: bool, incomplete: bool) -> Code:
+    """The headline, worst first: plaintext, then a leak, then success, then a verdict
+    that can no longer change for the better, else still waiting."""
+    if plaintext:
+        return Code.NO_TLS
+    if leaked:
+        return Code.DOES_NOT_VALIDATE
+    if not missing and held:
+        return Code.VALIDATES_WITH_FLAWS if flaws else Code.VALIDATES
+    return Code.INCOMPLETE if incomplete else Code.PENDING
 
 
 def _dns(
@@ -286,14 +292,14 @@ def _dns(
     return dns_facts(against, validated, enabled, domain, dns, clients)
 
 
-def saw_its_chain(result: ProbeResult, domain: str) -> bool:
+def saw_its_chain(result: ProbeResult, domain: str, alias: str) -> bool:
     """Whether the evidence for a probe with a chain of its own came from connections
     that were shown that chain. The chain the receiver recorded for the session decides
     (it chose it from the SNI, case-insensitively: DNS names are, RFC 4343; RFC 6066 §3);
     a delivery whose session is not at hand falls back to its SNI, compared the same way."""
     if result.probe.chain is None:
         return True
-    host = result.probe.tls_host(domain).lower()
+    host = result.probe.tls_host(domain, alias).lower()
     chains = {s.id: s.chain for s in result.sessions}
     evidence = [result.refusal] if result.refusal is not None else []
 
@@ -310,12 +316,14 @@ def saw_its_chain(result: ProbeResult, domain: str) -> bool:
     )
 
 
-def grade(result: ProbeResult, results: dict[str, ProbeResult], grace_over: bool, domain: str) -> Graded:
+def grade(
+    result: ProbeResult, results: dict[str, ProbeResult], grace_over: bool, domain: str, alias: str = ""
+) -> Graded:
     """One probe against what a correct DANE sender does there (the catalogue's `expect`)."""
     probe, status = result.probe, result.status
     if status is Status.DELIVERED and probe.tls_required and not result.over_tls:
         return Graded(Grade.FAIL, Reason.PLAINTEXT, exposes=True)
-    if status in (Status.DELIVERED, Status.REFUSED) and not saw_its_chain(result, domain):
+    if status in (Status.DELIVERED, Status.REFUSED) and not saw_its_chain(result, domain, alias):
         return Graded(Grade.INCONCLUSIVE, Reason.NO_SNI)
     if status is Status.NOT_DELIVERED and result.failed_here is not None:
         return Graded(Grade.INCONCLUSIVE, Reason.FAILED_HERE)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from havedane.diagnosis import Finding
 from havedane.dns.evidence import ResolverFacts
-from havedane.model import Outcome, Session
+from havedane.model import Outcome, Session, Tie
 from havedane.probes import Expect, Tlsa
 from havedane.verdict import Client, Code, Grade, Reason, Verdict
 
@@ -97,7 +97,7 @@ def reason(v: Verdict, name: str) -> str:
             return "delivered without TLS, where TLS is mandatory"
         case Reason.NO_SNI:
             return (
-                f"your server did not name {r.probe.tls_host(v.domain)} in SNI, so it was shown our default "
+                f"your server did not name {r.probe.tls_host(v.domain, v.alias)} in SNI, so it was shown our default "
                 "certificate, not the one this probe is about"
             )
         case Reason.FAILED_HERE:
@@ -156,7 +156,9 @@ def refusal(v: Verdict, name: str, session: Session) -> str:
     else:
         how = "found no STARTTLS and left without sending"
     tied = ""
-    if session.alias is None:
+    if session.tied_by is Tie.SNI:
+        tied = ", tied to this test by the host it asked for in TLS (SNI)"
+    elif session.alias is None:
         tied = ", tied to this test by its client address"
         if r.competing:
             others = f"{r.competing} other test{'s' if r.competing > 1 else ''}"
@@ -394,4 +396,4 @@ def dane_host(v: Verdict) -> str:
     """The TLS host of a probe with matching TLSA records: the one to ask a resolver about."""
     match = [r.probe for r in v.probes.values() if r.probe.tlsa is Tlsa.MATCH]
     probe = match[0] if match else next(iter(v.probes.values())).probe
-    return probe.tls_host(v.domain)
+    return probe.tls_host(v.domain, v.alias)

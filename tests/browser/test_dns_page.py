@@ -153,7 +153,7 @@ def test_the_diagnosis_and_the_dns_queries_show_on_the_page(page: Page, tapped: 
         [(DOMAIN, "DNSKEY")] + [(f"{alias}.{p}.{DOMAIN}", t) for p in ("do", "dont", "wrong") for t in ("MX", "A")],
     )
     for name in ("do", "dont", "wrong"):
-        deliver(server.smtp_port, f"{alias}@{name}.{DOMAIN}")
+        deliver(server.smtp_port, probes.CATALOGUE[name].address(alias, DOMAIN))
     expect(page.locator("#verdict")).to_have_attribute("data-code", "does-not-validate")
     diagnosis = page.locator("#diagnosis")
     expect(diagnosis).to_have_attribute("data-finding", "resolver-validates")

@@ -55,20 +55,24 @@ def records(
     probe_leaves: dict[str, list[x509.Certificate]] | None = None,
     probe_addresses: dict[str, str] | None = None,
 ) -> list[Record]:
-    """For every probe: its TLS host's A/AAAA, an MX (to itself, or to the probe's MX
-    host), and the TLSA RRset at _25._tcp.<TLS host> (RFC 7672 §2.2: TLSA is looked up
-    at the MX host's name). `probe_leaves` gives the leaves served to a probe with a
-    chain of its own; `probe_addresses` a probe's own listener address."""
+    """For every probe, once for all tests: wildcard records at `*.<probe>.<domain>`
+    (RFC 4592), so that every test's host `<alias>.<probe>.<domain>` exists. The wildcard
+    holds A/AAAA and the TLSA RRset itself: a query for `_25._tcp.<alias>.<probe>.<domain>`
+    is answered from it too (its closest encloser is `<probe>.<domain>`). No MX: a sender
+    then delivers to the host's own address (RFC 5321 §5.1), and looks TLSA up there
+    (RFC 7672 §2.2.1). A probe with an MX host of its own gets `*.<probe> MX` to it, and
+    the addresses and TLSA there (RFC 7672 §2.2.2). `probe_leaves` gives the leaves served
+    to a probe with a chain of its own; `probe_addresses` a probe's own listener address."""
     out: list[Record] = []
     for probe in enabled:
-        host = probe.host(domain) + "."
-        tls_host = probe.tls_host(domain) + "."
+        tls_name = probe.tls_name(domain) + "."
         own = (probe_addresses or {}).get(probe.name)
-        out.extend(address_records(tls_host, [own] if own else addresses))
-        out.append(Record(host, "MX", f"10 {tls_host}"))
+        if probe.mx:
+            out.append(Record(probe.wildcard(domain) + ".", "MX", f"10 {tls_name}"))
+        out.extend(address_records(tls_name, [own] if own else addresses))
         served = (probe_leaves or {}).get(probe.name, leaves)
         for rec in tlsa.for_probe(probe, served, ca):
-            out.append(Record(f"_25._tcp.{tls_host}", "TLSA", rec.rdata()))
+            out.append(Record(probe.tlsa_owner(domain) + ".", "TLSA", rec.rdata()))
     return out
 
 
@@ -131,7 +135,7 @@ def _split(
     domain: str, enabled: tuple[probes.Probe, ...], recs: list[Record]
 ) -> tuple[list[Record], dict[probes.Probe, list[Record]]]:
     """The records of the base zone, and those below each probe's zone cut."""
-    cuts = {p: dns.name.from_text(p.host(domain)) for p in enabled if p.zone is not probes.Zone.PARENT}
+    cuts = {p: dns.name.from_text(p.base(domain)) for p in enabled if p.zone is not probes.Zone.PARENT}
     children: dict[probes.Probe, list[Record]] = {p: [] for p in cuts}
     parent: list[Record] = []
     for rec in recs:
@@ -153,7 +157,7 @@ def _child(
     when the child is signed (RFC 4035 §2.4). `bogus` is signed with a key of its own
     and a broken TLSA signature; `unsigned` gets no DS, which the parent's signed NSEC3
     proves (RFC 5155 §8.9: an insecure delegation)."""
-    apex, ns = probe.host(domain) + ".", f"ns.{domain.rstrip('.')}."
+    apex, ns = probe.base(domain) + ".", f"ns.{domain.rstrip('.')}."
     zone = to_zone(apex, soa_ns(apex, ns, serial) + recs)
     delegation = [Record(apex, "NS", ns)]
     if keys is None or probe.zone is not probes.Zone.BOGUS:
@@ -167,7 +171,7 @@ def _child(
 def signed_zones(domain: str, enabled: tuple[probes.Probe, ...]) -> list[str]:
     """The zones `build_zone` signs, each with a key of its own: the base domain and
     the `bogus` probe's child zone (RFC 4035 §2.4: its DS in the parent)."""
-    bogus = [p.host(domain) for p in enabled if p.zone is probes.Zone.BOGUS]
+    bogus = [p.base(domain) for p in enabled if p.zone is probes.Zone.BOGUS]
     return [_zone_name(name) for name in (domain, *bogus)]
 
 
@@ -211,7 +215,7 @@ def build_zone(
     parent, below = _split(domain, enabled, recs)
     children: dict[str, str] = {}
     for probe, child_recs in below.items():
-        children[probe.host(domain)], delegation = _child(probe, domain, child_recs, serial, keys, now)
+        children[probe.base(domain)], delegation = _child(probe, domain, child_recs, serial, keys, now)
         parent += delegation
     zone = to_zone(domain, apex_records(domain, addresses, serial) + parent)
     if keys is None:

@@ -60,6 +60,8 @@ def session_words(s: dict[str, Any]) -> str:
 
 def tied_words(s: dict[str, Any]) -> str:
     """Why a session without a recipient of this test is shown with it (empty: it named one)."""
+    if s["tied_by"] == "sni":
+        return " (tied to this test by the name it asked for in TLS, SNI)"
     if not s["correlated_by_client_ip"]:
         return ""
     if s["competing_tests"]:
