@@ -70,7 +70,6 @@ class ResponseCache:
         self._seq = 0
         self._log: collections.deque[tuple[int, frozenset[str] | None]] = collections.deque(maxlen=CHANGE_LOG)
         self._flights: dict[Key, asyncio.Task[Landed]] = {}
-        self.builds = 0  # builds started so far
 
     def fresh(self, kind: str, alias: str) -> Entry | None:
         key = (kind, alias)
@@ -116,7 +115,6 @@ class ResponseCache:
 
     async def _build(self, key: Key, build: Callable[[], Awaitable[Built | None]]) -> Landed:
         seq = self._seq
-        self.builds += 1
         built = await build()
         if built is None:
             return Landed(None, seq)
@@ -128,6 +126,8 @@ class ResponseCache:
     def _landed(self, key: Key, flight: asyncio.Task[Landed]) -> None:
         if self._flights.get(key) is flight:
             del self._flights[key]
+        if not flight.cancelled():
+            flight.exception()  # raised to every reader still waiting; retrieved, should none be left
 
     def _changed(self, since: int, until: int, keys: frozenset[str]) -> bool:
         """Did a change notice numbered in (since, until] name one of `keys`?"""
