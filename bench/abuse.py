@@ -22,9 +22,13 @@ source addresses. Every phase is bounded in count and in seconds; it stops by it
     reports how far it got.
     (It reads far slower than 1 MB/s of blank lines today: raise --memory-seconds to
     get all 200 through.)
-(c) the heaviest test (the flooded one, after (a)): time of `GET /api/tests/{alias}`
-    and `GET /t/{alias}` on an otherwise quiet server, 1.2 s apart so that each is
-    built rather than served from the 1 s response cache; and their sizes.
+(c) the heaviest test the limits allow, made after (a) on the same server: a new test
+    filled from 127.0.0.11 with --fill-sessions connections that name it (long HELO and
+    MAIL FROM, RCPT to every probe, no DATA), 2 x SESSIONS_WITHOUT_MAIL connections from
+    that address without MAIL (shown with it, tied by client address), then one
+    connection delivering to every probe up to `max_deliveries_per_probe`. Time of
+    `GET /api/tests/{alias}` and `GET /t/{alias}` on an otherwise quiet server, 1.2 s
+    apart so that each is built rather than served from the 1 s response cache; sizes.
 
 `--json` prints everything as JSON; `--table FILE` prints the table of such a file.
 """
@@ -42,6 +46,7 @@ import os
 import platform
 import queue
 import re
+import smtplib
 import socket
 import sqlite3
 import ssl
@@ -339,7 +344,43 @@ def stored(db: Path, alias: str) -> dict[str, int]:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
         deliveries = conn.execute("SELECT count(*) FROM deliveries WHERE alias = ?", (alias,)).fetchone()[0]
         sessions = conn.execute("SELECT count(DISTINCT session_id) FROM deliveries WHERE alias = ?", (alias,))
-        return {"deliveries": int(deliveries), "sessions_with_deliveries": int(sessions.fetchone()[0])}
+        named = conn.execute("SELECT count(*) FROM sessions WHERE alias = ?", (alias,)).fetchone()[0]
+        return {"deliveries": int(deliveries), "sessions_with_deliveries": int(sessions.fetchone()[0]),
+                "sessions_naming_it": int(named)}  # fmt: skip
+
+
+LONG_HELO = ".".join(["h" * 60] * 4)[:250]  # stored up to 255 characters
+LONG_FROM = "f" * 64 + "@" + ".".join(["m" * 60] * 3) + ".example"
+SESSIONS_WITHOUT_MAIL = 20  # havedane.store.base: the oldest such sessions a report keeps
+
+
+def fill(port: int, rcpts: list[str], sessions: int, max_deliveries: int) -> dict[str, Any]:
+    """(c): fill a test to its limits, from 127.0.0.11 (see the module's docstring)."""
+    codes: collections.Counter[str] = collections.Counter()
+
+    def connection() -> smtplib.SMTP:
+        client = smtplib.SMTP(HOST, port, timeout=TIMEOUT, source_address=("127.0.0.11", 0))
+        client.ehlo(LONG_HELO)
+        return client
+
+    for _ in range(sessions):
+        with connection() as client:
+            client.mail(LONG_FROM)
+            for rcpt in rcpts:
+                codes[f"RCPT {client.rcpt(rcpt)[0]}"] += 1
+    for _ in range(2 * SESSIONS_WITHOUT_MAIL):
+        with connection():
+            pass
+    with connection() as client:
+        for n in range(max_deliveries):
+            try:
+                refused = client.sendmail(LONG_FROM, rcpts, f"Message-ID: <{n}.{'i' * 200}@fill.example>\r\n\r\nx\r\n")
+                codes["message 250"] += 1
+                codes["RCPT refused"] += len(refused)
+            except smtplib.SMTPException as e:
+                codes[f"message {type(e).__name__}"] += 1
+                break
+    return dict(codes)
 
 
 def time_requests(web_port: int, alias: str, count: int, seconds: float) -> dict[str, Any]:
@@ -405,11 +446,15 @@ def abuse(args: argparse.Namespace, env: dict[str, str], tmp: Path) -> dict[str,
         bystander.stop()
         reloaded = reload_out.get(timeout=TIMEOUT * 6)
         reloading.join(10)
+        log("(c) filling a new test to every limit")
+        heavy = new_test(server)
+        filled = fill(server.smtp_port, list(heavy["addresses"].values()), args.fill_sessions, args.fill_messages)
         time.sleep(1)  # let the server settle before timing (c)
-        log("(c) timing the flooded test's JSON and page on the quiet server")
-        heaviest = time_requests(server.web_port, alias, args.requests, args.heavy_seconds)
-        heaviest["stored"] = stored(tmp / "a" / "havedane.sqlite3", alias)
-        heaviest["acknowledged_deliveries"] = flooded["acknowledged_deliveries"]
+        log("(c) timing the heaviest test's JSON and page on the quiet server")
+        heaviest = time_requests(server.web_port, heavy["alias"], args.requests, args.heavy_seconds)
+        heaviest["stored"] = stored(tmp / "a" / "havedane.sqlite3", heavy["alias"])
+        heaviest["fill"] = filled
+        flooded["stored"] = stored(tmp / "a" / "havedane.sqlite3", alias)
         reload_summary = {k: summary(v) for k, v in reloaded["times"].items()}
         return {
             "flood": flooded,
@@ -546,7 +591,7 @@ def abuse_rows(a: dict[str, Any]) -> list[tuple[str, str, str]]:
         by = a["bystander"].get(phase, {})
         rows.append((f"bystander SMTP greeting, {label}", "p99 < 100 ms", lat(by.get("greeting", {}))))
         rows.append((f"bystander `POST /api/tests`, {label}", "p99 < 100 ms", lat(by.get("create", {}))))
-    stored = a["heaviest"]["stored"]
+    stored = f.get("stored", a["heaviest"]["stored"])  # runs before (c) filled its own test: the flooded one
     rows.append(
         (
             "the flood (one client)",
@@ -581,6 +626,16 @@ def memory_row(b: dict[str, Any]) -> tuple[str, str, str]:
 
 def heaviest_rows(h: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows = []
+    if "fill" in h:
+        st = h["stored"]
+        rows.append(
+            (
+                "heaviest test (c): what it holds",
+                "every per-test limit",
+                f"{st['deliveries']} deliveries, {st['sessions_naming_it']} connections naming it, plus "
+                f"{2 * SESSIONS_WITHOUT_MAIL} without MAIL from its sender; replies {h['fill']}",
+            )
+        )
     for kind, label in (("json", "`GET /api/tests/{alias}`"), ("page", "`GET /t/{alias}`")):
         k = h[kind]
         rows.append(
@@ -620,6 +675,8 @@ def main() -> int:
     parser.add_argument("--max-deliveries", type=int, default=1_000_000, help="count bound of the flood (1e6)")
     parser.add_argument("--head-start", type=float, default=15, help="flood alone before the reloaders (15)")
     parser.add_argument("--hold-seconds", type=float, default=10, help="reloading after the flood (10)")
+    parser.add_argument("--fill-sessions", type=int, default=199, help="(c) connections naming the test (199)")
+    parser.add_argument("--fill-messages", type=int, default=60, help="(c) messages to every probe (60)")
     parser.add_argument("--requests", type=int, default=7, help="(c) requests timed per kind (7)")
     parser.add_argument("--heavy-seconds", type=float, default=50, help="(c) bound for all of them (50)")
     parser.add_argument("--connections", type=int, default=200, help="(b) connections holding DATA (200)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import hashlib
 import ipaddress
 import json
@@ -28,8 +29,9 @@ from havedane import report
 from havedane.config import Config
 from havedane.model import Test
 from havedane.store import Store, StoreError, StoreFull, TooManyTests
-from havedane.store.base import CLIENT_PREFIX, client_key
+from havedane.store.base import client_key
 from havedane.web import page
+from havedane.web.cache import CACHE_SECONDS, Built, Entry, ResponseCache
 
 HERE = Path(__file__).parent
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -46,8 +48,6 @@ SECURITY_HEADERS = [
 ]  # fmt: skip
 
 
-CACHE_SECONDS = 1.0
-CACHE_ENTRIES = 10_000
 NO_STORE = {"Cache-Control": "no-store"}
 STATUS_PREFIX = "/api/tests/"
 
@@ -67,12 +67,13 @@ def valid_alias(alias: str) -> bool:
     return 1 <= len(alias) <= 64 and all(c in ALPHABET for c in alias)
 
 
-def cached_headers(body: bytes) -> list[tuple[bytes, bytes]]:
-    """The headers of a cached status read: those `api_test` sends, security headers included."""
+def cached_headers(kind: str, body: bytes) -> list[tuple[bytes, bytes]]:
+    """The headers of a cached read: those `api_test` / `page_test` send, security headers included."""
+    media = b"application/json" if kind == "json" else b"text/html; charset=utf-8"
     return [
         (b"cache-control", b"no-store"),
         (b"content-length", str(len(body)).encode()),
-        (b"content-type", b"application/json"),
+        (b"content-type", media),
         *SECURITY_HEADERS,
     ]
 
@@ -86,22 +87,25 @@ class SecurityHeaders:
     those were a quarter of the time of the most frequent request (docs/benchmarks.md).
     """
 
-    def __init__(self, app: ASGIApp, cache: dict[str, tuple[bytes, float, list[tuple[bytes, bytes]]]] | None = None,
-                 now: Callable[[], float] = time.time) -> None:  # fmt: skip
+    def __init__(self, app: ASGIApp, cache: ResponseCache | None = None) -> None:
         self.app = app
-        self.cache = cache if cache is not None else {}
-        self.now = now
+        self.cache = cache
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        if path.startswith(STATUS_PREFIX) and scope["method"] == "GET" and not scope.get("root_path"):
-            cached = self.cache.get(path[len(STATUS_PREFIX) :])
-            if cached is not None and self.now() < cached[1]:
-                await send({"type": "http.response.start", "status": 200, "headers": cached[2]})
-                await send({"type": "http.response.body", "body": cached[0]})
+        if (
+            self.cache is not None
+            and path.startswith(STATUS_PREFIX)
+            and scope["method"] == "GET"
+            and not scope.get("root_path")
+        ):
+            cached = self.cache.fresh("json", path[len(STATUS_PREFIX) :])
+            if cached is not None:
+                await send({"type": "http.response.start", "status": 200, "headers": cached.headers})
+                await send({"type": "http.response.body", "body": cached.body})
                 return
 
         async def send_with_headers(message: Message) -> None:
@@ -184,30 +188,16 @@ class Web:
         self.templates = page.environment(config)
         for name in ("index.html", "test.html", "result.html", "error.html"):
             self.templates.get_template(name)  # compiled now: compiling holds the GIL for ~0.1 s
-        # The API's JSON per alias, until the test changes (store.changes, fed across
-        # processes too) or the verdict may move with time (the grace period), and at
-        # most CACHE_SECONDS as a bound should a change notice ever be missed.
-        self._cache: dict[str, tuple[bytes, float, list[tuple[bytes, bytes]]]] = {}
-        self._cached_senders: dict[str, set[str]] = {}  # client_key(ip) -> cached aliases it delivered to
-        store.changes.listeners.append(self._invalidate)
+        # The API's JSON and the page per alias, until the test changes (store.changes, fed
+        # across processes too): see havedane.web.cache.
+        self.cache = ResponseCache(now, cached_headers)
+        store.changes.listeners.append(self.cache.invalidate)
         # Creations in the last minute from every address (this process): a bound on how fast
         # rotating addresses can fill the store.
         self._created: collections.deque[float] = collections.deque()
         # Open live pages (SSE), per client_group and in total: each holds a socket.
         self._streams: dict[str, int] = {}
         self._stream_total = 0
-
-    def _invalidate(self, keys: set[str] | None) -> None:
-        if keys is None:
-            self._cache.clear()
-            self._cached_senders.clear()
-            return
-        for key in keys:
-            if key.startswith(CLIENT_PREFIX):
-                for alias in self._cached_senders.pop(key, ()):
-                    self._cache.pop(alias, None)
-            else:
-                self._cache.pop(key, None)
 
     # -- creating tests -------------------------------------------------------
 
@@ -276,46 +266,45 @@ class Web:
             return None
         return await report.load(self.store, self.config, alias, self.now())
 
-    async def api_test(self, request: Request) -> Response:
-        alias = request.path_params["alias"]
-        now = self.now()
-        cached = self._cache.get(alias)
-        if cached is not None and now < cached[1]:
-            return Response(cached[0], media_type="application/json", headers=NO_STORE)
+    async def _cached(self, kind: str, alias: str) -> Entry | None:
+        """The test's JSON (`kind` "json") or page (a template's name), from the cache or built."""
+        if not valid_alias(alias):
+            return None
+        return await self.cache.read(kind, alias, lambda: self._build(kind, alias))
+
+    async def _build(self, kind: str, alias: str) -> Built | None:
         rep = await self._report(alias)
         if rep is None:
+            return None
+        render = self._json_bytes if kind == "json" else functools.partial(self._render, kind)
+        body = await asyncio.to_thread(render, rep)  # off the loop that serves SMTP
+        expires = rep.now + CACHE_SECONDS
+        if rep.verdict.grace_ends is not None and rep.verdict.grace_ends > rep.now:
+            expires = min(expires, rep.verdict.grace_ends)  # the verdict moves then
+        return Built(body, expires, frozenset({alias} | {client_key(ip) for ip in senders(rep)}))
+
+    async def api_test(self, request: Request) -> Response:
+        entry = await self._cached("json", request.path_params["alias"])
+        if entry is None:
             return json_error(404, "no such test")
-        body = await asyncio.to_thread(self._json_bytes, rep)
-        expires = now + CACHE_SECONDS
-        if rep.verdict.grace_ends is not None and rep.verdict.grace_ends > now:
-            expires = min(expires, rep.verdict.grace_ends)
-        if len(self._cache) >= CACHE_ENTRIES:
-            self._cache.pop(next(iter(self._cache)))
-        if len(self._cached_senders) >= CACHE_ENTRIES:
-            self._cache.clear()  # rare; entries live a second anyway
-            self._cached_senders.clear()
-        self._cache[alias] = (body, expires, cached_headers(body))
-        for ip in senders(rep):
-            self._cached_senders.setdefault(client_key(ip), set()).add(alias)
-        return Response(body, media_type="application/json", headers=NO_STORE)
+        return Response(entry.body, media_type="application/json", headers=NO_STORE)
 
     async def page_test(self, request: Request) -> Response:
-        rep = await self._report(request.path_params["alias"])
-        if rep is None:
+        name = "result.html" if request.query_params.get("fragment") == "1" else "test.html"
+        entry = await self._cached(name, request.path_params["alias"])
+        if entry is None:
             page = self.templates.get_template("error.html").render(
                 message="There is no such test (or it has expired)."
             )
             return HTMLResponse(page, status_code=404)
-        name = "result.html" if request.query_params.get("fragment") == "1" else "test.html"
-        html = await asyncio.to_thread(self._render, name, rep)  # off the loop that serves SMTP
-        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+        return HTMLResponse(entry.body, headers=NO_STORE)
 
     def _json_bytes(self, rep: report.Report) -> bytes:
         return json.dumps(report.to_json(self.config, rep), ensure_ascii=False, separators=(",", ":")).encode()
 
-    def _render(self, name: str, rep: report.Report) -> str:
+    def _render(self, name: str, rep: report.Report) -> bytes:
         body = report.to_json(self.config, rep)
-        return self.templates.get_template(name).render(r=body, state=state_id(body)[1])
+        return self.templates.get_template(name).render(r=body, state=state_id(body)[1]).encode()
 
     async def index(self, request: Request) -> Response:
         return HTMLResponse(self.templates.get_template("index.html").render())
@@ -428,7 +417,7 @@ def create_app(config: Config, store: Store, now: Callable[[], float] = time.tim
         routes=routes,
         exception_handlers={HTTPException: web.not_found, StoreError: web.store_error, Exception: web.server_error},
     )
-    return SecurityHeaders(app, web._cache, now)
+    return SecurityHeaders(app, web.cache)
 
 
 def abort_streams(server: Any) -> None:
