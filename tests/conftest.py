@@ -5,18 +5,27 @@ from pathlib import Path
 
 import pytest
 
-from helpers import Serve, make_setup
+from helpers import InProcess, Serve, make_setup
 
 
 @pytest.fixture
 def setup_dir(tmp_path: Path) -> Path:
-    """A fresh `havedane init --domain x.test` setup; returns its config file."""
+    """A fresh copy of a `havedane init --domain x.test` setup; returns its config file."""
     return make_setup(tmp_path / "hd")
 
 
 @pytest.fixture
-def serve(setup_dir: Path) -> Iterator[Serve]:
-    """A real `havedane serve` process on ephemeral loopback ports (grace 2 s)."""
+def serve(setup_dir: Path) -> Iterator[InProcess]:
+    """`havedane serve` in this process on ephemeral loopback ports (grace 2 s)."""
+    server = InProcess(setup_dir, env={"HAVEDANE_VERDICT_GRACE": "2"}).start()
+    yield server
+    assert server.stop() == 0, "".join(server.output)
+
+
+@pytest.fixture
+def serve_process(setup_dir: Path) -> Iterator[Serve]:
+    """A real `havedane serve` process on ephemeral loopback ports (grace 2 s): for the tests
+    of what the process does (signals)."""
     server = Serve(setup_dir, env={"HAVEDANE_VERDICT_GRACE": "2"}).start()
     yield server
     server.stop()

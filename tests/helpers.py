@@ -1,9 +1,14 @@
-"""Shared test utilities: a real `havedane serve` process, free ports, a real SMTP client."""
+"""Shared test utilities: `havedane serve` in this process or as a real process, free ports,
+a real SMTP client."""
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import smtplib
@@ -11,15 +16,21 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
 from havedane import cli
+from havedane import config as configmod
+from havedane.config import Listen
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -28,14 +39,171 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+_TEMPLATES: dict[str, Path] = {}
+
+
 def make_setup(directory: Path, domain: str = "x.test") -> Path:
-    """`havedane init` into `directory`; returns the config path."""
-    return cli.init(domain, directory, force=False)
+    """A copy of what `havedane init --domain <domain>` writes, into `directory`; returns the
+    config path. One `init` per domain and test session: its RSA keys are the slow part, and
+    every setup holds the same files (the config names them relative to its own directory),
+    so a test that changes its certificates changes only its copy."""
+    template = _TEMPLATES.get(domain)
+    if template is None:
+        root = Path(tempfile.mkdtemp(prefix="havedane-setup-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        template = root / "hd"
+        cli.init(domain, template, force=False)
+        _TEMPLATES[domain] = template
+    shutil.copytree(template, directory, dirs_exist_ok=True)
+    return directory / "havedane.toml"
+
+
+class WebClient:
+    """The JSON API of a running `havedane serve`, over real HTTP on loopback."""
+
+    web_port: int
+
+    @property
+    def web(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
+        req = urllib.request.Request(self.web + path, method=method, data=body)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read() or b"null"), {k.lower(): v for k, v in resp.headers.items()}
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null"), {k.lower(): v for k, v in e.headers.items()}
+
+    def new_test(self) -> dict[str, Any]:
+        status, body, _ = self.request("POST", "/api/tests")
+        assert status == 201, body
+        return body
+
+    def result(self, alias: str) -> dict[str, Any]:
+        status, body, _ = self.request("GET", f"/api/tests/{alias}")
+        assert status == 200, body
+        return body
+
+    def wait_for(self, alias: str, predicate: Callable[[dict[str, Any]], object], timeout: float = 10) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self.result(alias)
+            if predicate(body):
+                return body
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition not met within {timeout}s: {json.dumps(body, indent=1)}")
+            time.sleep(0.05)
+
+
+class _ThreadLoop(uvloop.Loop):  # type: ignore[misc]  # uvloop.Loop is a Cython class, untyped
+    """The loop `havedane serve` runs on (uvloop, as cli.cmd_serve), in a thread. A thread hears
+    no signals: the handlers `serve` registers for SIGTERM/SIGINT are kept for `InProcess.stop`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_signal: dict[int, Callable[[], object]] = {}
+
+    def add_signal_handler(self, sig: int, callback: Callable[..., object], *args: Any) -> None:
+        self.on_signal[sig] = lambda: callback(*args)
+
+
+class _Lines(logging.Handler):
+    """What `serve` logs (with any traceback), as the process would print it."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(logging.INFO)
+        self.lines = lines
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record) + "\n")
 
 
 @dataclass
-class Serve:
-    """A real `havedane serve` subprocess on ephemeral loopback ports."""
+class InProcess(WebClient):
+    """`havedane serve` (cli.serve itself: store, receiver on port 0, web, pruning) on its own
+    loop in a thread of the test process: no interpreter start-up, no imports, no child. For
+    the tests whose point is not the process boundary; stop() does what SIGTERM does, by
+    calling the handler `serve` registered for it."""
+
+    config: Path
+    env: dict[str, str] = field(default_factory=dict)
+    smtp_port: int = 0
+    web_port: int = 0
+    output: list[str] = field(default_factory=list)
+    error: BaseException | None = None
+    _loop: _ThreadLoop | None = None
+    _thread: threading.Thread | None = None
+    _handler: _Lines | None = None
+    _levels: dict[str, int] = field(default_factory=dict)
+
+    def start(self, timeout: float = 20) -> InProcess:
+        env = {**os.environ, **self.env}
+        config = configmod.load(self.config, env=env)
+        self.web_port = self.web_port or free_port()
+        if "public_url" not in config.raw.get("web", {}) and "HAVEDANE_WEB_PUBLIC_URL" not in env:
+            config = dataclasses.replace(config, public_url=self.web)  # as cmd_serve with --web-listen
+        self._handler = _Lines(self.output)
+        for name in ("", "uvicorn"):
+            logging.getLogger(name).addHandler(self._handler)
+        # What the process logs (cmd_serve): INFO and up, but not aiosmtpd's per-command chatter.
+        for name, level in (("", logging.INFO), ("mail.log", logging.WARNING)):
+            self._levels[name] = logging.getLogger(name).level
+            logging.getLogger(name).setLevel(level)
+        ready = threading.Event()
+
+        def started(line: str) -> None:
+            self.output.append(line + "\n")
+            # uvicorn configured its loggers (dropping handlers) as it started: listen again.
+            logging.getLogger("uvicorn").addHandler(self._handler)  # type: ignore[arg-type]
+            ready.set()
+
+        def run() -> None:
+            assert self._loop is not None
+            smtp = (Listen("127.0.0.1", self.smtp_port),)
+            web = Listen("127.0.0.1", self.web_port)
+            try:
+                self._loop.run_until_complete(cli.serve(config, smtp, web, started))
+            except BaseException as e:  # noqa: BLE001 - reported by start() or stop()
+                self.error = e
+                logging.getLogger("havedane").exception("serve failed")
+            finally:
+                self._loop.close()
+                ready.set()
+
+        self._loop = _ThreadLoop()
+        self._thread = threading.Thread(target=run, name="havedane-serve", daemon=True)
+        self._thread.start()
+        if not ready.wait(timeout) or self.error is not None or not self._thread.is_alive():
+            self.stop()
+            raise RuntimeError("havedane serve did not start:\n" + "".join(self.output))
+        match = re.search(r"SMTP on 127\.0\.0\.1:(\d+)", self.output[-1])
+        assert match, self.output
+        self.smtp_port = int(match.group(1))
+        return self
+
+    def stop(self, timeout: float = 10) -> int:
+        """As SIGTERM: 0 once `serve` has stopped cleanly."""
+        assert self._loop is not None and self._thread is not None
+        if self._thread.is_alive():
+            term = self._loop.on_signal.get(signal.SIGTERM)
+            if term is not None:
+                self._loop.call_soon_threadsafe(term)
+            self._thread.join(timeout)
+        for name in ("", "uvicorn"):
+            logging.getLogger(name).removeHandler(self._handler)  # type: ignore[arg-type]
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)
+        if self._thread.is_alive():
+            raise AssertionError(f"serve did not stop within {timeout}s:\n" + "".join(self.output))
+        return 0 if self.error is None else 1
+
+
+@dataclass
+class Serve(WebClient):
+    """A real `havedane serve` subprocess on ephemeral loopback ports: for the tests whose point
+    is the process (signals, SIGKILL, the command line, several processes, its memory)."""
 
     config: Path
     env: dict[str, str] = field(default_factory=dict)
@@ -44,10 +212,6 @@ class Serve:
     proc: subprocess.Popen[str] | None = None
     output: list[str] = field(default_factory=list)
     extra_args: list[str] = field(default_factory=list)
-
-    @property
-    def web(self) -> str:
-        return f"http://127.0.0.1:{self.web_port}"
 
     def start(self, timeout: float = 20) -> Serve:
         self.smtp_port = self.smtp_port or free_port()
@@ -88,36 +252,6 @@ class Serve:
                 self.proc.kill()
                 self.proc.wait(5)
         return self.proc.returncode
-
-    # -- HTTP ------------------------------------------------------------------
-
-    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
-        req = urllib.request.Request(self.web + path, method=method, data=body)
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status, json.loads(resp.read() or b"null"), {k.lower(): v for k, v in resp.headers.items()}
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"null"), {k.lower(): v for k, v in e.headers.items()}
-
-    def new_test(self) -> dict[str, Any]:
-        status, body, _ = self.request("POST", "/api/tests")
-        assert status == 201, body
-        return body
-
-    def result(self, alias: str) -> dict[str, Any]:
-        status, body, _ = self.request("GET", f"/api/tests/{alias}")
-        assert status == 200, body
-        return body
-
-    def wait_for(self, alias: str, predicate: Any, timeout: float = 10) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            body = self.result(alias)
-            if predicate(body):
-                return body
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met within {timeout}s: {json.dumps(body, indent=1)}")
-            time.sleep(0.05)
 
 
 def insecure_context() -> ssl.SSLContext:
