@@ -85,7 +85,9 @@ class WebClient:
         assert status == 200, body
         return body
 
-    def wait_for(self, alias: str, predicate: Callable[[dict[str, Any]], object], timeout: float = 10) -> dict[str, Any]:
+    def wait_for(
+        self, alias: str, predicate: Callable[[dict[str, Any]], object], timeout: float = 10
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
             body = self.result(alias)

@@ -478,9 +478,7 @@ def peak_rss(server: Serve) -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
 
 
-def test_a_message_of_blank_lines_costs_about_its_size_in_memory(
-    limited_process: Serve, clients: list[Client]
-) -> None:
+def test_a_message_of_blank_lines_costs_about_its_size_in_memory(limited_process: Serve, clients: list[Client]) -> None:
     """aiosmtpd 1.4.6 kept each DATA line as an object of its own: 1 MiB of blank lines cost
     ~44 MiB, per connection. Four connections each send that much at once; the server's peak
     memory may grow by at most 4 x max_message_size (1 MiB) for each."""
