@@ -1,11 +1,16 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from helpers import InProcess, Serve, make_setup
+from helpers import App, InProcess, Serve, asgi_app, make_setup
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
 
 
 @pytest.fixture
@@ -29,3 +34,10 @@ def serve_process(setup_dir: Path) -> Iterator[Serve]:
     server = Serve(setup_dir, env={"HAVEDANE_VERDICT_GRACE": "2"}).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def app(setup_dir: Path) -> AsyncIterator[App]:
+    """The web app in the test's loop (ASGI transport) on the setup's real store (grace 2 s)."""
+    async with asgi_app(setup_dir, {"HAVEDANE_VERDICT_GRACE": "2"}) as web:
+        yield web

@@ -4,6 +4,7 @@ a real SMTP client."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import json
 import logging
@@ -21,16 +22,19 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvloop
 
 from havedane import cli
 from havedane import config as configmod
 from havedane.config import Listen
+from havedane.store import Store, open_store
+from havedane.web.app import create_app
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -254,6 +258,50 @@ class Serve(WebClient):
                 self.proc.kill()
                 self.proc.wait(5)
         return self.proc.returncode
+
+
+@dataclass
+class App:
+    """The web app of `havedane serve` called in the test's own loop through httpx's ASGI
+    transport (no socket, no server), on the real store of a setup."""
+
+    http: httpx.AsyncClient
+    store: Store
+    config: configmod.Config
+
+    async def request(
+        self, method: str, path: str, body: bytes | None = None
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        r = await self.http.request(method, path, content=body)
+        return r.status_code, json.loads(r.content or b"null"), {k.lower(): v for k, v in r.headers.items()}
+
+    async def new_test(self) -> dict[str, Any]:
+        status, body, _ = await self.request("POST", "/api/tests")
+        assert status == 201, body
+        return body
+
+    async def result(self, alias: str) -> dict[str, Any]:
+        status, body, _ = await self.request("GET", f"/api/tests/{alias}")
+        assert status == 200, body
+        return body
+
+
+APP_URL = "http://127.0.0.1:8080"  # the app's public URL; nothing listens there
+
+
+@contextlib.asynccontextmanager
+async def asgi_app(setup: Path, env: dict[str, str] | None = None) -> AsyncIterator[App]:
+    """The app of `setup` (its config with `env` over it), its SQLite store opened in this loop;
+    requests come from 127.0.0.1, as over loopback."""
+    config = configmod.load(setup, env={"HAVEDANE_WEB_PUBLIC_URL": APP_URL, **(env or {})})
+    store = open_store(config.store_url, config.store_busy_timeout, config.store_write_timeout)
+    await store.open()
+    transport = httpx.ASGITransport(app=create_app(config, store), client=("127.0.0.1", 40000))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url=APP_URL) as http:
+            yield App(http, store, config)
+    finally:
+        await store.close()
 
 
 def insecure_context() -> ssl.SSLContext:
