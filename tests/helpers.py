@@ -25,12 +25,12 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVarTuple, Unpack
 
 import httpx
 import uvloop
 
-from havedane import cli
+from havedane import cli, setupdir
 from havedane import config as configmod
 from havedane.config import Listen
 from havedane.store import Store, open_store
@@ -44,6 +44,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 _TEMPLATES: dict[str, Path] = {}
+_Ts = TypeVarTuple("_Ts")
 
 
 def make_setup(directory: Path, domain: str = "x.test") -> Path:
@@ -56,7 +57,7 @@ def make_setup(directory: Path, domain: str = "x.test") -> Path:
         root = Path(tempfile.mkdtemp(prefix="havedane-setup-"))
         atexit.register(shutil.rmtree, root, ignore_errors=True)
         template = root / "hd"
-        cli.init(domain, template, force=False)
+        setupdir.init(domain, template, force=False)
         _TEMPLATES[domain] = template
     shutil.copytree(template, directory, dirs_exist_ok=True)
     return directory / "havedane.toml"
@@ -102,7 +103,7 @@ class WebClient:
             time.sleep(0.05)
 
 
-class _ThreadLoop(uvloop.Loop):  # type: ignore[misc]  # uvloop.Loop is a Cython class, untyped
+class _ThreadLoop(uvloop.Loop):
     """The loop `havedane serve` runs on (uvloop, as cli.cmd_serve), in a thread. A thread hears
     no signals: the handlers `serve` registers for SIGTERM/SIGINT are kept for `InProcess.stop`."""
 
@@ -110,7 +111,7 @@ class _ThreadLoop(uvloop.Loop):  # type: ignore[misc]  # uvloop.Loop is a Cython
         super().__init__()
         self.on_signal: dict[int, Callable[[], object]] = {}
 
-    def add_signal_handler(self, sig: int, callback: Callable[..., object], *args: Any) -> None:
+    def add_signal_handler(self, sig: int, callback: Callable[[Unpack[_Ts]], object], *args: *_Ts) -> None:
         self.on_signal[sig] = lambda: callback(*args)
 
 
@@ -317,7 +318,7 @@ def smtp(port: int, sni: str | None = None, helo: str = "sender.example", tls: b
     client = smtplib.SMTP("127.0.0.1", port, local_hostname=helo, timeout=10)
     client.ehlo(helo)
     if tls:
-        client._host = sni  # type: ignore[assignment]  # smtplib sends this as SNI (None: no SNI)
+        client._host = sni  # type: ignore[attr-defined]  # smtplib sends this as SNI (None: no SNI)
         client.starttls(context=insecure_context())
         client.ehlo(helo)
     return client

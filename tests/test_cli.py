@@ -29,7 +29,8 @@ def test_help_lists_every_command_with_help_text() -> None:
     for name in COMMANDS:
         assert name in out
     sub = next(a for a in parser()._actions if a.dest == "command")
-    for name, p in sub.choices.items():  # type: ignore[attr-defined]
+    assert isinstance(sub.choices, dict)  # a subparsers action: command name -> its parser
+    for name, p in sub.choices.items():
         assert p.description, f"{name} has no help text"
 
 

@@ -16,9 +16,11 @@ import dns.exception
 import dns.flags
 import dns.message
 import dns.name
+import dns.node
 import dns.query
 import dns.rcode
 import dns.rdataclass
+import dns.rdataset
 import dns.rdatatype
 import dns.rrset
 
@@ -27,7 +29,8 @@ from helpers import free_port, require
 
 DOMAIN = "x.test"
 ALL = tuple(probes.CATALOGUE.values())  # the matrix is on: every probe of the catalogue
-Keys = dict[dns.name.Name, dns.rrset.RRset]  # a zone's DNSKEY RRset, by apex
+# A zone's DNSKEY RRset, by apex (an RRset is the Rdataset dns.dnssec.validate takes).
+Keys = dict[dns.name.Name, dns.node.Node | dns.rdataset.Rdataset]
 
 
 class Knot:
@@ -77,7 +80,7 @@ def validates(reply: dns.message.Message, name: str, rdtype: str, zone_keys: Key
     assert data is not None and sig is not None, f"{name} {rdtype}: missing data or RRSIG in {reply}"
     try:
         dns.dnssec.validate(data, sig, zone_keys)
-    except dns.dnssec.ValidationFailure:
+    except dns.exception.ValidationFailure:
         return False
     return True
 

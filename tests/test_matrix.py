@@ -32,7 +32,7 @@ def matrix(setup_dir: Path) -> Iterator[InProcess]:
 
 def served_chain(port: int, sni: str | None) -> list[x509.Certificate]:
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as c:
-        c._host = sni  # type: ignore[assignment]
+        c._host = sni  # type: ignore[attr-defined]  # smtplib sends this as SNI
         c.starttls(context=insecure_context())
         sock = c.sock
         assert isinstance(sock, ssl.SSLSocket)

@@ -61,7 +61,7 @@ def chain_of(sock: ssl.SSLSocket) -> list[x509.Certificate]:
 def deliver_with(port: int, ctx: ssl.SSLContext, sni: str, rcpt: str) -> list[x509.Certificate]:
     """STARTTLS with `ctx` and `sni`, deliver to `rcpt`; the chain the client was shown."""
     with smtplib.SMTP("127.0.0.1", port, local_hostname="rsa.sender.example", timeout=10) as c:
-        c._host = sni  # type: ignore[assignment]  # smtplib sends this as SNI
+        c._host = sni  # type: ignore[attr-defined]  # smtplib sends this as SNI
         c.starttls(context=ctx)
         assert isinstance(c.sock, ssl.SSLSocket)
         chain = chain_of(c.sock)
