@@ -25,7 +25,7 @@ import dns.rdatatype
 import dns.rrset
 
 from havedane import probes
-from helpers import free_port, require
+from helpers import free_port, make_setup, require
 
 DOMAIN = "x.test"
 ALL = tuple(probes.CATALOGUE.values())  # the matrix is on: every probe of the catalogue
@@ -90,7 +90,7 @@ def test_knot_serves_every_zone_written_and_every_probe_has_its_shape(tmp_path: 
     env = {**os.environ, "HAVEDANE_PROBES_MATRIX": "true",
            "HAVEDANE_PROBES_ADDRESSES": "notls=192.0.2.8,unusable-notls=192.0.2.9"}  # fmt: skip
     run = [sys.executable, "-m", "havedane"]
-    subprocess.run([*run, "init", "--domain", DOMAIN, "--dir", str(tmp_path)], check=True, env=env, timeout=60)
+    make_setup(tmp_path, DOMAIN)
     out = subprocess.run(
         [*run, "zone", "--config", str(tmp_path / "havedane.toml"), "--sign", "--address", "192.0.2.7",
          "--out", str(tmp_path / "x.test.zone"), "--knot-conf", str(tmp_path / "knot.conf")],

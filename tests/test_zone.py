@@ -28,7 +28,7 @@ from cryptography import x509
 
 from havedane import pki, probes, zonekeys
 from havedane.dns import sign, zone
-from helpers import require
+from helpers import make_setup, require
 
 DOMAIN = "x.test"
 ORIGIN = dns.name.from_text(DOMAIN)
@@ -38,8 +38,7 @@ Keys = dict[dns.name.Name, dns.node.Node | dns.rdataset.Rdataset]  # what dns.dn
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[x509.Certificate], x509.Certificate]:
-    directory = tmp_path_factory.mktemp("tls")
-    pki.create(directory, DOMAIN)
+    directory = make_setup(tmp_path_factory.mktemp("setup"), DOMAIN).parent / "tls"
     return [c.leaf for c in pki.load_chains(directory)], pki.load_ca(directory)
 
 
@@ -277,12 +276,9 @@ def test_havedane_zone_sign_cli(tmp_path: Path) -> None:
     """The command an operator runs: zone file out, DS on standard error, and the
     file passes ldns-verify-zone."""
     require("ldns-verify-zone")
-    subprocess.run(
-        [sys.executable, "-m", "havedane", "init", "--domain", DOMAIN, "--dir", str(tmp_path)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+    config = make_setup(tmp_path, DOMAIN)
     out = tmp_path / "zone"
-    argv = [sys.executable, "-m", "havedane", "zone", "--config", str(tmp_path / "havedane.toml"), "--sign"]
+    argv = [sys.executable, "-m", "havedane", "zone", "--config", str(config), "--sign"]
     proc = subprocess.run(
         [*argv, "--address", "192.0.2.25", "--out", str(out)], capture_output=True, text=True, timeout=60, check=False
     )
@@ -297,8 +293,7 @@ def test_havedane_zone_sign_cli(tmp_path: Path) -> None:
 def test_matrix_probes_get_their_zone_cuts(tmp_path: Path) -> None:
     """bogus: a signed child zone (DS in the parent) whose TLSA alone fails validation;
     unsigned: a child zone delegated without DS. Everything else stays in the parent."""
-    tls_dir = tmp_path / "tls"
-    pki.create(tls_dir, DOMAIN)
+    tls_dir = make_setup(tmp_path / "hd", DOMAIN).parent / "tls"  # what `havedane init` made
     enabled = probes.enabled(None, matrix=True)
     out = zone.build_zone(
         DOMAIN,
@@ -343,8 +338,7 @@ def test_matrix_probes_get_their_zone_cuts(tmp_path: Path) -> None:
 def test_knot_validates_only_the_zones_whose_signatures_are_all_valid(tmp_path: Path) -> None:
     """Knot 3.2 refuses to load a zone it validates that has no keys or a broken
     signature (and answers SERVFAIL for it): only the signed base zone is validated."""
-    tls_dir = tmp_path / "tls"
-    pki.create(tls_dir, DOMAIN)
+    tls_dir = make_setup(tmp_path / "hd", DOMAIN).parent / "tls"  # what `havedane init` made
     enabled = probes.enabled(None, matrix=True)
     for signed, checked in ((True, {DOMAIN}), (False, set())):
         keys = zonekeys.load_all(tmp_path / "dnssec", zone.signed_zones(DOMAIN, enabled)) if signed else None
