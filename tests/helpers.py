@@ -63,6 +63,12 @@ def make_setup(directory: Path, domain: str = "x.test") -> Path:
     return directory / "havedane.toml"
 
 
+def set_up(directory: Path, domain: str = "x.test") -> Path:
+    """As make_setup, returning the directory (what `havedane init --dir` was given)."""
+    make_setup(directory, domain)
+    return directory
+
+
 class WebClient:
     """The JSON API of a running `havedane serve`, over real HTTP on loopback."""
 
