@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import App, InProcess, Serve, asgi_app, make_setup
+from helpers import Serve, make_setup
+from inprocess import App, InProcess, asgi_app
 
 
 @pytest.fixture

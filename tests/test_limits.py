@@ -20,7 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from helpers import InProcess, Serve, insecure_context, send
+from helpers import Serve, insecure_context, send
+from inprocess import InProcess
 
 WAIT = 30.0  # seconds: the bound for anything that should happen "soon" on a loaded machine
 

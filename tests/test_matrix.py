@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from helpers import InProcess, Serve, free_port, insecure_context, send, starttls_socket
+from helpers import Serve, free_port, insecure_context, send, starttls_socket
+from inprocess import InProcess
 
 NOTLS = "127.0.0.28"
 UNUSABLE_NOTLS = "127.0.0.29"

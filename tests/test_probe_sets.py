@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import InProcess, Serve, free_port, send
+from helpers import Serve, free_port, send
+from inprocess import InProcess
 
 MATRIX = {"HAVEDANE_PROBES_MATRIX": "true", "HAVEDANE_PROBES_ADDRESSES": "notls=127.0.0.8,unusable-notls=127.0.0.9"}
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import InProcess, Serve, insecure_context, send, smtp, starttls_socket
+from helpers import Serve, insecure_context, send, smtp, starttls_socket
+from inprocess import InProcess
 
 
 def test_three_probes_delivered_over_starttls(serve: InProcess) -> None:

@@ -26,7 +26,8 @@ from havedane import config as configmod
 from havedane.model import Delivery, Outcome, Session, Test, Tls
 from havedane.store import Store, open_store
 from havedane.web.app import create_app, serve_forever
-from helpers import InProcess, Serve, free_port
+from helpers import Serve, free_port
+from inprocess import InProcess
 
 WAIT = 30.0
 

@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
-from helpers import InProcess, free_port, insecure_context, send, starttls_socket
+from helpers import free_port, insecure_context, send, starttls_socket
+from inprocess import InProcess
 
 MATRIX_ENV = {
     "HAVEDANE_PROBES_MATRIX": "true",

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import APP_URL, App, InProcess, asgi_app, send
+from helpers import send
+from inprocess import APP_URL, App, InProcess, asgi_app
 
 
 @pytest.mark.anyio
