@@ -1,7 +1,9 @@
-"""Shared test utilities: a real `havedane serve` process, free ports, a real SMTP client."""
+"""Shared test utilities: a setup, a real `havedane serve` process, free ports, a real SMTP
+client. `havedane serve` in this process and the web app over ASGI are in inprocess.py."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -11,10 +13,12 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,14 +32,75 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+_TEMPLATES: dict[str, Path] = {}
+
+
 def make_setup(directory: Path, domain: str = "x.test") -> Path:
-    """`havedane init` into `directory`; returns the config path."""
-    return setupdir.init(domain, directory, force=False)
+    """A copy of what `havedane init --domain <domain>` writes, into `directory`; returns the
+    config path. One `init` per domain and test session: its RSA keys are the slow part, and
+    every setup holds the same files (the config names them relative to its own directory),
+    so a test that changes its certificates changes only its copy."""
+    template = _TEMPLATES.get(domain)
+    if template is None:
+        root = Path(tempfile.mkdtemp(prefix="havedane-setup-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        template = root / "hd"
+        setupdir.init(domain, template, force=False)
+        _TEMPLATES[domain] = template
+    shutil.copytree(template, directory, dirs_exist_ok=True)
+    return directory / "havedane.toml"
+
+
+def set_up(directory: Path, domain: str = "x.test") -> Path:
+    """As make_setup, returning the directory (what `havedane init --dir` was given)."""
+    make_setup(directory, domain)
+    return directory
+
+
+class WebClient:
+    """The JSON API of a running `havedane serve`, over real HTTP on loopback."""
+
+    web_port: int
+
+    @property
+    def web(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
+        req = urllib.request.Request(self.web + path, method=method, data=body)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read() or b"null"), {k.lower(): v for k, v in resp.headers.items()}
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null"), {k.lower(): v for k, v in e.headers.items()}
+
+    def new_test(self) -> dict[str, Any]:
+        status, body, _ = self.request("POST", "/api/tests")
+        assert status == 201, body
+        return body
+
+    def result(self, alias: str) -> dict[str, Any]:
+        status, body, _ = self.request("GET", f"/api/tests/{alias}")
+        assert status == 200, body
+        return body
+
+    def wait_for(
+        self, alias: str, predicate: Callable[[dict[str, Any]], object], timeout: float = 10
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self.result(alias)
+            if predicate(body):
+                return body
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition not met within {timeout}s: {json.dumps(body, indent=1)}")
+            time.sleep(0.05)
 
 
 @dataclass
-class Serve:
-    """A real `havedane serve` subprocess on ephemeral loopback ports."""
+class Serve(WebClient):
+    """A real `havedane serve` subprocess on ephemeral loopback ports: for the tests whose point
+    is the process (signals, SIGKILL, the command line, several processes, its memory)."""
 
     config: Path
     env: dict[str, str] = field(default_factory=dict)
@@ -44,10 +109,6 @@ class Serve:
     proc: subprocess.Popen[str] | None = None
     output: list[str] = field(default_factory=list)
     extra_args: list[str] = field(default_factory=list)
-
-    @property
-    def web(self) -> str:
-        return f"http://127.0.0.1:{self.web_port}"
 
     def start(self, timeout: float = 20) -> Serve:
         self.smtp_port = self.smtp_port or free_port()
@@ -89,36 +150,6 @@ class Serve:
                 self.proc.wait(5)
         return self.proc.returncode
 
-    # -- HTTP ------------------------------------------------------------------
-
-    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
-        req = urllib.request.Request(self.web + path, method=method, data=body)
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status, json.loads(resp.read() or b"null"), {k.lower(): v for k, v in resp.headers.items()}
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"null"), {k.lower(): v for k, v in e.headers.items()}
-
-    def new_test(self) -> dict[str, Any]:
-        status, body, _ = self.request("POST", "/api/tests")
-        assert status == 201, body
-        return body
-
-    def result(self, alias: str) -> dict[str, Any]:
-        status, body, _ = self.request("GET", f"/api/tests/{alias}")
-        assert status == 200, body
-        return body
-
-    def wait_for(self, alias: str, predicate: Any, timeout: float = 10) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            body = self.result(alias)
-            if predicate(body):
-                return body
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met within {timeout}s: {json.dumps(body, indent=1)}")
-            time.sleep(0.05)
-
 
 def insecure_context() -> ssl.SSLContext:
     """Our certificates are self-issued: these tests look at the receiver, not at PKIX."""
@@ -133,7 +164,7 @@ def smtp(port: int, sni: str | None = None, helo: str = "sender.example", tls: b
     client = smtplib.SMTP("127.0.0.1", port, local_hostname=helo, timeout=10)
     client.ehlo(helo)
     if tls:
-        client._host = sni  # type: ignore[assignment]  # smtplib sends this as SNI (None: no SNI)
+        client._host = sni  # type: ignore[attr-defined]  # smtplib sends this as SNI (None: no SNI)
         client.starttls(context=insecure_context())
         client.ehlo(helo)
     return client

@@ -1,4 +1,5 @@
-"""The command line, run as a user runs it: a real process, its exit code and output."""
+"""The command line, run as a user runs it: a real process, its exit code and output. A setup
+that is not what the test looks at is a copy of the session's `havedane init` (make_setup)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from havedane.cli import parser
+from helpers import make_setup
 
 COMMANDS = ["init", "serve", "records", "zone", "db"]
 
@@ -29,7 +31,8 @@ def test_help_lists_every_command_with_help_text() -> None:
     for name in COMMANDS:
         assert name in out
     sub = next(a for a in parser()._actions if a.dest == "command")
-    for name, p in sub.choices.items():  # type: ignore[attr-defined]
+    assert isinstance(sub.choices, dict)  # a subparsers action: command name -> its parser
+    for name, p in sub.choices.items():
         assert p.description, f"{name} has no help text"
 
 
@@ -75,8 +78,7 @@ def test_init_rejects_bad_domain(tmp_path: Path, domain: str) -> None:
 
 
 def test_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
-    havedane("init", "--domain", "x.test", "--dir", str(tmp_path))
-    cfg = tmp_path / "havedane.toml"
+    cfg = make_setup(tmp_path)
     cfg.write_text(cfg.read_text().replace("timeout = 300", 'timeout = "never"'))
     for cmd in (["serve"], ["records"]):
         r = havedane(*cmd, "--config", str(cfg))
@@ -92,7 +94,7 @@ def test_records_without_setup_is_one_line(tmp_path: Path) -> None:
 def test_serve_reports_a_busy_port(tmp_path: Path) -> None:
     import socket
 
-    havedane("init", "--domain", "x.test", "--dir", str(tmp_path))
+    make_setup(tmp_path)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
@@ -104,8 +106,7 @@ def test_serve_reports_a_busy_port(tmp_path: Path) -> None:
 def test_records_json_and_zone(tmp_path: Path) -> None:
     import json
 
-    havedane("init", "--domain", "x.test", "--dir", str(tmp_path))
-    cfg = str(tmp_path / "havedane.toml")
+    cfg = str(make_setup(tmp_path))
     recs = json.loads(havedane("records", "--config", cfg, "--format", "json", "--address", "192.0.2.7").stdout)
     by_name: dict[str, list[str]] = {}
     for r in recs:

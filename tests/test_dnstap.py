@@ -60,7 +60,7 @@ def tap(kind: int, wire: bytes, qid: int = 0, port: int = 5300, **kw: object) ->
     msg = dnstap_pb2.Message(
         type=kind, socket_family=dnstap_pb2.INET, socket_protocol=dnstap_pb2.UDP,
         query_address=bytes([198, 51, 100, 53]), response_address=bytes([192, 0, 2, 53]),
-        query_port=port, response_port=53, **kw,  # type: ignore[arg-type]
+        query_port=port, response_port=53, **kw,
     )  # fmt: skip
     if kind == dnstap_pb2.Message.AUTH_QUERY:
         msg.query_message, msg.query_time_sec, msg.query_time_nsec = wire, 1_700_000_000, 500_000_000
@@ -69,7 +69,9 @@ def tap(kind: int, wire: bytes, qid: int = 0, port: int = 5300, **kw: object) ->
     return dnstap_pb2.Dnstap(type=dnstap_pb2.Dnstap.MESSAGE, message=msg).SerializeToString()  # type: ignore[no-any-return]
 
 
-def query_and_response(name: str, rdtype: str, qid: int, rcode: int = dns.rcode.NOERROR) -> tuple[bytes, bytes]:
+def query_and_response(
+    name: str, rdtype: str, qid: int, rcode: dns.rcode.Rcode = dns.rcode.NOERROR
+) -> tuple[bytes, bytes]:
     q = dns.message.make_query(name, rdtype, want_dnssec=True)
     q.id = qid
     r = dns.message.make_response(q)

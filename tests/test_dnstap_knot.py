@@ -23,7 +23,7 @@ import pytest
 from havedane.dns.queries import DnsQuery
 from havedane.model import Test
 from havedane.store import open_store
-from helpers import free_port, require
+from helpers import free_port, make_setup, require
 
 DOMAIN = "x.test"
 ALIAS = "k7q2m9x4c1v8b3n6"  # an alias as web.app.new_alias makes them
@@ -71,7 +71,7 @@ def create_test(db: str, alias: str) -> None:
 def knot_setup(tmp_path: Path) -> Iterator[Setup]:
     socket = tmp_path / "dnstap.sock"
     env = {**os.environ, "HAVEDANE_DNS_DNSTAP_SOCKET": str(socket)}
-    assert run(["init", "--domain", DOMAIN, "--dir", str(tmp_path)], env).returncode == 0
+    make_setup(tmp_path, DOMAIN)
     config = str(tmp_path / "havedane.toml")
     out = run(["zone", "--config", config, "--sign", "--address", "192.0.2.7", "--out", str(tmp_path / "x.test.zone"),
                "--knot-conf", str(tmp_path / "knot.conf")], env)  # fmt: skip

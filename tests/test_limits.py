@@ -1,4 +1,5 @@
-"""Every limit, exceeded over real sockets against a real `havedane serve`, with the answer it documents.
+"""Every limit, exceeded over real sockets against `havedane serve` (in this process; a real
+process where its memory is measured), with the answer it documents.
 
 SECURITY.md has the table of these hostile inputs and what the server answers. The
 message size limit (552) is in test_receiver.py and the stored-tests bound (503) in
@@ -20,6 +21,7 @@ import httpx
 import pytest
 
 from helpers import Serve, insecure_context, send
+from inprocess import InProcess
 
 WAIT = 30.0  # seconds: the bound for anything that should happen "soon" on a loaded machine
 
@@ -74,19 +76,32 @@ def clients() -> Iterator[list[Client]]:
         c.close()
 
 
-def started(setup_dir: Path, **env: str) -> Serve:
-    return Serve(setup_dir, env={"HAVEDANE_VERDICT_GRACE": "2", **{f"HAVEDANE_{k}": v for k, v in env.items()}}).start()
+def limits(**env: str) -> dict[str, str]:
+    return {"HAVEDANE_VERDICT_GRACE": "2", **{f"HAVEDANE_{k}": v for k, v in env.items()}}
+
+
+def started(setup_dir: Path, **env: str) -> InProcess:
+    return InProcess(setup_dir, env=limits(**env)).start()
 
 
 @pytest.fixture
-def limited(setup_dir: Path) -> Iterator[Serve]:
+def limited(setup_dir: Path) -> Iterator[InProcess]:
     server = started(setup_dir, SMTP_MAX_RECIPIENTS="2")
+    yield server
+    assert server.stop() == 0
+    assert "Traceback" not in "".join(server.output)
+
+
+@pytest.fixture
+def limited_process(setup_dir: Path) -> Iterator[Serve]:
+    """As `limited`, as a process of its own: for what is measured of the process (its memory)."""
+    server = Serve(setup_dir, env=limits(SMTP_MAX_RECIPIENTS="2")).start()
     yield server
     server.stop()
     assert "Traceback" not in "".join(server.output)
 
 
-def db(server: Serve) -> sqlite3.Connection:
+def db(server: InProcess) -> sqlite3.Connection:
     return sqlite3.connect(server.config.parent / "havedane.sqlite3", timeout=30)
 
 
@@ -272,7 +287,7 @@ def ehlo_extensions(c: Client) -> list[bytes]:
     return lines + [line[4:].rstrip(b"\r\n")]
 
 
-def test_auth_is_not_offered_and_counts_as_an_unknown_command(limited: Serve, clients: list[Client]) -> None:
+def test_auth_is_not_offered_and_counts_as_an_unknown_command(limited: InProcess, clients: list[Client]) -> None:
     """Nothing here authenticates anyone (RFC 4954 is not implemented): AUTH is not advertised,
     plain or inside TLS, and is answered like any unknown command, so that it counts toward
     aiosmtpd's limit of 5 (was: advertised after STARTTLS; a long AUTH LOGIN answer gave 451 and
@@ -302,7 +317,7 @@ def message(c: Client, *rcpts: str) -> tuple[int, bytes]:
     return c.cmd(b"Subject: x\r\n\r\nx\r\n.")
 
 
-def test_a_recipient_named_twice_in_one_message_is_recorded_once(limited: Serve, clients: list[Client]) -> None:
+def test_a_recipient_named_twice_in_one_message_is_recorded_once(limited: InProcess, clients: list[Client]) -> None:
     """The same probe address again (in any case) is accepted but adds nothing: one delivery per
     probe per message (was: one delivery per copy, 20 with max_recipients 20)."""
     t = limited.new_test()
@@ -401,7 +416,7 @@ def test_sessions_beyond_max_sessions_per_test_get_550_5_2_2(setup_dir: Path, cl
     assert "Traceback" not in "".join(server.output)
 
 
-def test_recipients_beyond_max_recipients_get_452_4_5_3(limited: Serve, clients: list[Client]) -> None:
+def test_recipients_beyond_max_recipients_get_452_4_5_3(limited: InProcess, clients: list[Client]) -> None:
     t = limited.new_test()
     a = t["addresses"]
     c = Client(limited.smtp_port)
@@ -421,7 +436,7 @@ def test_recipients_beyond_max_recipients_get_452_4_5_3(limited: Serve, clients:
 
 @pytest.mark.parametrize("length", [513, 1001, 100_000, 3_000_000])
 def test_command_line_too_long_gets_500_and_the_session_goes_on(
-    limited: Serve, clients: list[Client], length: int
+    limited: InProcess, clients: list[Client], length: int
 ) -> None:
     """RFC 5321 §4.5.3.1.4: 512 octets for a command line with its CRLF; aiosmtpd allows 512
     without it (MAIL a little more for its SIZE and SMTPUTF8 parameters) and answers 500 once
@@ -438,7 +453,7 @@ def test_command_line_too_long_gets_500_and_the_session_goes_on(
     assert c.cmd("MAIL FROM:<a@limits.example>")[0] == 250
 
 
-def test_mail_command_limit_belongs_to_its_connection(limited: Serve, clients: list[Client]) -> None:
+def test_mail_command_limit_belongs_to_its_connection(limited: InProcess, clients: list[Client]) -> None:
     """aiosmtpd 1.4.6 keeps the per-command limits on the class: each new connection reset the
     MAIL limit of every other to 512, so a MAIL with SIZE= (allowed 548 after EHLO) got 500 when
     another sender connected in between. The receiver gives each connection its own."""
@@ -464,10 +479,11 @@ def peak_rss(server: Serve) -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
 
 
-def test_a_message_of_blank_lines_costs_about_its_size_in_memory(limited: Serve, clients: list[Client]) -> None:
+def test_a_message_of_blank_lines_costs_about_its_size_in_memory(limited_process: Serve, clients: list[Client]) -> None:
     """aiosmtpd 1.4.6 kept each DATA line as an object of its own: 1 MiB of blank lines cost
     ~44 MiB, per connection. Four connections each send that much at once; the server's peak
     memory may grow by at most 4 x max_message_size (1 MiB) for each."""
+    limited = limited_process
     t = limited.new_test()
     message = b"Subject: blank\r\n\r\n"
     message += b"\r\n" * ((1_048_576 - len(message)) // 2)  # exactly up to max_message_size
@@ -491,7 +507,7 @@ def test_a_message_of_blank_lines_costs_about_its_size_in_memory(limited: Serve,
 
 
 def test_data_line_too_long_gets_500_after_the_message_and_is_not_recorded(
-    limited: Serve, clients: list[Client]
+    limited: InProcess, clients: list[Client]
 ) -> None:
     """RFC 5321 §4.5.3.1.6: 1000 octets for a text line. aiosmtpd reads the message to its
     end, then answers 500; nothing is recorded and the session goes on."""
@@ -510,7 +526,7 @@ def test_data_line_too_long_gets_500_after_the_message_and_is_not_recorded(
     assert body["probes"]["do"]["deliveries"] == []
 
 
-def test_bare_lf_ends_a_command_line(limited: Serve, clients: list[Client]) -> None:
+def test_bare_lf_ends_a_command_line(limited: InProcess, clients: list[Client]) -> None:
     """aiosmtpd reads commands up to LF: "NOOP\\n" is a command (lenient, and harmless here)."""
     c = Client(limited.smtp_port)
     clients.append(c)
@@ -523,7 +539,7 @@ SMUGGLED_ENDINGS = [b"\n.\n", b"\r\n.\n", b"\n.\r\n", b"\r.\r\n", b"\r\n.\r", b"
 
 
 @pytest.mark.parametrize("ending", SMUGGLED_ENDINGS, ids=lambda e: repr(e)[2:-1])
-def test_smtp_smuggling_endings_do_not_end_data(limited: Serve, clients: list[Client], ending: bytes) -> None:
+def test_smtp_smuggling_endings_do_not_end_data(limited: InProcess, clients: list[Client], ending: bytes) -> None:
     """SMTP smuggling (CVE-2023-51766 and kin): only CRLF . CRLF ends DATA in aiosmtpd, so a
     second message hidden behind a bare-LF or bare-CR "end" stays part of the first one's text:
     one 250, one delivery, and the smuggled MAIL/RCPT/DATA are never run as commands."""
@@ -614,7 +630,7 @@ def test_flood_from_one_address_cannot_remove_or_block_an_earlier_test_of_anothe
         again.stop()
 
 
-def created_from(server: Serve, forwarded_for: list[str]) -> list[int]:
+def created_from(server: InProcess, forwarded_for: list[str]) -> list[int]:
     """POST /api/tests once per address, each as a visitor behind the trusted proxy (127.0.0.1)."""
     with httpx.Client(timeout=WAIT) as http:
         return [http.post(server.web + "/api/tests", headers={"X-Forwarded-For": a}).status_code for a in forwarded_for]
@@ -726,7 +742,7 @@ HEADERS = {
 }
 
 
-def test_security_headers_on_every_kind_of_response(limited: Serve) -> None:
+def test_security_headers_on_every_kind_of_response(limited: InProcess) -> None:
     alias = limited.new_test()["alias"]
     requests = [
         ("GET", "/", 200),  # HTML
@@ -759,7 +775,7 @@ def test_security_headers_on_every_kind_of_response(limited: Serve) -> None:
         assert r.status_code == 429 and all(v in r.headers.get(k, "") for k, v in HEADERS.items())
 
 
-def test_no_message_body_is_stored_only_the_message_id(limited: Serve) -> None:
+def test_no_message_body_is_stored_only_the_message_id(limited: InProcess) -> None:
     t = limited.new_test()
     marker = "body-marker-" + t["alias"]
     message = (

@@ -12,27 +12,28 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from helpers import Serve, insecure_context, send, starttls_socket
+from helpers import Serve, free_port, insecure_context, send, starttls_socket
+from inprocess import InProcess
 
 NOTLS = "127.0.0.28"
 UNUSABLE_NOTLS = "127.0.0.29"
 
 
 @pytest.fixture
-def matrix(setup_dir: Path) -> Iterator[Serve]:
+def matrix(setup_dir: Path) -> Iterator[InProcess]:
     env = {
         "HAVEDANE_PROBES_MATRIX": "true",
         "HAVEDANE_PROBES_ADDRESSES": f"notls={NOTLS},unusable-notls={UNUSABLE_NOTLS}",
         "HAVEDANE_VERDICT_GRACE": "2",
     }
-    server = Serve(setup_dir, env=env).start()
+    server = InProcess(setup_dir, env=env, smtp_port=free_port()).start()  # one port on every address
     yield server
-    server.stop()
+    assert server.stop() == 0
 
 
 def served_chain(port: int, sni: str | None) -> list[x509.Certificate]:
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as c:
-        c._host = sni  # type: ignore[assignment]
+        c._host = sni  # type: ignore[attr-defined]  # smtplib sends this as SNI
         c.starttls(context=insecure_context())
         sock = c.sock
         assert isinstance(sock, ssl.SSLSocket)
@@ -44,7 +45,7 @@ def names(cert: x509.Certificate) -> list[str]:
     return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
 
 
-def test_chain_is_chosen_by_sni(matrix: Serve, setup_dir: Path) -> None:
+def test_chain_is_chosen_by_sni(matrix: InProcess, setup_dir: Path) -> None:
     default = served_chain(matrix.smtp_port, None)
     # Every test's host at a probe: the wildcard name; the probes with chains of their own left out.
     assert "*.do.x.test" in names(default[0]) and "*.ta.x.test" in names(default[0])
@@ -64,7 +65,7 @@ def test_chain_is_chosen_by_sni(matrix: Serve, setup_dir: Path) -> None:
         assert names(served_chain(matrix.smtp_port, sni)[0]) == names(default[0]), sni
 
 
-def test_probe_addresses_offer_no_starttls(matrix: Serve) -> None:
+def test_probe_addresses_offer_no_starttls(matrix: InProcess) -> None:
     t = matrix.new_test()
     for address in (NOTLS, UNUSABLE_NOTLS):
         with smtplib.SMTP(address, matrix.smtp_port, timeout=10) as c:
@@ -91,7 +92,7 @@ def test_probe_addresses_offer_no_starttls(matrix: Serve) -> None:
     assert "Conforms on" in body["conformance"]
 
 
-def test_sessions_record_the_chain_and_grades_follow_sni(matrix: Serve) -> None:
+def test_sessions_record_the_chain_and_grades_follow_sni(matrix: InProcess) -> None:
     t = matrix.new_test()
     a = t["addresses"]
     send(matrix.smtp_port, [a["do"], a["dont"]], sni="do.x.test")
@@ -131,7 +132,7 @@ def refuse_after_tls(port: int, sni: str) -> None:
         s.sendall(outgoing.read())
 
 
-def test_refusal_right_after_the_handshake_is_recorded(matrix: Serve) -> None:
+def test_refusal_right_after_the_handshake_is_recorded(matrix: InProcess) -> None:
     # aiosmtpd cancels the STARTTLS command on the close_notify that comes with the
     # handshake's last flight; the session must still show the TLS and the SNI.
     t = matrix.new_test()

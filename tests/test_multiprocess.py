@@ -91,7 +91,7 @@ def deliver(port: int, addresses: dict[str, str], mid: str) -> bool:
     client = smtplib.SMTP("127.0.0.1", port, local_hostname="mx.sender.example", timeout=10)
     try:
         client.ehlo()
-        client._host = SNI  # type: ignore[assignment]  # smtplib sends this as SNI
+        client._host = SNI  # type: ignore[attr-defined]  # smtplib sends this as SNI
         client.starttls(context=insecure_context())
         client.ehlo()
         refused = client.sendmail("postmaster@sender.example", [addresses[p] for p in PROBES], message(mid))
@@ -176,8 +176,12 @@ def test_deliveries_through_two_receivers_appear_live_on_one_stream(cluster: Clu
         mid = f"<{i}.{alias}@sender.example>"
         assert deliver(cluster.receivers[i % 2].smtp_port, addresses, mid)
         sent.append(mid)
+
         # Live: the page shows this message before the next one is even sent.
-        stream.until(lambda body, mid=mid: all(mid in message_ids(body, p) for p in PROBES))
+        def shown(body: dict[str, Any], mid: str = mid) -> bool:
+            return all(mid in message_ids(body, p) for p in PROBES)
+
+        stream.until(shown)
     # In order, none missing: every update shows a prefix of what was sent, in sending order.
     for body in stream.seen:
         for probe in PROBES:

@@ -1,5 +1,6 @@
 """Probe sets that cannot give a verdict are refused at start; every set that starts
-answers every page without a 500 (through the web app of a real `havedane serve`)."""
+answers every page without a 500 (through the web app of `havedane serve`: a real process
+where the point is its exit status, in this process otherwise)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers import Serve, send
+from helpers import Serve, free_port, send
+from inprocess import InProcess
 
 MATRIX = {"HAVEDANE_PROBES_MATRIX": "true", "HAVEDANE_PROBES_ADDRESSES": "notls=127.0.0.8,unusable-notls=127.0.0.9"}
 
 
-def status(server: Serve, path: str) -> int:
+def status(server: InProcess, path: str) -> int:
     conn = http.client.HTTPConnection("127.0.0.1", server.web_port, timeout=10)
     conn.request("GET", path)
     resp = conn.getresponse()
@@ -37,8 +39,8 @@ def test_set_without_verdict_is_refused_at_start(setup_dir: Path, enabled: str) 
 
 def test_smallest_set_with_the_matrix_answers_every_page(setup_dir: Path) -> None:
     # One must-deliver and one must-refuse classic probe, and the whole matrix.
-    server = Serve(setup_dir, env={**MATRIX, "HAVEDANE_PROBES_ENABLED": "dont,wrong", "HAVEDANE_VERDICT_GRACE": "1"})
-    server.start()
+    env = {**MATRIX, "HAVEDANE_PROBES_ENABLED": "dont,wrong", "HAVEDANE_VERDICT_GRACE": "1"}
+    server = InProcess(setup_dir, env=env, smtp_port=free_port()).start()
     try:
         alias = server.new_test()["alias"]
         for path in (f"/api/tests/{alias}", f"/t/{alias}", "/"):

@@ -1,4 +1,5 @@
-"""The receiver over real sockets and real TLS, through a real `havedane serve` process."""
+"""The receiver over real sockets and real TLS, through `havedane serve` in this process (a
+real process where the point is SIGTERM)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from helpers import Serve, insecure_context, send, smtp, starttls_socket
+from inprocess import InProcess
 
 
-def test_three_probes_delivered_over_starttls(serve: Serve) -> None:
+def test_three_probes_delivered_over_starttls(serve: InProcess) -> None:
     t = serve.new_test()
     a = t["addresses"]
     refused = send(serve.smtp_port, [a["do"], a["dont"], a["wrong"]], sni="do.x.test", helo="mail.sender.example")
@@ -32,7 +34,7 @@ def test_three_probes_delivered_over_starttls(serve: Serve) -> None:
     assert "wrong.x.test" in body["verdict"]["summary"]
 
 
-def test_unknown_alias_gets_550_5_1_1_and_no_delivery(serve: Serve) -> None:
+def test_unknown_alias_gets_550_5_1_1_and_no_delivery(serve: InProcess) -> None:
     t = serve.new_test()
     with smtp(serve.smtp_port) as c:
         c.mail("a@sender.example")
@@ -44,7 +46,7 @@ def test_unknown_alias_gets_550_5_1_1_and_no_delivery(serve: Serve) -> None:
     assert serve.result(t["alias"])["probes"]["do"]["deliveries"] == []
 
 
-def test_any_local_part_reaches_the_test_named_by_the_host(serve: Serve) -> None:
+def test_any_local_part_reaches_the_test_named_by_the_host(serve: InProcess) -> None:
     """The alias is the host's first label (<alias>.<probe>.<domain>); the local part is free."""
     t = serve.new_test()
     assert t["addresses"]["do"] == f"test@{t['alias']}.do.x.test"
@@ -58,7 +60,7 @@ def test_any_local_part_reaches_the_test_named_by_the_host(serve: Serve) -> None
     assert s["tied_by"] == "rcpt" and s["correlated_by_client_ip"] is False
 
 
-def test_foreign_domain_is_never_relayed(serve: Serve) -> None:
+def test_foreign_domain_is_never_relayed(serve: InProcess) -> None:
     t = serve.new_test()
     alias = t["alias"]
     with smtp(serve.smtp_port) as c:
@@ -76,7 +78,7 @@ def test_foreign_domain_is_never_relayed(serve: Serve) -> None:
 
 
 def test_oversize_message_gets_552_and_no_delivery(setup_dir: Path) -> None:
-    server = Serve(setup_dir, env={"HAVEDANE_SMTP_MAX_MESSAGE_SIZE": "10000"}).start()
+    server = InProcess(setup_dir, env={"HAVEDANE_SMTP_MAX_MESSAGE_SIZE": "10000"}).start()
     try:
         t = server.new_test()
         rcpt = t["addresses"]["do"]
@@ -101,7 +103,7 @@ def test_oversize_message_gets_552_and_no_delivery(setup_dir: Path) -> None:
         server.stop()
 
 
-def test_refusal_tls_then_quit_is_recorded_and_tied_by_sni(serve: Serve) -> None:
+def test_refusal_tls_then_quit_is_recorded_and_tied_by_sni(serve: InProcess) -> None:
     """What a DANE-validating Postfix does at `wrong`: TLS with SNI = the test's host there,
     then QUIT, no MAIL. The SNI ties it to the test, not the client address."""
     t = serve.new_test()
@@ -121,7 +123,7 @@ def test_refusal_tls_then_quit_is_recorded_and_tied_by_sni(serve: Serve) -> None
     assert "SNI" in body["verdict"]["summary"] and "client address" not in body["verdict"]["summary"]
 
 
-def test_two_tests_from_one_address_each_get_only_their_own_refusal(serve: Serve) -> None:
+def test_two_tests_from_one_address_each_get_only_their_own_refusal(serve: InProcess) -> None:
     """One outbound platform, two tests at the same time: by address the refusal at `wrong`
     could be either's; by SNI each test gets its own, and only its own."""
     tests = [serve.new_test(), serve.new_test()]
@@ -137,7 +139,7 @@ def test_two_tests_from_one_address_each_get_only_their_own_refusal(serve: Serve
         assert (s["tied_by"], s["competing_tests"]) == ("sni", 0)
 
 
-def test_refusal_naming_no_test_falls_back_to_the_client_address(serve: Serve) -> None:
+def test_refusal_naming_no_test_falls_back_to_the_client_address(serve: InProcess) -> None:
     """SNI at a probe, but of no test (or no SNI that names one): tied by the address that
     delivered the test's other probes, and the API says so."""
     t = serve.new_test()
@@ -150,7 +152,7 @@ def test_refusal_naming_no_test_falls_back_to_the_client_address(serve: Serve) -
     assert "127.0.0.1" in body["verdict"]["summary"] and "client address" in body["verdict"]["summary"]
 
 
-def test_refusal_by_closing_without_quit(serve: Serve) -> None:
+def test_refusal_by_closing_without_quit(serve: InProcess) -> None:
     t = serve.new_test()
     raw = starttls_socket(serve.smtp_port, "closer.example")
     tls = insecure_context().wrap_socket(raw, server_hostname=f"{t['alias']}.wrong.x.test")
@@ -160,7 +162,7 @@ def test_refusal_by_closing_without_quit(serve: Serve) -> None:
     assert body["probes"]["wrong"]["sessions"][0]["helo"] == "closer.example"
 
 
-def test_handshake_aborted_by_the_client_is_recorded(serve: Serve) -> None:
+def test_handshake_aborted_by_the_client_is_recorded(serve: InProcess) -> None:
     """A client that verifies inside the handshake sends a fatal alert (bad certificate):
     the session never completes TLS, and is tied to its test by the SNI it sent."""
     t = serve.new_test()
@@ -177,7 +179,7 @@ def test_handshake_aborted_by_the_client_is_recorded(serve: Serve) -> None:
     assert send(serve.smtp_port, [t["addresses"]["wrong"]]) == {}
 
 
-def test_plaintext_delivery_to_do_is_no_tls(serve: Serve) -> None:
+def test_plaintext_delivery_to_do_is_no_tls(serve: InProcess) -> None:
     t = serve.new_test()
     a = t["addresses"]
     send(serve.smtp_port, [a["do"], a["dont"], a["wrong"]], tls=False)
@@ -186,7 +188,7 @@ def test_plaintext_delivery_to_do_is_no_tls(serve: Serve) -> None:
     assert body["probes"]["do"]["deliveries"][0]["tls"] is None
 
 
-def test_grace_period_turns_missing_wrong_into_validates(serve: Serve) -> None:
+def test_grace_period_turns_missing_wrong_into_validates(serve: InProcess) -> None:
     t = serve.new_test()
     a = t["addresses"]
     send(serve.smtp_port, [a["do"], a["dont"]], sni="do.x.test")
@@ -196,7 +198,7 @@ def test_grace_period_turns_missing_wrong_into_validates(serve: Serve) -> None:
     assert body["probes"]["wrong"]["status"] == "not-delivered"
 
 
-def test_malformed_commands_get_smtp_errors_and_the_session_goes_on(serve: Serve) -> None:
+def test_malformed_commands_get_smtp_errors_and_the_session_goes_on(serve: InProcess) -> None:
     with smtp(serve.smtp_port, tls=False) as c:
         assert c.docmd("MAIL FROM:<broken")[0] == 553
         assert c.docmd("RCPT TO:<a@do.x.test>")[0] == 503
@@ -206,14 +208,14 @@ def test_malformed_commands_get_smtp_errors_and_the_session_goes_on(serve: Serve
         assert c.noop()[0] == 250
 
 
-def test_sigterm_stops_cleanly(serve: Serve) -> None:
-    assert serve.stop() == 0
-    assert "Traceback" not in "".join(serve.output)
+def test_sigterm_stops_cleanly(serve_process: Serve) -> None:
+    assert serve_process.stop() == 0
+    assert "Traceback" not in "".join(serve_process.output)
 
 
 def test_proxy_protocol_names_the_client(setup_dir: Path) -> None:
     """Behind a TCP load balancer: the PROXY v1 header (not the balancer) is the client."""
-    server = Serve(setup_dir, env={"HAVEDANE_SMTP_PROXY_PROTOCOL": "true"}).start()
+    server = InProcess(setup_dir, env={"HAVEDANE_SMTP_PROXY_PROTOCOL": "true"}).start()
     try:
         t = server.new_test()
         with socket.create_connection(("127.0.0.1", server.smtp_port), timeout=10) as raw:
@@ -238,10 +240,11 @@ def test_proxy_protocol_names_the_client(setup_dir: Path) -> None:
         server.stop()
 
 
-def test_sigterm_says_421_and_saves_open_sessions(serve: Serve, setup_dir: Path) -> None:
+def test_sigterm_says_421_and_saves_open_sessions(serve_process: Serve, setup_dir: Path) -> None:
     """An SMTP session still open at shutdown is told (421) and still recorded."""
     import sqlite3
 
+    serve = serve_process
     client = smtp(serve.smtp_port, sni="wrong.x.test", helo="still-open.example")  # no test's host
     assert serve.stop() == 0
     assert client.noop()[0] == 421  # the shutdown notice, read as the reply to the next command

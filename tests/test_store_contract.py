@@ -13,6 +13,7 @@ import dataclasses
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -225,8 +226,9 @@ async def test_deliveries_round_trip_in_insertion_order(store: Store) -> None:
     await store.add_deliveries([delivery("d1", 2, probe="wrong", tls=None, helo=None, message_id=None)])
     await store.add_deliveries([delivery("other", 3)])
     got = await store.deliveries_for("d1")
-    assert [d.id for d in got] == sorted(d.id for d in got)
-    assert all(isinstance(d.id, int) for d in got)
+    ids = [d.id for d in got if isinstance(d.id, int)]
+    assert len(ids) == len(got)  # every delivery read back has its id
+    assert ids == sorted(ids)
     expected = [*batch, delivery("d1", 2, probe="wrong", tls=None, helo=None, message_id=None)]
     assert [Delivery(**{**d.__dict__, "id": None}) for d in got] == expected
     assert await store.deliveries_for("nope") == []
@@ -553,10 +555,10 @@ async def sent(store: Store, alias: str, created: float, first: float, client_ip
                                 delivery(alias, 1, "dont", received_at=first + 1, client_ip=client_ip)])  # fmt: skip
 
 
-async def wrong_of(store: Store, alias: str, now: float) -> dict[str, object]:
+async def wrong_of(store: Store, alias: str, now: float) -> dict[str, Any]:
     r = await report.load(store, CONFIG, alias, now)
     assert r is not None
-    wrong: dict[str, object] = report.to_json(CONFIG, r)["probes"]["wrong"]
+    wrong: dict[str, Any] = report.to_json(CONFIG, r)["probes"]["wrong"]
     return wrong
 
 
@@ -568,8 +570,8 @@ async def test_a_later_refusal_is_tied_only_to_the_test_whose_window_it_falls_in
     first, second = await wrong_of(store, "first", T0 + 3600), await wrong_of(store, "second", T0 + 3600)
     assert (first["status"], first["sessions"]) == ("not-delivered", [])
     assert second["status"] == "refused"
-    assert [s["id"] for s in second["sessions"]] == ["refusal"]  # type: ignore[index]
-    assert second["sessions"][0]["competing_tests"] == 0  # type: ignore[index]
+    assert [s["id"] for s in second["sessions"]] == ["refusal"]
+    assert second["sessions"][0]["competing_tests"] == 0
 
 
 async def test_a_refusal_long_after_the_grace_period_is_not_tied(store: Store) -> None:
@@ -582,7 +584,7 @@ async def test_a_refusal_long_after_the_grace_period_is_not_tied(store: Store) -
 async def test_sessions_of_havedane_check_are_never_tied_to_a_test(store: Store) -> None:
     await sent(store, "t", T0, T0 + 10)
     await store.save_session(refusal_session("check", T0 + 12, helo=CHECK_HELO))
-    assert check.CHECK_HELO == CHECK_HELO  # `havedane check` says this name in its EHLO
+    assert vars(check)["CHECK_HELO"] == CHECK_HELO  # `havedane check` says this name in its EHLO
     wrong = await wrong_of(store, "t", T0 + 3600)
     assert (wrong["status"], wrong["sessions"]) == ("not-delivered", [])
 
@@ -595,7 +597,7 @@ async def test_two_tests_from_one_address_compete_for_a_refusal_and_say_so(store
     for alias in ("a", "b"):
         wrong = await wrong_of(store, alias, T0 + 3600)
         assert wrong["status"] == "refused"
-        (s,) = wrong["sessions"]  # type: ignore[misc]
+        (s,) = wrong["sessions"]
         assert (s["id"], s["correlated_by_client_ip"], s["competing_tests"]) == ("refusal", True, 1)
     r = await report.load(store, CONFIG, "a", T0 + 3600)
     assert r is not None

@@ -234,7 +234,7 @@ async def test_a_large_prune_does_not_hold_up_a_delivery(tmp_path: Path) -> None
     try:
         await store.create_test(Test("busy", T0 + 10**6))
         prune = asyncio.create_task(store.prune(T0, T0 + ORPHANS, max_orphans=None))
-        latencies = []
+        latencies: list[float] = []
         while not prune.done():
             start = time.monotonic()
             await store.add_deliveries([delivery("busy", len(latencies))])

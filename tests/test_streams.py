@@ -1,8 +1,9 @@
 """Live pages (SSE) under abuse: bounded streams, slow readers dropped, wake-ups only where needed.
 
-The caps, the slow reader and SIGTERM are tried against a real `havedane serve`; the
-wake-up counts need the process's own `Changes`, so those tests run the real web server
-(uvicorn on a loopback port) and the real SQLite store in the test's event loop.
+The caps and the slow reader are tried against `havedane serve` in this process, SIGTERM
+against a real process; the wake-up counts need the store's own `Changes`, so those tests
+run the real web server (uvicorn on a loopback port) and the real SQLite store in the
+test's event loop.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from havedane.model import Delivery, Outcome, Session, Test, Tls
 from havedane.store import Store, open_store
 from havedane.web.app import create_app, serve_forever
 from helpers import Serve, free_port
+from inprocess import InProcess
 
 WAIT = 30.0
 
 
-def started(setup_dir: Path, **env: str) -> Serve:
-    return Serve(setup_dir, env={f"HAVEDANE_{k}": v for k, v in env.items()}).start()
+def started(setup_dir: Path, **env: str) -> InProcess:
+    return InProcess(setup_dir, env={f"HAVEDANE_{k}": v for k, v in env.items()}).start()
 
 
 def open_stream(
@@ -169,7 +171,7 @@ def test_a_stream_whose_reader_never_reads_is_dropped(setup_dir: Path) -> None:
 
 
 def test_sigterm_with_streams_open_ends_within_the_stop_timeout_without_tracebacks(setup_dir: Path) -> None:
-    server = started(setup_dir)
+    server = Serve(setup_dir).start()
     alias = server.new_test()["alias"]
     streams = [open_stream(server.web_port, alias, rcvbuf=4096 if i % 2 else None)[0] for i in range(10)]
     try:

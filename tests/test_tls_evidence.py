@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
-from helpers import Serve, insecure_context, send, starttls_socket
+from helpers import free_port, insecure_context, send, starttls_socket
+from inprocess import InProcess
 
 MATRIX_ENV = {
     "HAVEDANE_PROBES_MATRIX": "true",
@@ -34,10 +35,15 @@ MATRIX_ENV = {
 
 
 @pytest.fixture
-def matrix(setup_dir: Path) -> Iterator[Serve]:
-    server = Serve(setup_dir, env=MATRIX_ENV).start()
+def matrix(setup_dir: Path) -> Iterator[InProcess]:
+    server = matrix_serve(setup_dir)
     yield server
-    server.stop()
+    assert server.stop() == 0
+
+
+def matrix_serve(setup_dir: Path) -> InProcess:
+    """`serve` with the conformance matrix on: its probe addresses listen on the same port."""
+    return InProcess(setup_dir, env=MATRIX_ENV, smtp_port=free_port()).start()
 
 
 def rsa_only_tls12() -> ssl.SSLContext:
@@ -56,7 +62,7 @@ def chain_of(sock: ssl.SSLSocket) -> list[x509.Certificate]:
 def deliver_with(port: int, ctx: ssl.SSLContext, sni: str, rcpt: str) -> list[x509.Certificate]:
     """STARTTLS with `ctx` and `sni`, deliver to `rcpt`; the chain the client was shown."""
     with smtplib.SMTP("127.0.0.1", port, local_hostname="rsa.sender.example", timeout=10) as c:
-        c._host = sni  # type: ignore[assignment]  # smtplib sends this as SNI
+        c._host = sni  # type: ignore[attr-defined]  # smtplib sends this as SNI
         c.starttls(context=ctx)
         assert isinstance(c.sock, ssl.SSLSocket)
         chain = chain_of(c.sock)
@@ -79,7 +85,7 @@ def chain_served(setup_dir: Path, session_id: str) -> str | None:
     return row[0] if row else None
 
 
-def test_rsa_only_sender_is_shown_each_probes_rsa_chain(matrix: Serve, setup_dir: Path) -> None:
+def test_rsa_only_sender_is_shown_each_probes_rsa_chain(matrix: InProcess, setup_dir: Path) -> None:
     """Issue 11: an RSA-only TLS 1.2 sender at ta-rogue and ee gets the probe's own chain
     (with an RSA leaf), its sessions are recorded with TLS and graded on that chain."""
     t = matrix.new_test()
@@ -112,7 +118,7 @@ def test_handshake_failed_on_our_side_is_no_evidence(setup_dir: Path) -> None:
     for path in tls_dir.glob("*-rsa.*"):
         if path.name.split("-")[1] in ("ee", "rogue"):
             path.unlink()
-    server = Serve(setup_dir, env=MATRIX_ENV).start()
+    server = matrix_serve(setup_dir)
     try:
         t = server.new_test()
         a = t["addresses"]
@@ -133,7 +139,7 @@ def test_handshake_failed_on_our_side_is_no_evidence(setup_dir: Path) -> None:
         server.stop()
 
 
-def test_anonymous_suites_are_not_offered(serve: Serve) -> None:
+def test_anonymous_suites_are_not_offered(serve: InProcess) -> None:
     """Issue 12: a session without any certificate is not TLS (and not a refusal either)."""
     t = serve.new_test()
     anon = insecure_context()
@@ -150,7 +156,7 @@ def test_anonymous_suites_are_not_offered(serve: Serve) -> None:
     assert body["probes"]["wrong"]["status"] != "refused"
 
 
-def test_http_on_the_tls_port_is_our_failure_not_a_refusal(serve: Serve, setup_dir: Path) -> None:
+def test_http_on_the_tls_port_is_our_failure_not_a_refusal(serve: InProcess, setup_dir: Path) -> None:
     """Bytes that are no ClientHello: the sender was never shown a certificate."""
     t = serve.new_test()
     with contextlib.closing(starttls_socket(serve.smtp_port, "http.sender.example")) as raw:
@@ -167,7 +173,7 @@ def test_http_on_the_tls_port_is_our_failure_not_a_refusal(serve: Serve, setup_d
     assert [r[0] for r in rows] == ["tls-failed-here"] and "HTTP_REQUEST" in rows[0][1], rows
 
 
-def test_closing_once_shown_our_certificate_is_a_refusal(serve: Serve, setup_dir: Path) -> None:
+def test_closing_once_shown_our_certificate_is_a_refusal(serve: InProcess, setup_dir: Path) -> None:
     """A sender that reads our certificate flight and hangs up mid-handshake refused it."""
     t = serve.new_test()
     with contextlib.closing(starttls_socket(serve.smtp_port, "hangup.sender.example")) as raw:
@@ -237,7 +243,7 @@ def alert_after_handshake(port: int, sni: str) -> None:
                 pass
 
 
-def test_fatal_alert_after_the_handshake_keeps_the_tls_facts(matrix: Serve, setup_dir: Path) -> None:
+def test_fatal_alert_after_the_handshake_keeps_the_tls_facts(matrix: InProcess, setup_dir: Path) -> None:
     """Issue 11: a sender that completes TLS then sends a fatal alert without QUIT is a
     refusal that saw our certificate, with its version, cipher, SNI and chain."""
     t = matrix.new_test()
@@ -256,7 +262,7 @@ def test_fatal_alert_after_the_handshake_keeps_the_tls_facts(matrix: Serve, setu
     assert body["probes"]["ta-badname"]["grade"]["grade"] == "pass"
 
 
-def test_sni_in_capitals_is_graded_on_the_chain_served(matrix: Serve) -> None:
+def test_sni_in_capitals_is_graded_on_the_chain_served(matrix: InProcess) -> None:
     """Issue 11: SNI `<ALIAS>.EE.X.TEST` is served the ee chain (names are case-insensitive,
     RFC 6066 §3 / RFC 4343), so the delivery is graded on it, not inconclusive."""
     t = matrix.new_test()
@@ -270,7 +276,7 @@ def test_sni_in_capitals_is_graded_on_the_chain_served(matrix: Serve) -> None:
     assert body["probes"]["ee"]["grade"]["grade"] == "pass", body["probes"]["ee"]["grade"]
 
 
-def test_reset_right_after_the_handshake_keeps_the_tls_facts(serve: Serve) -> None:
+def test_reset_right_after_the_handshake_keeps_the_tls_facts(serve: InProcess) -> None:
     """A sender that completes TLS and resets the connection (no QUIT, no close_notify)."""
     t = serve.new_test()
     ctx = insecure_context()

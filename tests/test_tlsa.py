@@ -14,16 +14,14 @@ from cryptography import x509
 
 from havedane import pki, probes
 from havedane.dns import tlsa, zone
-from helpers import require
+from helpers import make_setup, require
 
 DOMAIN = "x.test"
 
 
 @pytest.fixture(scope="module")
 def tls_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("tls")
-    pki.create(directory, DOMAIN)
-    return directory
+    return make_setup(tmp_path_factory.mktemp("setup"), DOMAIN).parent / "tls"
 
 
 def hash_slinger(cert: Path, usage: int, selector: int = 1, mtype: int = 1, host: str = f"do.{DOMAIN}") -> str:
@@ -112,8 +110,7 @@ def test_havedane_records_agree_with_hash_slinger(tmp_path: Path) -> None:
     """The records an operator copies into DNS, checked against hash-slinger run on
     the certificates `havedane init` wrote."""
     require("tlsa")
-    havedane("init", "--domain", DOMAIN, "--dir", str(tmp_path))
-    config, tls = str(tmp_path / "havedane.toml"), tmp_path / "tls"
+    config, tls = str(make_setup(tmp_path, DOMAIN)), tmp_path / "tls"
     text = havedane("records", "--config", config, "--format", "zone", "--address", "192.0.2.25")
     as_json = json.loads(havedane("records", "--config", config, "--format", "json", "--address", "192.0.2.25"))
     parsed = dns.zone.from_text(text, origin=f"{DOMAIN}.", relativize=False, check_origin=False)

@@ -1,4 +1,5 @@
-"""The web app and JSON API over real HTTP, against a real `havedane serve`."""
+"""The web app and JSON API: in the test's loop through the ASGI transport on a real store;
+over real HTTP against `havedane serve` where mail must arrive over SMTP meanwhile."""
 
 from __future__ import annotations
 
@@ -9,27 +10,31 @@ from pathlib import Path
 
 import pytest
 
-from helpers import Serve, send
+from helpers import send
+from inprocess import APP_URL, App, InProcess, asgi_app
 
 
-def test_create_test_returns_201_with_three_addresses(serve: Serve) -> None:
-    status, body, headers = serve.request("POST", "/api/tests")
+@pytest.mark.anyio
+async def test_create_test_returns_201_with_three_addresses(app: App) -> None:
+    status, body, headers = await app.request("POST", "/api/tests")
     assert status == 201
     alias = body["alias"]
     assert len(alias) >= 16 and alias.isalnum() and alias == alias.lower()
     assert body["addresses"] == {p: f"test@{alias}.{p}.x.test" for p in ("do", "dont", "wrong")}
-    assert body["url"] == f"{serve.web}/t/{alias}"
+    assert body["url"] == f"{APP_URL}/t/{alias}"
     assert headers["location"] == f"/api/tests/{alias}"
 
 
-def test_aliases_are_unique(serve: Serve) -> None:
-    aliases = {serve.new_test()["alias"] for _ in range(5)}
+@pytest.mark.anyio
+async def test_aliases_are_unique(app: App) -> None:
+    aliases = {(await app.new_test())["alias"] for _ in range(5)}
     assert len(aliases) == 5
 
 
-def test_fresh_test_is_pending(serve: Serve) -> None:
-    alias = serve.new_test()["alias"]
-    body = serve.result(alias)
+@pytest.mark.anyio
+async def test_fresh_test_is_pending(app: App) -> None:
+    alias = (await app.new_test())["alias"]
+    body = await app.result(alias)
     assert body["verdict"]["code"] == "pending"
     assert {n: p["status"] for n, p in body["probes"].items()} == {
         "do": "pending",
@@ -53,42 +58,40 @@ def test_fresh_test_is_pending(serve: Serve) -> None:
         ("GET", "/api/tests/doesnotexist0000/events", 404),
     ],
 )
-def test_bad_requests_get_json_errors(serve: Serve, method: str, path: str, status: int) -> None:
-    got, body, headers = serve.request(method, path)
+@pytest.mark.anyio
+async def test_bad_requests_get_json_errors(app: App, method: str, path: str, status: int) -> None:
+    got, body, headers = await app.request(method, path)
     assert got == status
     assert headers["content-type"] == "application/json"
     assert isinstance(body["error"], str) and body["error"]
 
 
-def test_post_with_garbage_body_still_creates(serve: Serve) -> None:
-    status, body, _ = serve.request("POST", "/api/tests", body=b"\xff\x00garbage")
+@pytest.mark.anyio
+async def test_post_with_garbage_body_still_creates(app: App) -> None:
+    status, body, _ = await app.request("POST", "/api/tests", body=b"\xff\x00garbage")
     assert status == 201 and body["alias"]
 
 
-def test_page_is_a_permalink_with_addresses_and_security_headers(serve: Serve) -> None:
-    alias = serve.new_test()["alias"]
-    conn = http.client.HTTPConnection("127.0.0.1", serve.web_port, timeout=5)
-    conn.request("GET", f"/t/{alias}")
-    resp = conn.getresponse()
-    html = resp.read().decode()
-    assert resp.status == 200
+@pytest.mark.anyio
+async def test_page_is_a_permalink_with_addresses_and_security_headers(app: App) -> None:
+    alias = (await app.new_test())["alias"]
+    resp = await app.http.get(f"/t/{alias}")
+    html = resp.text
+    assert resp.status_code == 200
     for p in ("do", "dont", "wrong"):
         assert f"test@{alias}.{p}.x.test" in html
     assert "mailto:" in html
-    csp = resp.getheader("content-security-policy") or ""
+    csp = resp.headers.get("content-security-policy") or ""
     assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
-    assert resp.getheader("x-content-type-options") == "nosniff"
-    conn.request("GET", "/t/nosuchtest0000000")
-    resp = conn.getresponse()
-    assert resp.status == 404 and "no such test" in resp.read().decode()
+    assert resp.headers.get("x-content-type-options") == "nosniff"
+    resp = await app.http.get("/t/nosuchtest0000000")
+    assert resp.status_code == 404 and "no such test" in resp.text
 
 
-def test_form_creates_and_redirects(serve: Serve) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", serve.web_port, timeout=5)
-    conn.request("POST", "/new")
-    resp = conn.getresponse()
-    resp.read()
-    assert resp.status == 303 and (resp.getheader("location") or "").startswith("/t/")
+@pytest.mark.anyio
+async def test_form_creates_and_redirects(app: App) -> None:
+    resp = await app.http.post("/new")
+    assert resp.status_code == 303 and (resp.headers.get("location") or "").startswith("/t/")
 
 
 def read_event(resp: http.client.HTTPResponse, timeout: float = 10) -> tuple[str | None, dict[str, object]]:
@@ -108,7 +111,7 @@ def read_event(resp: http.client.HTTPResponse, timeout: float = 10) -> tuple[str
     raise AssertionError("no event")
 
 
-def test_events_stream_updates_live(serve: Serve) -> None:
+def test_events_stream_updates_live(serve: InProcess) -> None:
     t = serve.new_test()
     conn = http.client.HTTPConnection("127.0.0.1", serve.web_port, timeout=10)
     conn.request("GET", f"/api/tests/{t['alias']}/events")
@@ -137,30 +140,26 @@ def test_events_stream_updates_live(serve: Serve) -> None:
     assert first_id != current_id
 
 
-def test_rate_limit_per_client(setup_dir: Path) -> None:
-    server = Serve(setup_dir, env={"HAVEDANE_LIMITS_TESTS_PER_MINUTE": "3"}).start()
-    try:
+@pytest.mark.anyio
+async def test_rate_limit_per_client(setup_dir: Path) -> None:
+    async with asgi_app(setup_dir, {"HAVEDANE_LIMITS_TESTS_PER_MINUTE": "3"}) as app:
         for _ in range(3):
-            server.new_test()
-        status, body, headers = server.request("POST", "/api/tests")
+            await app.new_test()
+        status, body, headers = await app.request("POST", "/api/tests")
         assert status == 429 and headers["retry-after"] == "60" and "error" in body
-    finally:
-        server.stop()
 
 
-def test_store_bound_refuses_new_tests_instead_of_evicting(setup_dir: Path) -> None:
-    server = Serve(setup_dir, env={"HAVEDANE_RETENTION_MAX_TESTS": "2"}).start()
-    try:
-        first = server.new_test()["alias"]
-        server.new_test()
-        status, body, _ = server.request("POST", "/api/tests")
+@pytest.mark.anyio
+async def test_store_bound_refuses_new_tests_instead_of_evicting(setup_dir: Path) -> None:
+    async with asgi_app(setup_dir, {"HAVEDANE_RETENTION_MAX_TESTS": "2"}) as app:
+        first = (await app.new_test())["alias"]
+        await app.new_test()
+        status, body, _ = await app.request("POST", "/api/tests")
         assert status == 503 and "error" in body
-        assert server.result(first)["alias"] == first
-    finally:
-        server.stop()
+        assert (await app.result(first))["alias"] == first
 
 
-def test_status_read_right_after_the_250_shows_the_delivery(serve: Serve) -> None:
+def test_status_read_right_after_the_250_shows_the_delivery(serve: InProcess) -> None:
     """The API caches a test's JSON; a delivery must invalidate it before its 250 is sent."""
     t = serve.new_test()
     for _ in range(3):
@@ -169,7 +168,7 @@ def test_status_read_right_after_the_250_shows_the_delivery(serve: Serve) -> Non
     assert serve.result(t["alias"])["probes"]["do"]["status"] == "delivered"  # no waiting
 
 
-def test_a_cached_status_read_is_the_same_response_with_the_security_headers(serve: Serve) -> None:
+def test_a_cached_status_read_is_the_same_response_with_the_security_headers(serve: InProcess) -> None:
     """The second read of a test's JSON is served from the cache: the same bytes, status and
     headers as the first (every security header included), not a shortcut without them."""
     alias = serve.new_test()["alias"]

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
+from helpers import set_up
+
 from .browser_harness import CHROMIUM, CHROMIUM_ARGS, SERVER_ENV, Server, Watch, chromium_path, new_page
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -50,7 +52,7 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
 
 @pytest.fixture(scope="package")
 def server(tmp_path_factory: pytest.TempPathFactory, browser: Browser) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("havedane") / "setup", SERVER_ENV).init().start()
+    srv = Server(set_up(tmp_path_factory.mktemp("havedane") / "setup"), SERVER_ENV).start()
     yield srv
     srv.stop()
 

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from helpers import set_up
+
 from .browser_harness import SERVER_ENV, Server, deliver
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("events") / "setup", SERVER_ENV).init().start()
+    srv = Server(set_up(tmp_path_factory.mktemp("events") / "setup"), SERVER_ENV).start()
     yield srv
     srv.stop()
 

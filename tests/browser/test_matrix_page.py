@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from helpers import set_up
+
 from .browser_harness import DOMAIN, SERVER_ENV, Server, Watch, deliver, leave_without_tls, new_page, refuse
 from .test_result_page import not_reloaded, start_test
 
@@ -30,7 +32,7 @@ INLINE = """() => [...document.querySelectorAll("[style], style, script:not([src
 
 @pytest.fixture(scope="module")
 def matrix_server(tmp_path_factory: pytest.TempPathFactory, browser: Browser) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("havedane-matrix") / "setup", MATRIX_ENV).init().start()
+    srv = Server(set_up(tmp_path_factory.mktemp("havedane-matrix") / "setup"), MATRIX_ENV).start()
     yield srv
     srv.stop()
 

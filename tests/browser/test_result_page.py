@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from helpers import set_up
+
 from .browser_harness import DOMAIN, SERVER_ENV, Server, Watch, deliver, new_page, refuse
 
 pytestmark = pytest.mark.browser
@@ -220,7 +222,7 @@ def test_without_javascript_the_page_shows_the_current_state(server: Server, bro
 
 
 def test_reconnects_after_the_server_restarts(tmp_path: Path, browser: Browser, watch: Watch) -> None:
-    srv = Server(tmp_path / "setup", SERVER_ENV).init().start()
+    srv = Server(set_up(tmp_path / "setup"), SERVER_ENV).start()
     context, page = new_page(browser, watch)
     try:
         addresses = start_test(page, srv)

@@ -11,7 +11,7 @@ from html import unescape
 from typing import Any
 
 from havedane import wording
-from havedane.model import Delivery, Outcome
+from havedane.model import Delivery, Outcome, Tls
 from havedane.web import page
 
 from .test_page_model import (
@@ -19,7 +19,6 @@ from .test_page_model import (
     DOMAIN,
     ENV,
     T0,
-    Tls,
     delivery,
     matrix_state,
     refusal,

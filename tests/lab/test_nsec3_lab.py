@@ -25,6 +25,13 @@ def new_names(lab: world.World) -> list[str]:
     return [f"t{secrets.token_hex(6)}.dont.{lab.zone}" for _ in range(2)]
 
 
+def wire(name: str) -> bytes:
+    """`name` in wire format, uncompressed (as in a query's question)."""
+    data = dns.name.from_text(name).to_wire()
+    assert data is not None  # None only when written to a file
+    return data
+
+
 def reaching_knot(lab: world.World, tag: str, zone_text: str, names: list[str], pause: float = 0) -> bytes:
     """Ask the validating resolver for each name in turn (each answer authenticated,
     `pause` seconds apart); the dnstap frames of the queries Knot received."""
@@ -34,14 +41,14 @@ def reaching_knot(lab: world.World, tag: str, zone_text: str, names: list[str], 
             answer = dnsservers.query(lab.ns, world.ALT_RESOLVER, name, "A")
             assert answer.rcode in ("NXDOMAIN", "NOERROR") and answer.ad, (name, answer)
     tap = (lab.dir / f"dns-{tag}" / "knot" / dnsservers.DNSTAP_FILE).read_bytes()
-    assert tap.count(dns.name.from_text(lab.zone).to_wire()) > 0, "lab: no query of the zone in the dnstap file"
+    assert tap.count(wire(lab.zone)) > 0, "lab: no query of the zone in the dnstap file"
     return tap
 
 
 def asked(tap: bytes, name: str, rdtype: str = "A") -> int:
     """How many queries for (name, type) are in the frames: a query frame carries the
     query message, whose question holds the name uncompressed, then type and class."""
-    question = dns.name.from_text(name).to_wire() + dns.rdatatype.from_text(rdtype).to_bytes(2, "big")
+    question = wire(name) + dns.rdatatype.from_text(rdtype).to_bytes(2, "big")
     return tap.count(question + dns.rdataclass.IN.to_bytes(2, "big"))
 
 

@@ -70,7 +70,8 @@ def nsec_signed(config_file: Path, zone_text: str) -> str:
     cfg = configmod.load(config_file, env={})
     z = dns.zone.from_text(zone_text, origin=cfg.domain + ".", relativize=False)
     sign.sign(z, zonekeys.load_or_create(cfg.data_dir / "dnssec", cfg.domain))  # the DNSKEY, its TTL
-    dnskey = z.get_rdataset(z.origin, "DNSKEY")
+    assert z.origin is not None
+    dnskey = z.find_rdataset(z.origin, "DNSKEY")
     for node in z.nodes.values():
         for rds in list(node.rdatasets):
             if rds.rdtype in (dns.rdatatype.RRSIG, dns.rdatatype.NSEC3, dns.rdatatype.NSEC3PARAM):
