@@ -24,7 +24,7 @@ from havedane.dns.queries import DnsQuery, probe_hosts, tie
 from havedane.dnstap import CONTENT_TYPE
 from havedane.model import Test
 from havedane.verdict import evaluate
-from havedane.web import page as pagemod
+from havedane.web import timeline
 
 from .browser_harness import DOMAIN, SERVER_ENV, Server, deliver
 from .test_page_model import CLIENT, CONFIG, ENV, T0, delivery, text
@@ -59,7 +59,7 @@ def test_the_diagnosis_is_beside_the_verdict_and_queries_are_in_the_timeline() -
     assert 'id="verdict"' in before and 'id="timeline-h"' in after  # right after the verdict
     words = unescape(text(html))
     assert r["dns"]["lead"] in words and all(d in words for d in r["dns"]["details"])
-    events = pagemod.timeline(r).events
+    events = timeline.timeline(r).events
     asked = [e for e in events if e.text.startswith("DNS query")]
     # the repeated A query is one row with a count; the DNSKEY fetch is marked as tied by address and time
     assert [dict(e.facts)["asked"] for e in asked] == [f"A abc.wrong.{DOMAIN}", f"DNSKEY {DOMAIN}"]
@@ -78,7 +78,7 @@ def test_without_a_feed_the_page_says_dns_evidence_is_not_available() -> None:
     r = dns_state(None)
     assert r["dns"]["available"] is False and r["dns"]["queries"] == []
     assert "DNS evidence is not available on this deployment" in unescape(text(render(r)))
-    assert not [e for e in pagemod.timeline(r).events if e.text.startswith("DNS")]
+    assert not [e for e in timeline.timeline(r).events if e.text.startswith("DNS")]
     assert r["verdict"]["code"] == "does-not-validate"  # everything else as before
 
 

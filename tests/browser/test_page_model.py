@@ -12,7 +12,7 @@ from havedane import config as configmod
 from havedane import report, wording
 from havedane.model import Delivery, Outcome, Session, Test, Tls
 from havedane.verdict import Code, evaluate
-from havedane.web import page
+from havedane.web import conformance, page, timeline, view
 
 DOMAIN = "x.test"
 T0 = 1_800_000_000.0
@@ -111,15 +111,15 @@ PROBE_STATES = [
 def test_probe_state(
     probe: str, sessions: list[Session], deliveries: list[Delivery], now: float, tone: str, label: str
 ) -> None:
-    st = page.probe_state(state(sessions, deliveries, now)["probes"][probe])
+    st = view.probe_state(state(sessions, deliveries, now)["probes"][probe])
     assert (st.tone, st.label) == (tone, label)
 
 
 def test_timeline_is_in_time_order_and_summarises_long_retry_histories() -> None:
     retries = [refusal(n, T0 + 60 * n) for n in range(1, 101)]
     r = state(retries, [delivery("dont", T0 + 2), delivery("do", T0 + 1)])
-    tl = page.timeline(r)
-    assert tl.omitted == 1 + 2 + 100 * 2 - page.TIMELINE_LIMIT  # created, 2 deliveries, 100 sessions (start, end)
+    tl = timeline.timeline(r)
+    assert tl.omitted == 1 + 2 + 100 * 2 - timeline.TIMELINE_LIMIT  # created, 2 deliveries, 100 sessions (start, end)
     assert [e.at for e in tl.events] == sorted(e.at for e in tl.events)
     assert tl.events[0].text == "Test created"
     assert tl.events[1].host == f"abc.do.{DOMAIN}" and tl.events[1].text == "Message accepted"
@@ -132,7 +132,7 @@ def test_timeline_is_in_time_order_and_summarises_long_retry_histories() -> None
      (7500, "2 h 5 min"), (3 * 86400 + 7200, "3 d 2 h")],
 )  # fmt: skip
 def test_duration(seconds: float, words: str) -> None:
-    assert page.duration(seconds) == words
+    assert timeline.duration(seconds) == words
 
 
 def test_every_verdict_renders_its_title() -> None:
@@ -210,7 +210,7 @@ def test_the_matrix_is_a_table_below_the_classic_cards() -> None:
     assert 'class="verdict tone-warn"' in top and "tone-ok" not in top.split('class="verdict', 1)[1].split(">")[0]
     assert "Your server validates DANE, but a flaw exposes mail" in text(top)
     assert f"delivered to abc.ta-rogue.{DOMAIN}, where an attacker can read the mail" in r["verdict"]["lead"]
-    assert all(f'id="probe-{name}"' in top for name in page.classic(r))
+    assert all(f'id="probe-{name}"' in top for name in view.classic(r))
     assert 'id="probe-ee"' not in html  # no cards for the matrix: rows
     assert all(f'id="row-{name}"' in table for name in r["probes"])
     assert "Conforms on 3 of the 4 probes decided so far" in text(table) and "(1 fail, 10 still waiting)" in text(table)
@@ -225,8 +225,8 @@ def test_without_the_matrix_there_is_no_table() -> None:
     assert "What each address received" in text(html)
 
 
-def row(r: dict[str, Any], name: str) -> page.Row:
-    return page.grade_row(name, r["probes"][name])
+def row(r: dict[str, Any], name: str) -> conformance.Row:
+    return conformance.grade_row(name, r["probes"][name])
 
 
 BADNAME_TLS = Tls("TLSv1.2", "ECDHE", f"abc.ta-badname.{DOMAIN}")
@@ -274,7 +274,7 @@ def test_rows_after_the_grace_period_and_without_sni() -> None:
     assert badname.seen.note == "no SNI"
     assert badname.reason == "Cannot tell:" and badname.consequence is not None
     assert f"did not name abc.ta-badname.{DOMAIN} in SNI" in badname.consequence
-    events = {e.host: e for e in page.timeline(r).events if e.text.startswith("Message accepted")}
+    events = {e.host: e for e in timeline.timeline(r).events if e.text.startswith("Message accepted")}
     assert events[f"abc.ta-badname.{DOMAIN}"].tone == "info"  # not called wrong in the timeline either
     assert events[f"abc.ta-rogue.{DOMAIN}"].tone == "bad"
     rogue = row(r, "ta-rogue")
@@ -285,23 +285,23 @@ def test_rows_after_the_grace_period_and_without_sni() -> None:
     assert ee.reason == "Nothing arrived within the grace period."
     bogus = row(r, "bogus")
     assert (bogus.grade, bogus.seen.text) == ("pass", "never connected")
-    c = page.conformance(r)
+    c = conformance.conformance(r)
     passed = sum(p["grade"]["grade"] == "pass" for p in r["probes"].values())
     assert c.headline == f"Conforms on {passed} of 14 probes" and r["conformance"].startswith(c.headline + ".")
     assert c.tone == "bad" and "1 inconclusive" in c.tally and "still waiting" not in c.tally
 
 
 def test_conformance_headline_tone() -> None:
-    assert page.conformance(matrix_state([], [])).tone == "wait"
-    assert page.conformance(matrix_state([], [])).tally == "14 still waiting"
+    assert conformance.conformance(matrix_state([], [])).tone == "wait"
+    assert conformance.conformance(matrix_state([], [])).tally == "14 still waiting"
 
 
 def test_every_session_outcome_has_words() -> None:
     from havedane.model import Outcome
-    from havedane.web import page
+    from havedane.web import conformance, view
 
     for outcome in Outcome:
-        assert outcome.value in page.OUTCOMES and outcome.value in page.SEEN_OUTCOMES, outcome
+        assert outcome.value in view.OUTCOMES and outcome.value in conformance.SEEN_OUTCOMES, outcome
 
 
 # -- words that claim only what was seen (issue 11, item 7) -----------------------------------
@@ -336,8 +336,8 @@ def test_mail_and_rcpt_without_data_is_not_called_leaving_without_sending() -> N
     words = card(render(r), "wrong")
     assert "left without sending mail" not in words
     assert "named the sender and a recipient (MAIL FROM, RCPT TO), then left before sending the message" in words
-    assert page.seen(r["probes"]["wrong"]).text == "left after RCPT TO, before DATA"
-    assert any("before sending the message" in e.text for e in page.timeline(r).events)
+    assert conformance.seen(r["probes"]["wrong"]).text == "left after RCPT TO, before DATA"
+    assert any("before sending the message" in e.text for e in timeline.timeline(r).events)
 
 
 def test_an_aborted_handshake_claims_no_certificate_seen() -> None:
@@ -356,5 +356,5 @@ def test_a_refusal_two_tests_compete_for_says_so() -> None:
     assert r["probes"]["wrong"]["sessions"][0]["competing_tests"] == 1
     html = render(r)
     assert "could also belong to 1 other test" in card(html, "wrong")
-    assert any("could also belong to another test" in e.text for e in page.timeline(r).events)
+    assert any("could also belong to another test" in e.text for e in timeline.timeline(r).events)
     assert "could also belong to another test" in r["verdict"]["summary"]

@@ -12,7 +12,7 @@ from typing import Any
 
 from havedane import wording
 from havedane.model import Delivery, Outcome, Tls
-from havedane.web import page
+from havedane.web import conformance, page, timeline, view
 
 from .test_page_model import (
     CLIENT,
@@ -46,15 +46,17 @@ def test_a_refusal_where_no_starttls_is_offered_is_a_refusal_on_the_page_too() -
     # The timeline tested `outcome in REFUSALS` and forgot the probes without STARTTLS.
     r = matrix_state([session("notls", T0 + 3, Outcome.LEFT, tls=None, starttls=False)], [delivery("do", T0 + 1)])
     assert r["probes"]["notls"]["status"] == "refused" and r["probes"]["notls"]["sessions"][0]["refusal"]
-    ended = [e for e in page.timeline(r).events if e.host == f"abc.notls.{DOMAIN}" and e.text.startswith("The server")]
+    ended = [
+        e for e in timeline.timeline(r).events if e.host == f"abc.notls.{DOMAIN}" and e.text.startswith("The server")
+    ]
     assert [e.tone for e in ended] == ["ok"]
-    assert page.seen(r["probes"]["notls"]).text == "left when no TLS was offered"
+    assert conformance.seen(r["probes"]["notls"]).text == "left when no TLS was offered"
 
 
 def test_the_plaintext_consequence_is_worded_once() -> None:
     r = cases()["no-tls"]
     do = r["probes"]["do"]
-    assert do["proves"] == wording.PLAINTEXT_CONSEQUENCE == page.probe_state(do).proves
+    assert do["proves"] == wording.PLAINTEXT_CONSEQUENCE == view.probe_state(do).proves
     assert wording.PLAINTEXT_CONSEQUENCE in r["verdict"]["details"]
     assert r["verdict"]["summary"].count("plaintext") == 1
 
@@ -84,7 +86,7 @@ def test_no_capital_after_a_colon_in_our_words() -> None:
     matrix = matrix_state([], [delivery("do", T0 + 1), delivery("dont", T0 + 1),
                                Delivery("abc", "ta-badname", T0 + 2, CLIENT, "mx", "a@s",
                                         f"t@abc.ta-badname.{DOMAIN}", no_sni)], now=LATE)  # fmt: skip
-    badname = page.grade_row("ta-badname", matrix["probes"]["ta-badname"])
+    badname = conformance.grade_row("ta-badname", matrix["probes"]["ta-badname"])
     assert badname.reason == "Cannot tell:" and badname.consequence is not None
     assert badname.consequence.startswith("your server did not name")
     # our own words: the verdict's, each probe's, the table's and the timeline's
@@ -93,8 +95,8 @@ def test_no_capital_after_a_colon_in_our_words() -> None:
         said += [r["verdict"]["summary"], r["conformance"]]
         for p in r["probes"].values():
             said += [p["grade"]["reason"], p["proves"] or "", p["expected"]]
-        said += [f"{row.reason} {row.consequence}" for row in page.grade_rows(r)]
-        said += [e.text for e in page.timeline(r).events]
+        said += [f"{row.reason} {row.consequence}" for row in conformance.grade_rows(r)]
+        said += [e.text for e in timeline.timeline(r).events]
     for words in said:
         assert re.findall(r": (?!RFC|TLS|SNI|HELO|MAIL|DANE|STARTTLS)[A-Z][a-z]+", words) == [], words
 
