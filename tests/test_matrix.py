@@ -16,13 +16,14 @@ from helpers import Serve, insecure_context, send, starttls_socket
 
 NOTLS = "127.0.0.28"
 UNUSABLE_NOTLS = "127.0.0.29"
+TA_NOTLS = "127.0.0.27"
 
 
 @pytest.fixture
 def matrix(setup_dir: Path) -> Iterator[Serve]:
     env = {
         "HAVEDANE_PROBES_MATRIX": "true",
-        "HAVEDANE_PROBES_ADDRESSES": f"notls={NOTLS},unusable-notls={UNUSABLE_NOTLS}",
+        "HAVEDANE_PROBES_ADDRESSES": f"notls={NOTLS},unusable-notls={UNUSABLE_NOTLS},ta-notls={TA_NOTLS}",
         "HAVEDANE_VERDICT_GRACE": "2",
     }
     server = Serve(setup_dir, env=env).start()

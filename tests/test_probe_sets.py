@@ -10,7 +10,10 @@ import pytest
 
 from helpers import Serve, send
 
-MATRIX = {"HAVEDANE_PROBES_MATRIX": "true", "HAVEDANE_PROBES_ADDRESSES": "notls=127.0.0.8,unusable-notls=127.0.0.9"}
+MATRIX = {
+    "HAVEDANE_PROBES_MATRIX": "true",
+    "HAVEDANE_PROBES_ADDRESSES": "notls=127.0.0.8,unusable-notls=127.0.0.9,ta-notls=127.0.0.7",
+}
 
 
 def status(server: Serve, path: str) -> int:

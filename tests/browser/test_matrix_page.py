@@ -16,10 +16,11 @@ pytestmark = pytest.mark.browser
 
 NOTLS = "127.0.0.28"
 UNUSABLE_NOTLS = "127.0.0.29"
+TA_NOTLS = "127.0.0.27"
 MATRIX_ENV = {
     **SERVER_ENV,
     "HAVEDANE_PROBES_MATRIX": "true",
-    "HAVEDANE_PROBES_ADDRESSES": f"notls={NOTLS},unusable-notls={UNUSABLE_NOTLS}",
+    "HAVEDANE_PROBES_ADDRESSES": f"notls={NOTLS},unusable-notls={UNUSABLE_NOTLS},ta-notls={TA_NOTLS}",
     "HAVEDANE_VERDICT_GRACE": "120",  # nothing turns into "not delivered" while a test looks at the rows
 }
 PROBES = 14  # the classic three and the eleven of the matrix

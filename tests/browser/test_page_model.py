@@ -182,7 +182,7 @@ def test_text_colours_meet_wcag_aa(scheme: str) -> None:
 
 MATRIX_CONFIG = configmod.load(None, env={
     "HAVEDANE_DOMAIN": DOMAIN, "HAVEDANE_PROBES_MATRIX": "true",
-    "HAVEDANE_PROBES_ADDRESSES": "notls=192.0.2.8,unusable-notls=192.0.2.9"})  # fmt: skip
+    "HAVEDANE_PROBES_ADDRESSES": "notls=192.0.2.8,unusable-notls=192.0.2.9,ta-notls=192.0.2.10"})  # fmt: skip
 MATRIX_ENV = page.environment(MATRIX_CONFIG)
 
 
