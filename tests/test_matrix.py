@@ -65,9 +65,21 @@ def test_chain_is_chosen_by_sni(matrix: Serve, setup_dir: Path) -> None:
         assert names(served_chain(matrix.smtp_port, sni)[0]) == names(default[0]), sni
 
 
+def test_ta_full_serves_the_leaf_without_the_ca(matrix: Serve, setup_dir: Path) -> None:
+    # RFC 7671 §5.2.2: with the CA's full key in DNS (2 1 0) the server may omit the CA;
+    # ta-full's does, for every test's host, and the leaf is one our CA issued.
+    ca = x509.load_pem_x509_certificate((setup_dir.parent / "tls" / "ca.pem").read_bytes())
+    full = served_chain(matrix.smtp_port, "abc123.ta-full.x.test")
+    assert len(full) == 1 and names(full[0]) == ["*.ta-full.x.test"] and full[0].issuer == ca.subject
+    # The probes whose records match our default chain still get leaf + CA.
+    for sni in ("abc123.mixed-ee.x.test", "abc123.mixed-ta.x.test"):
+        chain = served_chain(matrix.smtp_port, sni)
+        assert len(chain) == 2 and chain[1] == ca and names(chain[0]) == names(served_chain(matrix.smtp_port, None)[0])
+
+
 def test_probe_addresses_offer_no_starttls(matrix: Serve) -> None:
     t = matrix.new_test()
-    for address in (NOTLS, UNUSABLE_NOTLS):
+    for address in (NOTLS, UNUSABLE_NOTLS, TA_NOTLS):
         with smtplib.SMTP(address, matrix.smtp_port, timeout=10) as c:
             c.ehlo("sender.example")
             assert not c.has_extn("starttls")
