@@ -99,6 +99,10 @@ def test_probe_addresses_offer_no_starttls(matrix: Serve) -> None:
     send(matrix.smtp_port, [t["addresses"]["do"], t["addresses"]["dont"]], sni="do.x.test")
     body = matrix.wait_for(t["alias"], lambda b: b["probes"]["notls"]["status"] == "refused")
     assert body["probes"]["notls"]["grade"]["grade"] == "pass"
+    # Where no STARTTLS is offered there is no certificate to check: the API says what to do there.
+    for name in ("notls", "ta-notls"):
+        assert body["probes"][name]["expected"] == "connect, find no STARTTLS, and refuse to send"
+    assert body["probes"]["wrong"]["expected"].startswith("connect, check our certificate against the TLSA")
     assert body["probes"]["unusable-notls"]["grade"]["grade"] == "fail"
     assert body["probes"]["unusable-notls"]["deliveries"][0]["tls"] is None
     assert "Conforms on" in body["conformance"]
