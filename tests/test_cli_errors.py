@@ -76,7 +76,11 @@ CASES = [
         "probes-none-with-matrix",
         ["records"],
         {},
-        ("matrix = false", 'matrix = true\naddresses = { notls = "192.0.2.8", "unusable-notls" = "192.0.2.9" }'),
+        (
+            "matrix = false",
+            'matrix = true\naddresses = { notls = "192.0.2.8", "unusable-notls" = "192.0.2.9", '
+            '"ta-notls" = "192.0.2.10" }',
+        ),
         "probes.enabled",
     ),  # fmt: skip
 ]

@@ -83,7 +83,7 @@ def test_environment_overrides_every_section(tmp_path: Path) -> None:
         ('domain = "x.test"\n[probes]\nenabled = ["wrong"]\n', {}, "probes.enabled: no verdict"),
         (
             'domain = "x.test"\n[probes]\nenabled = []\nmatrix = true\naddresses = { notls = "192.0.2.8", '
-            '"unusable-notls" = "192.0.2.9" }\n',
+            '"unusable-notls" = "192.0.2.9", "ta-notls" = "192.0.2.10" }\n',
             {},
             "probes.enabled: no verdict",
         ),  # fmt: skip

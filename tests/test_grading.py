@@ -125,7 +125,7 @@ def test_validating_sender_passes_everything() -> None:
             sessions.append(refusal(p))
     v = evaluate(ALL, Test("abc", T0), sessions, deliveries, T0 + 1 + GRACE + 1, GRACE, DOMAIN)
     assert {n: g.grade for n, g in v.grades.items()} == {p.name: Grade.PASS for p in ALL}
-    assert wording.conformance(v).text == "Conforms on 14 of 14 probes."
+    assert wording.conformance(v).text == f"Conforms on {len(ALL)} of {len(ALL)} probes."
     assert v.code.value == "validates"
 
 
@@ -184,3 +184,65 @@ def test_grade_follows_the_chain_the_session_recorded() -> None:
     assert graded(ee, [control_for(ee), d], [shown], after_grace=False) == Grade.PASS
     default = Session(**{**shown.__dict__, "chain": "default"})
     assert graded(ee, [control_for(ee), d], [default], after_grace=False) == Grade.INCONCLUSIVE
+
+
+# Issue 15's probes, every observation spelled out (not derived from the catalogue): the
+# grade and the reason a user reads. ta-notls offers no STARTTLS, so nothing can fail on
+# our side there (no handshake), and its refusal is leaving after EHLO.
+OBSERVATIONS = ("tls-sni", "tls-no-sni", "plaintext", "refused-sni", "refused-no-sni", "waiting", "nothing", "ours")
+NEW_ROWS: dict[str, tuple[tuple[Grade, str] | None, ...]] = {
+    "ta-notls": (
+        (Grade.FAIL, "delivered"), (Grade.FAIL, "delivered"), (Grade.FAIL, "plaintext"), (Grade.PASS, "refused"),
+        (Grade.PASS, "refused"), (Grade.PENDING, "waiting"), (Grade.PASS, "stayed-away"), None,
+    ),
+    "mixed-ee": (
+        (Grade.PASS, "delivered-over-tls"), (Grade.PASS, "delivered-over-tls"), (Grade.FAIL, "plaintext"),
+        (Grade.FAIL, "refused"), (Grade.FAIL, "refused"), (Grade.PENDING, "waiting"),
+        (Grade.FAIL, "nothing-arrived"), (Grade.INCONCLUSIVE, "failed-here"),
+    ),
+    "mixed-ta": (
+        (Grade.PASS, "delivered-over-tls"), (Grade.PASS, "delivered-over-tls"), (Grade.FAIL, "plaintext"),
+        (Grade.FAIL, "refused"), (Grade.FAIL, "refused"), (Grade.PENDING, "waiting"),
+        (Grade.FAIL, "nothing-arrived"), (Grade.INCONCLUSIVE, "failed-here"),
+    ),
+    # Its leaf-only chain is served only for SNI naming the test's host: without SNI the
+    # sender saw the default chain, so neither its delivery nor its refusal is evidence.
+    "ta-full": (
+        (Grade.PASS, "delivered-over-tls"), (Grade.INCONCLUSIVE, "no-sni"), (Grade.FAIL, "plaintext"),
+        (Grade.FAIL, "refused"), (Grade.INCONCLUSIVE, "no-sni"), (Grade.PENDING, "waiting"),
+        (Grade.FAIL, "nothing-arrived"), (Grade.INCONCLUSIVE, "failed-here"),
+    ),
+}  # fmt: skip
+
+
+def observe(probe: probes.Probe, observation: str) -> tuple[list[Delivery], list[Session], bool]:
+    """The deliveries and sessions of one observation at `probe` (beside a delivery to the
+    control probe, so that the grace period runs), and whether the grace period is over."""
+    control = [control_for(probe)]
+    return {
+        "tls-sni": (control + [delivery(probe)], [], False),
+        "tls-no-sni": (control + [delivery(probe, sni=None)], [], False),
+        "plaintext": (control + [delivery(probe, tls=False)], [], False),
+        "refused-sni": (control, [refusal(probe)], False),
+        "refused-no-sni": (control, [refusal(probe, sni=False)], False),
+        "waiting": (control, [], False),
+        "nothing": (control, [], True),
+        "ours": (control, [failed_here(probe)], True),
+    }[observation]
+
+
+@pytest.mark.parametrize(
+    ("name", "observation", "want"),
+    [(n, o, w) for n, row in NEW_ROWS.items() for o, w in zip(OBSERVATIONS, row, strict=True) if w is not None],
+)
+def test_issue_15_probes_graded_for_every_observation(name: str, observation: str, want: tuple[Grade, str]) -> None:
+    probe = probes.CATALOGUE[name]
+    deliveries, sessions, after_grace = observe(probe, observation)
+    now = T0 + 1 + (GRACE + 1 if after_grace else 1)
+    v = evaluate(ALL, Test("abc", T0), sessions, deliveries, now, GRACE, DOMAIN)
+    g = v.grades[name]
+    assert (g.grade, g.reason.value) == want
+    # A failure that hands mail to an attacker (delivered where TLS or a refusal was due) is a flaw.
+    assert g.exposes == (want[1] in ("plaintext", "delivered"))
+    if g.grade is Grade.FAIL:
+        assert name in wording.conformance(v).text  # the page's table names the row and says why

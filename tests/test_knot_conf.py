@@ -88,7 +88,7 @@ def validates(reply: dns.message.Message, name: str, rdtype: str, zone_keys: Key
 def test_knot_serves_every_zone_written_and_every_probe_has_its_shape(tmp_path: Path) -> None:
     knotd, knotc = require("knotd"), require("knotc")
     env = {**os.environ, "HAVEDANE_PROBES_MATRIX": "true",
-           "HAVEDANE_PROBES_ADDRESSES": "notls=192.0.2.8,unusable-notls=192.0.2.9"}  # fmt: skip
+           "HAVEDANE_PROBES_ADDRESSES": "notls=192.0.2.8,unusable-notls=192.0.2.9,ta-notls=192.0.2.10"}  # fmt: skip
     run = [sys.executable, "-m", "havedane"]
     make_setup(tmp_path, DOMAIN)
     out = subprocess.run(

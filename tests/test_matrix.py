@@ -17,13 +17,14 @@ from inprocess import InProcess
 
 NOTLS = "127.0.0.28"
 UNUSABLE_NOTLS = "127.0.0.29"
+TA_NOTLS = "127.0.0.27"
 
 
 @pytest.fixture
 def matrix(setup_dir: Path) -> Iterator[InProcess]:
     env = {
         "HAVEDANE_PROBES_MATRIX": "true",
-        "HAVEDANE_PROBES_ADDRESSES": f"notls={NOTLS},unusable-notls={UNUSABLE_NOTLS}",
+        "HAVEDANE_PROBES_ADDRESSES": f"notls={NOTLS},unusable-notls={UNUSABLE_NOTLS},ta-notls={TA_NOTLS}",
         "HAVEDANE_VERDICT_GRACE": "2",
     }
     server = InProcess(setup_dir, env=env, smtp_port=free_port()).start()  # one port on every address
@@ -65,9 +66,21 @@ def test_chain_is_chosen_by_sni(matrix: InProcess, setup_dir: Path) -> None:
         assert names(served_chain(matrix.smtp_port, sni)[0]) == names(default[0]), sni
 
 
+def test_ta_full_serves_the_leaf_without_the_ca(matrix: InProcess, setup_dir: Path) -> None:
+    # RFC 7671 §5.2.2: with the CA's full key in DNS (2 1 0) the server may omit the CA;
+    # ta-full's does, for every test's host, and the leaf is one our CA issued.
+    ca = x509.load_pem_x509_certificate((setup_dir.parent / "tls" / "ca.pem").read_bytes())
+    full = served_chain(matrix.smtp_port, "abc123.ta-full.x.test")
+    assert len(full) == 1 and names(full[0]) == ["*.ta-full.x.test"] and full[0].issuer == ca.subject
+    # The probes whose records match our default chain still get leaf + CA.
+    for sni in ("abc123.mixed-ee.x.test", "abc123.mixed-ta.x.test"):
+        chain = served_chain(matrix.smtp_port, sni)
+        assert len(chain) == 2 and chain[1] == ca and names(chain[0]) == names(served_chain(matrix.smtp_port, None)[0])
+
+
 def test_probe_addresses_offer_no_starttls(matrix: InProcess) -> None:
     t = matrix.new_test()
-    for address in (NOTLS, UNUSABLE_NOTLS):
+    for address in (NOTLS, UNUSABLE_NOTLS, TA_NOTLS):
         with smtplib.SMTP(address, matrix.smtp_port, timeout=10) as c:
             c.ehlo("sender.example")
             assert not c.has_extn("starttls")
@@ -87,6 +100,10 @@ def test_probe_addresses_offer_no_starttls(matrix: InProcess) -> None:
     send(matrix.smtp_port, [t["addresses"]["do"], t["addresses"]["dont"]], sni="do.x.test")
     body = matrix.wait_for(t["alias"], lambda b: b["probes"]["notls"]["status"] == "refused")
     assert body["probes"]["notls"]["grade"]["grade"] == "pass"
+    # Where no STARTTLS is offered there is no certificate to check: the API says what to do there.
+    for name in ("notls", "ta-notls"):
+        assert body["probes"][name]["expected"] == "connect, find no STARTTLS, and refuse to send"
+    assert body["probes"]["wrong"]["expected"].startswith("connect, check our certificate against the TLSA")
     assert body["probes"]["unusable-notls"]["grade"]["grade"] == "fail"
     assert body["probes"]["unusable-notls"]["deliveries"][0]["tls"] is None
     assert "Conforms on" in body["conformance"]

@@ -12,7 +12,10 @@ import pytest
 from helpers import Serve, free_port, send
 from inprocess import InProcess
 
-MATRIX = {"HAVEDANE_PROBES_MATRIX": "true", "HAVEDANE_PROBES_ADDRESSES": "notls=127.0.0.8,unusable-notls=127.0.0.9"}
+MATRIX = {
+    "HAVEDANE_PROBES_MATRIX": "true",
+    "HAVEDANE_PROBES_ADDRESSES": "notls=127.0.0.8,unusable-notls=127.0.0.9,ta-notls=127.0.0.7",
+}
 
 
 def status(server: InProcess, path: str) -> int:

@@ -29,7 +29,7 @@ from inprocess import InProcess
 
 MATRIX_ENV = {
     "HAVEDANE_PROBES_MATRIX": "true",
-    "HAVEDANE_PROBES_ADDRESSES": "notls=127.0.0.28,unusable-notls=127.0.0.29",
+    "HAVEDANE_PROBES_ADDRESSES": "notls=127.0.0.28,unusable-notls=127.0.0.29,ta-notls=127.0.0.27",
     "HAVEDANE_VERDICT_GRACE": "2",
 }
 

@@ -127,3 +127,53 @@ def test_havedane_records_agree_with_hash_slinger(tmp_path: Path) -> None:
     wrong = tlsa_at(f"wrong.{DOMAIN}")
     assert len(wrong) == len(served) and not wrong & served
     assert tlsa_at(f"dont.{DOMAIN}") == set()
+
+
+def test_full_trust_anchor_key_matches_hash_slinger(tls_dir: Path) -> None:
+    # 2 1 0: the CA's whole SubjectPublicKeyInfo, no digest (RFC 6698 §2.1.3, RFC 7671 §5.2.2).
+    ca = tls_dir / "ca.pem"
+    assert tlsa.record(tlsa.DANE_TA, cert(ca), tlsa.SPKI, tlsa.FULL).rdata() == hash_slinger(ca, 2, 1, 0)
+
+
+def usages_matching(records: list[tlsa.TlsaRecord], chain: list[x509.Certificate]) -> list[int]:
+    return [r.usage for r in records if tlsa.matching(r, chain)]
+
+
+def test_mixed_sets_match_by_one_usage_only(tls_dir: Path) -> None:
+    leaves = [cert(tls_dir / f"leaf-{k}.pem") for k in pki.LEAF_KINDS]
+    ca = cert(tls_dir / "ca.pem")
+    for leaf in leaves:
+        chain = [leaf, ca]
+        mixed_ee = tlsa.for_probe(probes.CATALOGUE["mixed-ee"], leaves, ca)
+        mixed_ta = tlsa.for_probe(probes.CATALOGUE["mixed-ta"], leaves, ca)
+        # A matching 3 1 1 beside a 2 1 1 that matches nothing, and the other way round:
+        # the set authenticates the chain through its one matching usage (RFC 7672 §3.1).
+        assert usages_matching(mixed_ee, chain) == [tlsa.DANE_EE] and tlsa.matches(mixed_ee, chain)
+        assert usages_matching(mixed_ta, chain) == [tlsa.DANE_TA] and tlsa.matches(mixed_ta, chain)
+        assert sorted(r.usage for r in mixed_ee) == sorted(r.usage for r in mixed_ta) == [2, 3, 3]
+
+
+def test_full_trust_anchor_key_matches_a_leaf_sent_without_its_ca(tls_dir: Path) -> None:
+    ca = cert(tls_dir / "ca.pem")
+    [record] = tlsa.for_probe(probes.CATALOGUE["ta-full"], [], ca)
+    assert (record.usage, record.selector, record.mtype) == (2, 1, 0) and record.data == tlsa.spki(ca)
+    for kind in pki.LEAF_KINDS:
+        [leaf] = x509.load_pem_x509_certificates((tls_dir / f"chain-{pki.sibling('leaf-only', kind)}.pem").read_bytes())
+        assert leaf.issuer == ca.subject  # the CA is not in the chain file: the leaf alone
+        assert tlsa.matches([record], [leaf]) and tlsa.matches([record], [leaf, ca])
+    # Not a leaf the key did not sign: the rogue CA's or a self-signed one. (With our CA sent
+    # beside the rogue one, the record matches that certificate, as 2 1 1 does: whether the
+    # leaf chains to it is the sender's chain-building, not this check's.)
+    rogue = x509.load_pem_x509_certificates((tls_dir / "chain-rogue.pem").read_bytes())
+    assert not tlsa.matches([record], rogue[:2])
+    assert not tlsa.matches([record], [cert(tls_dir / "leaf-ee.pem")])
+    # The 2 1 1 digest of the same CA needs the CA in the chain (RFC 7671 §5.2.2).
+    assert not tlsa.matches([tlsa.record(tlsa.DANE_TA, ca)], [cert(tls_dir / "leaf-leaf-only.pem")])
+
+
+def test_params_name_the_shape_of_every_record_set(tls_dir: Path) -> None:
+    leaves = [cert(tls_dir / f"leaf-{k}.pem") for k in pki.LEAF_KINDS]
+    ca = cert(tls_dir / "ca.pem")
+    for probe in probes.CATALOGUE.values():
+        published = {(r.usage, r.selector, r.mtype) for r in tlsa.for_probe(probe, leaves, ca)}
+        assert published == tlsa.PARAMS.get(probe.tlsa, frozenset()), probe.name

@@ -323,7 +323,7 @@ def test_matrix_probes_get_their_zone_cuts(tmp_path: Path) -> None:
         ADDRESSES,
         keys=zonekeys.load_all(tmp_path / "dnssec", zone.signed_zones(DOMAIN, enabled)),
         probe_leaves={p.name: pki.leaves_for(p, tls_dir) for p in enabled if p.chain is not None},
-        probe_addresses={"notls": "192.0.2.8", "unusable-notls": "192.0.2.9"},
+        probe_addresses={"notls": "192.0.2.8", "unusable-notls": "192.0.2.9", "ta-notls": "192.0.2.10"},
     )
     bogus, unsigned = f"bogus.{DOMAIN}", f"unsigned.{DOMAIN}"
     assert set(out.children) == {bogus, unsigned}

@@ -4,8 +4,11 @@ Through a validating resolver: every name answers with the AD bit (RFC 4035
 §3.2.3), at a fresh test host under each probe (the wildcard records answer it, as
 they answer a new test's); `do`'s TLSA matches the chain the receiver actually serves and `wrong`'s
 does not (connect, STARTTLS with SNI, compare SPKI digests, RFC 7672 §3.1);
-`dont` has an authenticated denial of TLSA (RFC 7672 §2.2); every probe
-accepts SMTP and offers STARTTLS; the web URL answers. One line per check.
+`dont` has an authenticated denial of TLSA (RFC 7672 §2.2); every TLSA RRset has the
+usages, selectors and matching types of its probe's shape; `ta-full`'s server sends its
+leaf without the CA (RFC 7671 §5.2.2); in `mixed-ee`/`mixed-ta` only one usage's records
+match; every probe accepts SMTP and offers STARTTLS (or, where it must not, does not);
+the web URL answers. One line per check.
 """
 
 from __future__ import annotations
@@ -128,7 +131,23 @@ def check_probe(config: Config, probe: probes.Probe, resolver: str, port: int) -
         yield Result(f"address {tls_host}", False, f"resolves to {', '.join(addresses)}, not {own}",
                      f"{tls_host} must point at its own listener address {own} ([probes] addresses)")  # fmt: skip
     records = yield from check_tlsa_rrset(probe, tls_host, resolver)
+    if records and probe.zone is not probes.Zone.BOGUS:
+        yield check_tlsa_shape(probe, tls_host, records)
     yield from check_smtp(probe, tls_host, own or addresses[0], port, records)
+
+
+def check_tlsa_shape(probe: probes.Probe, tls_host: str, records: list[tlsa.TlsaRecord]) -> Result:
+    """The TLSA RRset has the usages, selectors and matching types of the probe's shape
+    (e.g. `ta-full`: only 2 1 0, the CA's whole public key, RFC 7671 §5.2.2)."""
+    want = tlsa.PARAMS.get(probe.tlsa, frozenset())
+    got = frozenset((r.usage, r.selector, r.mtype) for r in records)
+    said = _params(got) if got == want else f"{_params(got)}, expected {_params(want)}"
+    return Result(f"TLSA shape {tls_host}", got == want, said, "publish the records of `havedane records`, only those")
+
+
+def _params(params: frozenset[tuple[int, int, int]]) -> str:
+    """'3 1 1, 2 1 1': the usage, selector and matching type of each record, highest first."""
+    return ", ".join(" ".join(map(str, p)) for p in sorted(params, reverse=True)) or "none"
 
 
 def check_mx(probe: probes.Probe, domain: str, host: str, resolver: str, signed: bool) -> Iterator[Result]:
@@ -226,6 +245,7 @@ def check_smtp(
         fix = "remove the tls/chain-*.pem files, run `havedane init --add-missing`, republish `havedane records`"
         said = "the certificate names it" if ok else "the certificate does not name it"
         yield Result(f"name {tls_host}", ok, said, fix)
+    yield from check_chain_shape(probe, tls_host, chain, records)
     matched = tlsa.matches(records, chain)
     if probe.tlsa is probes.Tlsa.MISMATCH:
         detail = "a record matches the served chain" if matched else "served chain does not match (as intended)"
@@ -234,6 +254,27 @@ def check_smtp(
         detail = "served chain matches" if matched else "no record matches the served chain"
         fix = "republish TLSA from the certificates served (`havedane records`), or serve the chain they came from"
         yield Result(f"TLSA matches {tls_host}", matched, detail, fix)
+
+
+def check_chain_shape(
+    probe: probes.Probe, tls_host: str, chain: list[x509.Certificate], records: list[tlsa.TlsaRecord]
+) -> Iterator[Result]:
+    """What the served chain must look like beside the records: no CA where the probe's
+    chain is the leaf alone (RFC 7671 §5.2.2), and in a mixed set exactly the records of
+    one usage matching (any one match must be enough, RFC 7672 §3.1)."""
+    fix = "remove the tls/chain-*.pem files, run `havedane init --add-missing`, republish `havedane records`"
+    if probe.chain is probes.Chain.LEAF_ONLY:
+        ok = len(chain) == 1
+        said = "the leaf alone, no CA (as intended)" if ok else f"{len(chain)} certificates: the CA must not be sent"
+        yield Result(f"chain {tls_host}", ok, said, fix)
+    usage = tlsa.MIXED.get(probe.tlsa)
+    if usage is not None:
+        # One 3 1 1 per leaf kind is published; the chain served here has one leaf.
+        ok = {r.usage for r in records if tlsa.matching(r, chain)} == {usage}
+        said = (
+            f"only the usage {usage} records match (as intended)" if ok else f"not only the usage {usage} records match"
+        )
+        yield Result(f"TLSA mixed {tls_host}", ok, said, "publish the records of `havedane records`")
 
 
 def names_host(cert: x509.Certificate, host: str) -> bool:

@@ -215,6 +215,11 @@ def create_probe_chains(tls_dir: Path, domain: str, ca: x509.Certificate, ca_key
         key = new_key(kind)
         rogue = make_leaf(hosts[probes.Chain.ROGUE], key, rogue_ca, rogue_key)
         _write_chain(tls_dir, sibling(probes.Chain.ROGUE, kind), key, [rogue, rogue_ca, ca])
+        # Issued by our CA and sent without it: a full DANE-TA key (2 1 0) in DNS is the
+        # anchor itself, so the server may leave the CA out (RFC 7671 §5.2.2).
+        key = new_key(kind)
+        leaf_only = make_leaf(hosts[probes.Chain.LEAF_ONLY], key, ca, ca_key)
+        _write_chain(tls_dir, sibling(probes.Chain.LEAF_ONLY, kind), key, [leaf_only])
 
 
 def load_chain(tls_dir: Path, name: str) -> Chain:

@@ -36,6 +36,10 @@ class Tlsa(enum.StrEnum):
     EE = "ee"  # only 3 1 1 (DANE-EE) of the leaf served for this probe
     TA = "ta"  # only 2 1 1 (DANE-TA) of the genuine CA
     UNUSABLE = "unusable"  # only usages 0 and 1 (PKIX-TA, PKIX-EE): unusable for SMTP (RFC 7672 §3.1.3)
+    # Sets where one record matches and another does not: any one match authenticates.
+    MIXED_EE = "mixed-ee"  # 3 1 1 of each served leaf + a 2 1 1 that matches nothing
+    MIXED_TA = "mixed-ta"  # 3 1 1 that match nothing + 2 1 1 of the genuine CA
+    TA_FULL = "ta-full"  # only 2 1 0: the CA's full SubjectPublicKeyInfo (RFC 7671 §5.2.2)
 
 
 class Zone(enum.StrEnum):
@@ -53,6 +57,7 @@ class Chain(enum.StrEnum):
     BADNAME = "badname"  # issued by our CA, naming another host
     EXPIRED = "expired"  # issued by our CA, expired
     ROGUE = "rogue"  # issued by an unrelated CA; chain = leaf + that CA + our CA
+    LEAF_ONLY = "leaf-only"  # issued by our CA, sent without it (RFC 7671 §5.2.2 allows that under 2 1 0)
 
 
 @dataclass(frozen=True)
@@ -236,6 +241,54 @@ MATRIX: tuple[Probe, ...] = (
         proves_fail="Your server sent mail in plaintext to a domain that requires TLS: a downgrade attack "
         "that strips STARTTLS reads your mail.",
         rfc="RFC 7672 §3.1.3",
+        classic=False,
+    ),
+    Probe(
+        name="ta-notls",
+        expect=Expect.REFUSE,
+        tlsa=Tlsa.TA,
+        starttls=False,
+        tests="Only a DANE-TA (2 1 1) record for our CA, and no STARTTLS offered.",
+        proves_pass="Your server treats DANE-TA records alone as making TLS mandatory.",
+        proves_fail="Your server sent mail in plaintext to a domain whose only TLSA records are DANE-TA: it takes "
+        "such a set for no TLSA, and stripping STARTTLS downgrades your mail to cleartext.",
+        rfc="RFC 7672 §2.2",
+        classic=False,
+    ),
+    Probe(
+        name="mixed-ee",
+        expect=Expect.DELIVER,
+        tlsa=Tlsa.MIXED_EE,
+        tests="A matching DANE-EE (3 1 1) record beside a DANE-TA (2 1 1) record that matches nothing.",
+        proves_pass="Your server authenticates with any one matching TLSA record, as it must.",
+        proves_fail="Your server requires every TLSA record to match: mail to domains in the middle of a key or "
+        "CA change (old and new records side by side) is delayed.",
+        rfc="RFC 7672 §3.1, RFC 7671 §8.1",
+        classic=False,
+    ),
+    Probe(
+        name="mixed-ta",
+        expect=Expect.DELIVER,
+        tlsa=Tlsa.MIXED_TA,
+        tests="A matching DANE-TA (2 1 1) record beside a DANE-EE (3 1 1) record that matches nothing.",
+        proves_pass="Your server falls back to the DANE-TA record when the DANE-EE one does not match.",
+        proves_fail="Your server gives up when a DANE-EE record does not match, although a DANE-TA record does: "
+        "mail to domains in the middle of a certificate change is delayed.",
+        rfc="RFC 7672 §3.1, RFC 7671 §8.1",
+        classic=False,
+    ),
+    Probe(
+        name="ta-full",
+        expect=Expect.DELIVER,
+        tlsa=Tlsa.TA_FULL,
+        chain=Chain.LEAF_ONLY,
+        tests="Only a DANE-TA 2 1 0 record (our CA's full public key); the server sends its certificate "
+        "without the CA.",
+        proves_pass="Your server uses the public key in the record as the trust anchor, as it must when the "
+        "server omits the CA.",
+        proves_fail="Your server needs the CA certificate in the chain even with a full trust-anchor key in DNS: "
+        "mail to domains that publish 2 1 0 records and omit their CA is delayed.",
+        rfc="RFC 7671 §5.2.2, RFC 7672 §3.1.2",
         classic=False,
     ),
     Probe(

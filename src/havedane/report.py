@@ -214,7 +214,7 @@ def to_json(config: Config, report: Report) -> dict[str, Any]:
                 "host": r.probe.host(config.domain, report.test.alias),
                 "address": r.probe.address(report.test.alias, config.domain),
                 "expect": r.probe.expect.value,
-                "expected": wording.expected(r.probe.expect, r.probe.tls_required),
+                "expected": wording.expected(r.probe.expect, r.probe.tls_required, r.probe.starttls),
                 "tlsa": r.probe.tlsa.value,
                 "tests": r.probe.tests,
                 "rfc": r.probe.rfc,

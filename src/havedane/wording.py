@@ -286,12 +286,13 @@ def conformance(v: Verdict) -> Conformance:
     return Conformance(head, tally, tone, " ".join(parts))
 
 
-def expected(expect: Expect, tls_required: bool) -> str:
+def expected(expect: Expect, tls_required: bool, starttls: bool = True) -> str:
     """What a DANE-validating sender must do with a probe, as a sentence ending."""
     if expect is Expect.DELIVER:
         return "deliver the message over TLS" if tls_required else "deliver the message"
-    if expect is Expect.REFUSE:
-        return "connect, check our certificate against the TLSA records, and refuse to send"
+    if expect is Expect.REFUSE:  # where no STARTTLS is offered there is no certificate to check (RFC 7672 §2.2)
+        check = "check our certificate against the TLSA records" if starttls else "find no STARTTLS"
+        return f"connect, {check}, and refuse to send"
     return "not connect at all"
 
 

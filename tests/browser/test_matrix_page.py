@@ -18,13 +18,14 @@ pytestmark = pytest.mark.browser
 
 NOTLS = "127.0.0.28"
 UNUSABLE_NOTLS = "127.0.0.29"
+TA_NOTLS = "127.0.0.27"
 MATRIX_ENV = {
     **SERVER_ENV,
     "HAVEDANE_PROBES_MATRIX": "true",
-    "HAVEDANE_PROBES_ADDRESSES": f"notls={NOTLS},unusable-notls={UNUSABLE_NOTLS}",
+    "HAVEDANE_PROBES_ADDRESSES": f"notls={NOTLS},unusable-notls={UNUSABLE_NOTLS},ta-notls={TA_NOTLS}",
     "HAVEDANE_VERDICT_GRACE": "120",  # nothing turns into "not delivered" while a test looks at the rows
 }
-PROBES = 14  # the classic three and the eleven of the matrix
+PROBES = 18  # the classic three and the fifteen of the matrix
 
 # Every element of the result must be styled by the stylesheet alone (the CSP has no 'unsafe-inline').
 INLINE = """() => [...document.querySelectorAll("[style], style, script:not([src])")].map(e => e.outerHTML)"""
@@ -61,6 +62,13 @@ def test_rows_are_graded_live_without_a_reload(page: Page, matrix_server: Server
     expect(page.locator("#matrix-advice")).to_have_count(0)  # nothing failed yet
     expect(page.locator("#row-bogus .expected")).to_have_text("never connect")
     expect(page.locator("#row-ee .expected")).to_have_text("deliver over TLS")
+    # Issue 15's rows: what each tests, and what a DANE sender must do there.
+    for probe, want in (("ta-notls", "refuse"), ("mixed-ee", "deliver over TLS"), ("mixed-ta", "deliver over TLS"),
+                        ("ta-full", "deliver over TLS")):  # fmt: skip
+        expect(page.locator(f"#row-{probe} .expected")).to_have_text(want)
+    expect(page.locator("#row-ta-full .tests")).to_contain_text("2 1 0")
+    expect(page.locator("#row-ta-full .tests")).to_contain_text("without the CA")
+    expect(page.locator("#row-mixed-ee .tests")).to_contain_text("matches nothing")
 
     # A sender that accepts the rogue chain (it sent SNI, so it was shown that chain): fail.
     deliver(srv.smtp_port, addresses["ta-rogue"])
@@ -75,6 +83,15 @@ def test_rows_are_graded_live_without_a_reload(page: Page, matrix_server: Server
     assert rogue.locator(".grade").get_attribute("aria-describedby") == "why-ta-rogue"
     expect(page.locator("#announce")).to_contain_text(f"ta-rogue.{DOMAIN}: Fail.")
     expect(page.locator("#matrix-advice")).to_contain_text("report it to the mail server's developers")
+
+    # A sender that refuses a mixed set whose DANE-EE record does not match, though its
+    # DANE-TA record does: fail, with what that costs, and the advice stays.
+    refuse(srv.smtp_port, addresses["mixed-ta"].rpartition("@")[2])
+    mixed = page.locator("#row-mixed-ta")
+    expect(mixed).to_have_attribute("data-grade", "fail")
+    expect(page.locator("#why-mixed-ta")).to_contain_text("gives up when a DANE-EE record does not match")
+    expect(page.locator("#why-mixed-ta")).to_contain_text("RFC 7672 §3.1")
+    expect(page.locator("#announce")).to_contain_text(f"mixed-ta.{DOMAIN}: Fail.")
 
     # No STARTTLS offered on notls's own address: EHLO, then QUIT is what a DANE sender does.
     leave_without_tls(NOTLS, srv.smtp_port)
@@ -105,9 +122,9 @@ def test_rows_are_graded_live_without_a_reload(page: Page, matrix_server: Server
     expect(page.locator("#probe-wrong")).to_have_attribute("data-status", "refused")
     expect(page.locator("#row-wrong")).to_have_attribute("data-grade", "pass")
     expect(page.locator("#row-wrong .seen")).to_contain_text("refused after TLS")
-    expect(headline).to_contain_text("Conforms on 4 of the 6 probes decided so far")
-    expect(headline).to_contain_text("1 fail, 1 inconclusive, 8 still waiting")
-    expect(page.locator("#conformance-jump")).to_contain_text("Conforms on 4 of the 6 probes decided so far")
+    expect(headline).to_contain_text("Conforms on 4 of the 7 probes decided so far")
+    expect(headline).to_contain_text("2 fail, 1 inconclusive, 11 still waiting")
+    expect(page.locator("#conformance-jump")).to_contain_text("Conforms on 4 of the 7 probes decided so far")
     assert page.locator("article.probe").count() == 3  # the matrix is rows, not cards
     assert grade(page, "ee") == "pending" and grade(page, "bogus") == "pending"
     assert page.evaluate(INLINE) == []
@@ -140,6 +157,7 @@ def test_the_table_is_complete_without_javascript(
     a = test["addresses"]
     deliver(srv.smtp_port, a["ta-rogue"])
     deliver(srv.smtp_port, a["unusable-notls"], tls=False)  # a plain sender on a listener without STARTTLS
+    deliver(srv.smtp_port, a["ta-notls"], tls=False)
     deliver(srv.smtp_port, a["ta"])
     leave_without_tls(NOTLS, srv.smtp_port)
     context, page = new_page(browser, watch, java_script_enabled=False, viewport={"width": 1000, "height": 900})
@@ -147,16 +165,19 @@ def test_the_table_is_complete_without_javascript(
         page.goto(test["url"])
         expect(page.locator("#live-status")).to_contain_text("Without JavaScript")
         expect(page.locator("tr.row")).to_have_count(PROBES)
-        expected = {"ta-rogue": "fail", "unusable-notls": "fail", "ta": "pass", "notls": "pass", "ee": "pending"}
+        expected = {"ta-rogue": "fail", "unusable-notls": "fail", "ta-notls": "fail", "ta": "pass", "notls": "pass",
+                    "ee": "pending"}  # fmt: skip
         for probe, want in expected.items():
             expect(page.locator(f"#row-{probe}")).to_have_attribute("data-grade", want)
         expect(page.locator("#row-ta .seen")).to_contain_text("delivered over TLSv1.")
         expect(page.locator("#row-unusable-notls .seen")).to_contain_text("delivered without TLS")
         expect(page.locator("#why-unusable-notls")).to_contain_text("Delivered without TLS, where TLS is mandatory.")
         expect(page.locator("#why-unusable-notls")).to_contain_text("anyone on the path can read that mail")
+        expect(page.locator("#why-ta-notls")).to_contain_text("Delivered without TLS, where TLS is mandatory.")
+        expect(page.locator("#why-ta-notls")).to_contain_text("RFC 7672 §2.2")
         expect(page.locator("#why-ta-rogue")).to_contain_text("does not lead to your trust anchor")
-        expect(page.locator("#conformance-headline")).to_contain_text("Conforms on 2 of the 4 probes decided so far")
-        expect(page.locator("#conformance-headline")).to_contain_text("2 fail, 10 still waiting")
+        expect(page.locator("#conformance-headline")).to_contain_text("Conforms on 2 of the 5 probes decided so far")
+        expect(page.locator("#conformance-headline")).to_contain_text("3 fail, 13 still waiting")
         expect(page.locator("#row-ta .seen time")).to_have_text(re.compile(r"^\d\d:\d\d:\d\d UTC$"))  # served as is
         assert page.evaluate(INLINE) == []
         assert page.evaluate("document.documentElement.scrollWidth") <= 1000

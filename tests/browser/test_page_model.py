@@ -182,7 +182,7 @@ def test_text_colours_meet_wcag_aa(scheme: str) -> None:
 
 MATRIX_CONFIG = configmod.load(None, env={
     "HAVEDANE_DOMAIN": DOMAIN, "HAVEDANE_PROBES_MATRIX": "true",
-    "HAVEDANE_PROBES_ADDRESSES": "notls=192.0.2.8,unusable-notls=192.0.2.9"})  # fmt: skip
+    "HAVEDANE_PROBES_ADDRESSES": "notls=192.0.2.8,unusable-notls=192.0.2.9,ta-notls=192.0.2.10"})  # fmt: skip
 MATRIX_ENV = page.environment(MATRIX_CONFIG)
 
 
@@ -213,7 +213,7 @@ def test_the_matrix_is_a_table_below_the_classic_cards() -> None:
     assert all(f'id="probe-{name}"' in top for name in view.classic(r))
     assert 'id="probe-ee"' not in html  # no cards for the matrix: rows
     assert all(f'id="row-{name}"' in table for name in r["probes"])
-    assert "Conforms on 3 of the 4 probes decided so far" in text(table) and "(1 fail, 10 still waiting)" in text(table)
+    assert "Conforms on 3 of the 4 probes decided so far" in text(table) and "(1 fail, 14 still waiting)" in text(table)
     assert "Conforms on 3 of the 4 probes decided so far" in text(top)  # and a pointer to it under the verdict
     assert 'style="' not in html and "<script" not in html  # nothing the CSP would block
     assert 'id="why-ta-rogue"' in table and 'id="why-ee"' not in table
@@ -287,13 +287,13 @@ def test_rows_after_the_grace_period_and_without_sni() -> None:
     assert (bogus.grade, bogus.seen.text) == ("pass", "never connected")
     c = conformance.conformance(r)
     passed = sum(p["grade"]["grade"] == "pass" for p in r["probes"].values())
-    assert c.headline == f"Conforms on {passed} of 14 probes" and r["conformance"].startswith(c.headline + ".")
+    assert c.headline == f"Conforms on {passed} of 18 probes" and r["conformance"].startswith(c.headline + ".")
     assert c.tone == "bad" and "1 inconclusive" in c.tally and "still waiting" not in c.tally
 
 
 def test_conformance_headline_tone() -> None:
     assert conformance.conformance(matrix_state([], [])).tone == "wait"
-    assert conformance.conformance(matrix_state([], [])).tally == "14 still waiting"
+    assert conformance.conformance(matrix_state([], [])).tally == "18 still waiting"
 
 
 def test_every_session_outcome_has_words() -> None:

@@ -69,6 +69,20 @@ def test_check_passes_on_the_lab(lab: world.World) -> None:
     assert re.search(rf"^ok    MX {host}do\.{re.escape(lab.zone)}: none: mail goes to the host's address", out, re.M)
     assert re.search(rf"^ok    MX {host}mx\.{re.escape(lab.zone)}: 10 mxhost\.", out, re.M), out
     assert re.search(rf"^ok    name {host}ta\.{re.escape(lab.zone)}: the certificate names it$", out, re.M), out
+    # The shapes of issue 15's probes: ta-full's 2 1 0 with the leaf sent alone, one usage
+    # matching in each mixed set, and ta-notls's DANE-TA record at a listener without STARTTLS.
+    zone = re.escape(lab.zone)
+    for line in (
+        rf"ok    TLSA shape {host}ta-full\.{zone}: 2 1 0",
+        rf"ok    chain {host}ta-full\.{zone}: the leaf alone, no CA \(as intended\)",
+        rf"ok    TLSA matches {host}ta-full\.{zone}: served chain matches",
+        rf"ok    TLSA shape {host}mixed-ee\.{zone}: 3 1 1, 2 1 1",
+        rf"ok    TLSA mixed {host}mixed-ee\.{zone}: only the usage 3 records match \(as intended\)",
+        rf"ok    TLSA mixed {host}mixed-ta\.{zone}: only the usage 2 records match \(as intended\)",
+        rf"ok    TLSA shape {host}ta-notls\.{zone}: 2 1 1",
+        rf"ok    SMTP {host}ta-notls\.{zone} \[127\.0\.0\.27\]:25: no STARTTLS \(as intended\)",
+    ):
+        assert re.search(f"^{line}$", out, re.M), (line, out)
 
 
 @contextlib.contextmanager

@@ -36,6 +36,10 @@ DANE_POSTFIX: dict[str, tuple[str, tuple[str, ...]]] = {
     "ta-rogue": ("4.7.5", ("no matching DANE TLSA records", "Server certificate not verified")),
     "unusable": ("2.0.0", ("unsupported TLSA certificate usage", "Untrusted TLS connection established")),
     "unusable-notls": ("4.7.4", ("TLS is required, but was not offered",)),
+    "ta-notls": ("4.7.4", ("TLS is required, but was not offered",)),
+    "mixed-ee": ("2.0.0", ("Verified TLS connection established",)),
+    "mixed-ta": ("2.0.0", ("Verified TLS connection established",)),
+    "ta-full": ("2.0.0", ("Verified TLS connection established",)),
     "bogus": ("4.7.5", ("TLSA lookup error",)),
     "unsigned": ("2.0.0", ("Untrusted TLS connection established",)),
     "notls": ("4.7.4", ("TLS is required, but was not offered",)),
@@ -209,12 +213,13 @@ def test_plain_postfix_fails_every_must_not_deliver_probe(lab: world.World) -> N
         for p in ALL
     }
     assert grades == expected
-    assert {n for n, g in grades.items() if g == "fail"} == {"wrong", "unusable-notls", "bogus", "notls"}
-    assert {n for n, g in grades.items() if g == "inconclusive"} == {"ee", "ta-badname", "ta-expired", "ta-rogue"}
-    for name in ("notls", "unusable-notls"):
+    assert {n for n, g in grades.items() if g == "fail"} == {"wrong", "unusable-notls", "ta-notls", "bogus", "notls"}
+    inconclusive = {"ee", "ta-badname", "ta-expired", "ta-rogue", "ta-full"}
+    assert {n for n, g in grades.items() if g == "inconclusive"} == inconclusive
+    for name in ("notls", "unusable-notls", "ta-notls"):
         assert probes_seen[name]["grade"]["reason"] == "delivered without TLS, where TLS is mandatory"
     assert state["verdict"]["code"] == "does-not-validate", state["verdict"]
-    assert state["conformance"].startswith("Conforms on 6 of 14 probes."), state["conformance"]
+    assert state["conformance"].startswith("Conforms on 8 of 18 probes."), state["conformance"]
 
 
 def test_bogus_and_unsigned_as_the_resolver_sees_them(lab: world.World) -> None:
@@ -258,6 +263,24 @@ def test_posttls_finger_matches_ee_at_depth_0_and_ta_at_depth_1(lab: world.World
     ta = lab.dane.finger(ta_host)
     assert "Matched DANE TA certificate at depth 1: 2 1 1 " in ta, ta
     assert f"Verified TLS connection established to {ta_host}[" in ta, ta
+
+
+def test_posttls_finger_matches_one_record_of_a_mixed_set_and_the_full_ta_key(lab: world.World) -> None:
+    # mixed-ee: the 3 1 1 matches the leaf, the 2 1 1 matches nothing; mixed-ta: the other
+    # way round. Either set authenticates (any one usable record may match, RFC 7672 §3.1).
+    mixed_ee, mixed_ta = world.fresh_host("mixed-ee"), world.fresh_host("mixed-ta")
+    ee = lab.dane.finger(mixed_ee)
+    assert "Matched DANE EE certificate at depth 0: 3 1 1 " in ee, ee
+    assert f"Verified TLS connection established to {mixed_ee}[" in ee, ee
+    ta = lab.dane.finger(mixed_ta)
+    assert "Matched DANE TA certificate at depth 1: 2 1 1 " in ta, ta
+    assert f"Verified TLS connection established to {mixed_ta}[" in ta, ta
+    # ta-full: only 2 1 0, our CA's whole public key; the server sends the leaf alone, and
+    # the key in DNS is the trust anchor that signed it (RFC 7671 §5.2.2).
+    full = world.fresh_host("ta-full")
+    out = lab.dane.finger(full)
+    assert f"Verified TLS connection established to {full}[" in out, out
+    assert "depth=1" not in out and "certificate at depth 1" not in out, out  # nothing above the leaf was sent
 
 
 def test_two_tests_from_one_sender_at_once_each_get_only_their_own_refusals(lab: world.World) -> None:

@@ -9,7 +9,7 @@
                 of the zone under the same trust anchor (alternate_dns)
     127.0.0.25  `havedane serve`: the receiver on port 25 (web app on 127.0.0.1:8080),
                 every probe that offers STARTTLS (the conformance matrix is on)
-    127.0.0.28/29  its listeners without STARTTLS, for notls and unusable-notls
+    127.0.0.27-29  its listeners without STARTTLS, for ta-notls, notls and unusable-notls
     127.0.0.30  Postfix that validates DANE (dnssec + dane)
     127.0.0.31  Postfix that does not (enabled + may)
 
@@ -43,7 +43,11 @@ RECEIVER = "127.0.0.25"
 # The zone's name server ns.<zone> has the receiver's address (`--address`, as on a
 # one-host deployment): Knot serves the zone and its child zones there, on port 53.
 AUTHORITATIVE = RECEIVER
-PROBE_ADDRESSES = {"notls": "127.0.0.28", "unusable-notls": "127.0.0.29"}  # [probes] addresses
+PROBE_ADDRESSES = {
+    "notls": "127.0.0.28",
+    "unusable-notls": "127.0.0.29",
+    "ta-notls": "127.0.0.27",
+}  # [probes] addresses
 DANE_SENDER = "127.0.0.30"
 PLAIN_SENDER = "127.0.0.31"
 WEB = ("127.0.0.1", 8080)
