@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import secrets
 import sqlite3
 import tempfile
 import time
 from pathlib import Path
 
-from havedane.store.base import Delivery, Outcome, Session, Test, Tls
+from havedane.model import Delivery, Outcome, Session, Test, Tls
 from havedane.store.sqlite import SQLiteStore
 
 
@@ -56,9 +57,12 @@ async def havedane(path: Path, messages: int, clients: int) -> float:
                     for r in rcpts
                 ]  # fmt: skip
             )
-            s.helo, s.tls, s.mail_from, s.rcpts, s.alias, s.probe = "bench.example", tls, "a@b", rcpts, "bench", "do"
-            s.outcome, s.ended = Outcome.DELIVERED, time.time()
-            await store.save_session(s)
+            # The frozen Session the receiver emits when the connection ends.
+            done = dataclasses.replace(
+                s, helo="bench.example", tls=tls, mail_from="a@b", rcpts=tuple(rcpts), alias="bench", probe="do",
+                outcome=Outcome.DELIVERED, ended=time.time(),
+            )  # fmt: skip
+            await store.save_session(done)
 
     t0 = time.process_time()
     await asyncio.gather(*(client() for _ in range(clients)))

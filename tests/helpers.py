@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from havedane import cli
+from havedane import setupdir
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -30,7 +30,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def make_setup(directory: Path, domain: str = "x.test") -> Path:
     """`havedane init` into `directory`; returns the config path."""
-    return cli.init(domain, directory, force=False)
+    return setupdir.init(domain, directory, force=False)
 
 
 @dataclass

@@ -17,7 +17,8 @@ from dnstap_pb import dnstap_pb2
 
 from havedane import cli, probes
 from havedane.dns.queries import DnsQuery, alias_of, probe_hosts
-from havedane.dnstap import CONTENT_TYPE, Pairer, Reader, decode
+from havedane.dnstap import CONTENT_TYPE, Reader
+from havedane.dnstap_decode import Pairer, decode
 from helpers import make_setup
 
 DOMAIN = "x.test"

@@ -115,7 +115,8 @@ def test_conformance_names_each_failure_with_its_consequence() -> None:
 
 
 def test_validating_sender_passes_everything() -> None:
-    """What LAB-NOTES.md records a DANE-validating Postfix 3.7 doing, probe by probe."""
+    """What a DANE-validating Postfix 3.7 does, probe by probe (tests/lab/test_matrix_lab.py
+    checks it against a real one)."""
     deliveries, sessions = [], []
     for p in ALL:
         if p.expect is Expect.DELIVER:

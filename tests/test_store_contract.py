@@ -21,7 +21,18 @@ from havedane import check, report, wording
 from havedane import config as configmod
 from havedane.dns.queries import DnsQuery
 from havedane.model import Delivery, Outcome, Session, Test, Tls
-from havedane.store import SchemaTooNew, Store, StoreError, TooManyTests, open_store, postgres, sqlite, upgrade
+from havedane.store import (
+    SchemaTooNew,
+    Store,
+    StoreError,
+    TooManyTests,
+    open_store,
+    postgres,
+    postgres_schema,
+    sqlite,
+    sqlite_schema,
+    upgrade,
+)
 from havedane.store.base import CHECK_HELO, client_key
 from pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
@@ -666,9 +677,10 @@ async def test_prune_dns_removes_queries_of_gone_tests_and_old_or_surplus_zone_l
 async def test_upgrade_from_version_2_keeps_the_rows_and_adds_dns_queries(
     url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    kind = sqlite if url.startswith("sqlite:") else postgres
-    fresh = f"sqlite:///{tmp_path / 'v2.sqlite3'}" if kind is sqlite else url
-    if kind is postgres:
+    # The schema module of the backend: the one that reads SCHEMA_VERSION.
+    kind = sqlite_schema if url.startswith("sqlite:") else postgres_schema
+    fresh = f"sqlite:///{tmp_path / 'v2.sqlite3'}" if kind is sqlite_schema else url
+    if kind is postgres_schema:
         with psycopg.connect(url, autocommit=True) as conn:  # back to an empty database
             conn.execute("DROP TABLE IF EXISTS dns_queries, deliveries, sessions, tests, schema_version")
     monkeypatch.setattr(kind, "SCHEMA_VERSION", 2)

@@ -26,7 +26,7 @@ from havedane.config import Listen
 from havedane.model import Delivery, Test
 from havedane.receiver import Receiver
 from havedane.store import Store, StoreError, StoreFull, open_store, upgrade
-from havedane.store.postgres import _failure
+from havedane.store.postgres_schema import failure
 from havedane.store.sqlite import SQLiteStore
 from havedane.web.app import create_app
 from helpers import free_port, make_setup
@@ -83,8 +83,8 @@ async def test_writes_fail_fast_once_the_sqlite_writer_thread_died(tmp_path: Pat
     try:
         await store.create_test(Test("alive", T0))
         # A queue item the writer cannot unpack: the thread dies on it, for real.
-        store._jobs.put("not a job")  # type: ignore[arg-type]
         assert store._writer is not None
+        store._writer.jobs.put("not a job")  # type: ignore[arg-type]
         await asyncio.to_thread(store._writer.join, 5)
         assert not store._writer.is_alive()
         error, took = await timed_write(store, "alive")
@@ -155,7 +155,7 @@ async def test_a_full_disk_is_reported_as_a_full_disk(tmp_path: Path, caplog: py
 
 
 def test_postgres_disk_full_is_store_full() -> None:
-    error = _failure("postgresql://db.example/havedane", psycopg.errors.DiskFull("could not extend file"))
+    error = failure("postgresql://db.example/havedane", psycopg.errors.DiskFull("could not extend file"))
     assert isinstance(error, StoreFull)
 
 
@@ -166,8 +166,8 @@ async def test_the_web_says_503_and_logs_when_the_writer_is_gone(
     store = SQLiteStore(tmp_path / "gone.sqlite3", write_timeout=5.0)
     await store.open()
     try:
-        store._jobs.put("not a job")  # type: ignore[arg-type]
         assert store._writer is not None
+        store._writer.jobs.put("not a job")  # type: ignore[arg-type]
         await asyncio.to_thread(store._writer.join, 5)
         app = create_app(config, store)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as web:
@@ -190,8 +190,8 @@ async def test_the_receiver_says_451_and_logs_when_the_writer_is_gone(
     await receiver.start((Listen("127.0.0.1", port),))
     try:
         await store.create_test(Test("victim", time.time()))
-        store._jobs.put("not a job")  # type: ignore[arg-type]
         assert store._writer is not None
+        store._writer.jobs.put("not a job")  # type: ignore[arg-type]
         await asyncio.to_thread(store._writer.join, 5)
 
         def send() -> tuple[int, float]:

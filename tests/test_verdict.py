@@ -49,7 +49,7 @@ def judge(events: dict[str, str], now: float) -> tuple[Code, dict[str, Status], 
 
 
 def expected(do: str, dont: str, wrong: str, grace_over: bool) -> Code:
-    """DESIGN.md's rules, in order of precedence."""
+    """The README's rules ("How the verdict is reached"), in order of precedence."""
     anything_delivered = OVER_TLS in (do, dont, wrong) or PLAINTEXT in (do, dont, wrong)
     if do == PLAINTEXT:
         return Code.NO_TLS

@@ -9,7 +9,7 @@ import re
 import typing
 from pathlib import Path
 
-from havedane import config as configmod
+from havedane import config_keys
 
 
 class Parser(argparse.ArgumentParser):
@@ -21,7 +21,7 @@ class Parser(argparse.ArgumentParser):
 
 def domain_arg(value: str) -> str:
     try:
-        return configmod._domain(value)
+        return config_keys.domain_name(value)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -58,3 +58,11 @@ def output_file(value: str) -> str:
     if not path.parent.is_dir():
         raise argparse.ArgumentTypeError(f"{path.parent} does not exist (create it first)")
     return value
+
+
+def listen(value: str) -> config_keys.Listen:
+    """ADDRESS:PORT, as in [smtp] listen and [web] listen."""
+    try:
+        return config_keys.parse_listen(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None

@@ -233,11 +233,6 @@ def load_probe_chain(tls_dir: Path, name: str) -> list[Chain]:
     return chains
 
 
-def load_probe_chains(tls_dir: Path) -> dict[str, Chain]:
-    """The conformance probes' (ECDSA) chains, by name; raises FileNotFoundError when missing."""
-    return {c.value: load_chain(tls_dir, c.value) for c in probes.Chain}
-
-
 def leaves_for(probe: probes.Probe, tls_dir: Path) -> list[x509.Certificate]:
     """The leaf certificates a sender that names `probe` in SNI is served."""
     if probe.chain is not None:

@@ -24,10 +24,7 @@ from havedane.model import Delivery, Tls
 from havedane.store import Store, StoreError
 
 EX_OK = 0
-EX_USAGE = 64
-EX_DATAERR = 65
 EX_NOUSER = 67
-EX_SOFTWARE = 70
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
@@ -98,14 +95,6 @@ def first_headers(head: bytes, names: tuple[str, ...]) -> dict[str, str]:
             out[key] = value.strip()
             current = key
     return out
-
-
-async def record(store: Store, delivery: Delivery) -> None:
-    await store.open()
-    try:
-        await store.add_deliveries([delivery])
-    finally:
-        await store.close()
 
 
 def deliver(

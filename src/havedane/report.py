@@ -14,6 +14,8 @@ from typing import Any
 
 from havedane import wording
 from havedane.config import Config
+from havedane.dns.evidence import DnsEvidence, ResolverFacts, relevant, tlsa_probe
+from havedane.dns.queries import DnsQuery, probe_names
 from havedane.model import Delivery, Session, Test, Tie, Tls
 from havedane.store import Store
 from havedane.verdict import Verdict, evaluate
@@ -28,6 +30,12 @@ from havedane.verdict import Verdict, evaluate
 MARGIN = 60.0
 DELIVERIES_SHOWN = 50  # per probe, the newest (and the first of each kind: store.base.KINDS_SHOWN)
 SESSIONS_SHOWN = 100  # per test, the newest (and the oldest without MAIL: store.base.SESSIONS_WITHOUT_MAIL)
+# Zone-level DNS queries per test: read at most the oldest ZONE_QUERIES_READ from the test's
+# resolvers in its window (a shared resolver asks for other names too), of those show the
+# evidence (DNSKEY, DS, a fixed host's TLSA), at most ZONE_QUERIES_SHOWN. The test's own
+# queries are bounded when stored ([dns] max_queries_per_test).
+ZONE_QUERIES_READ = 1000
+ZONE_QUERIES_SHOWN = 50
 
 
 @dataclass(frozen=True)
@@ -64,10 +72,24 @@ async def load(store: Store, config: Config, alias: str, now: float) -> Report |
     sessions = await store.sessions_for(alias, client_ips, since, until, SESSIONS_SHOWN)
     sessions_total = await store.session_total(alias, client_ips, since, until)
     competing = await competitors(store, alias, [s for s in sessions if s.alias is None], config.grace)
+    dns = await dns_evidence(store, config, test, None if first is None else first + config.grace)
     verdict = await asyncio.to_thread(
-        evaluate, config.probes, test, sessions, deliveries, now, config.grace, config.domain, competing
+        evaluate, config.probes, test, sessions, deliveries, now, config.grace, config.domain, competing, dns
     )
     return Report(test, verdict, now, competing, totals, sessions_total, len(sessions))
+
+
+async def dns_evidence(store: Store, config: Config, test: Test, until: float | None) -> DnsEvidence:
+    """The test's DNS queries, and the zone-level ones from the resolvers that asked them,
+    from its creation to the end of its grace period (dns.queries: tied by address and time)."""
+    own = await store.dns_queries_for(test.alias, [], test.created, until)
+    asked = sorted({q.resolver for q in own})
+    if asked:
+        read = await store.dns_queries_for(test.alias, asked, test.created, until, ZONE_QUERIES_READ)
+        zone = [q for q in relevant(read, probe_names(config.domain, config.probes)) if q.zone_level]
+        own = sorted([*own, *zone[:ZONE_QUERIES_SHOWN]], key=lambda q: (q.time, q.id or 0))
+    # Stored queries show a feed on some host even where this one's config names no socket.
+    return DnsEvidence(config.dnstap_socket is not None or bool(own), tuple(own))
 
 
 def window(created: float, first: float, grace: float) -> tuple[float, float]:
@@ -137,6 +159,48 @@ def session_json(s: Session, competing: dict[str, int], refusal: bool) -> dict[s
     }
 
 
+def dns_query_json(q: DnsQuery, named: dict[str, str]) -> dict[str, Any]:
+    return {
+        "time": iso(q.time),
+        "resolver": q.resolver,
+        "transport": q.transport,
+        "qname": q.qname,
+        "qtype": q.qtype,
+        "dnssec_ok": q.dnssec_ok,
+        "rcode": q.rcode,
+        "server": q.server,
+        "zone_level": q.zone_level,  # tied to the test by resolver address and time, not by name
+        "tlsa_probe": tlsa_probe(q, named),
+    }
+
+
+def resolver_json(r: ResolverFacts) -> dict[str, Any]:
+    return {
+        "address": r.address,
+        "tlsa": list(r.tlsa),
+        "dnskey": r.dnskey,
+        "dnssec_ok": r.dnssec_ok,
+        "queries": r.queries,
+        "first": iso(r.first),
+        "is_client": r.is_client,
+    }
+
+
+def dns_json(config: Config, v: Verdict) -> dict[str, Any]:
+    named = probe_names(config.domain, config.probes)
+    said = wording.diagnosis(v)
+    return {
+        "available": v.dns.available,
+        "finding": v.dns.finding.value,
+        "lead": said.lead,
+        "details": list(said.details),
+        "about": list(v.dns.about),
+        "tlsa_fetched": list(v.dns.fetched),
+        "resolvers": [resolver_json(r) for r in v.dns.resolvers],
+        "queries": [dns_query_json(q, named) for q in v.dns.queries],
+    }
+
+
 def to_json(config: Config, report: Report) -> dict[str, Any]:
     v = report.verdict
     head, said, matrix = wording.headline(v), wording.summary(v), wording.conformance(v)
@@ -180,6 +244,7 @@ def to_json(config: Config, report: Report) -> dict[str, Any]:
             "first_delivery": iso(v.first_delivery),
             "grace_ends": iso(v.grace_ends),
         },
+        "dns": dns_json(config, v),
         "conformance": matrix.text,
         "conformance_detail": {
             "headline": matrix.headline,

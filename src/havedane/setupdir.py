@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from havedane import config as configmod
-from havedane import pki, store
+from havedane import config_keys, pki, store
 from havedane.config import Config, ConfigError
 from havedane.failure import Failure
 
@@ -19,7 +19,7 @@ def init(
 ) -> Path:
     """Write havedane.toml, the CA and certificates, and the database into `directory`."""
     try:
-        domain = configmod._domain(domain)
+        domain = config_keys.domain_name(domain)
     except ValueError as e:
         raise Failure(f"--domain: {e}", 2) from None
     path = directory / "havedane.toml"

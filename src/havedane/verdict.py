@@ -16,6 +16,9 @@ their names):
   must-deliver probe is still missing (or a must-refuse one failed on our side);
 - pending: otherwise.
 
+Beside it, what DNS shows (`diagnosis.DnsFacts`): which resolvers asked for the test's
+names, whose TLSA records they fetched, whether they fetched the zone's DNSKEY.
+
 No sentence is written here: `wording` turns these facts into words, once, for the
 API and the page.
 """
@@ -26,6 +29,8 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from havedane.diagnosis import DnsFacts, Finding, dns_facts
+from havedane.dns.evidence import DnsEvidence
 from havedane.model import Delivery, Outcome, Session, Test
 from havedane.probes import Expect, Probe, Tlsa
 
@@ -143,6 +148,7 @@ class Verdict:
     waiting: tuple[str, ...] = ()  # classic probes still awaited
     flaws: tuple[str, ...] = ()  # matrix probes whose failure exposes the mail
     alias: str = ""  # the test's: its hosts are <alias>.<probe>.<domain>
+    dns: DnsFacts = DnsFacts(Finding.NOT_AVAILABLE)
 
     def host(self, name: str) -> str:
         return self.probes[name].probe.host(self.domain, self.alias)
@@ -214,6 +220,7 @@ def evaluate(
     grace: float,
     domain: str,
     competing: Mapping[str, int] | None = None,
+    dns: DnsEvidence | None = None,
 ) -> Verdict:
     first = min((d.received_at for d in deliveries), default=None)
     grace_ends = None if first is None else first + grace
@@ -263,7 +270,23 @@ def evaluate(
         waiting=_names(missing + [r for r in must_refuse if r.status is Status.PENDING]),
         flaws=_names(flaws),
         alias=test.alias,
+        dns=_dns(code, _names(plaintext + leaked), probes, domain, dns, sessions, deliveries),
     )
+
+
+def _dns(
+    code: Code,
+    against: tuple[str, ...],
+    enabled: tuple[Probe, ...],
+    domain: str,
+    dns: DnsEvidence | None,
+    sessions: list[Session],
+    deliveries: list[Delivery],
+) -> DnsFacts:
+    """What DNS shows beside `code`; `against`: the classic probes delivered to against DANE."""
+    validated = code in (Code.VALIDATES, Code.VALIDATES_WITH_FLAWS)
+    clients = {s.client_ip for s in sessions} | {d.client_ip for d in deliveries}
+    return dns_facts(against, validated, enabled, domain, dns, clients)
 
 
 def saw_its_chain(result: ProbeResult, domain: str, alias: str) -> bool:

@@ -14,8 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from havedane.diagnosis import Finding
+from havedane.dns.evidence import ResolverFacts
 from havedane.model import Outcome, Session, Tie
-from havedane.probes import Expect
+from havedane.probes import Expect, Tlsa
 from havedane.verdict import Client, Code, Grade, Reason, Verdict
 
 # The one wording of the plaintext consequence: the summary, the card and the table say it.
@@ -291,3 +293,107 @@ def expected(expect: Expect, tls_required: bool) -> str:
     if expect is Expect.REFUSE:
         return "connect, check our certificate against the TLSA records, and refuse to send"
     return "not connect at all"
+
+
+# -- what DNS shows (diagnosis.Finding) ------------------------------------------------------
+
+NOT_AVAILABLE = (
+    "DNS evidence is not available on this deployment: it reads no query log from its name servers, so this "
+    "page cannot show which records your server's resolver looked up."
+)
+UNSEEN = (
+    "A resolver that answers from its cache, or asks a name server whose queries we do not read, leaves nothing here."
+)
+# How to tell a non-DANE MTA from a DANE MTA behind a non-validating resolver, on the sender's
+# side: the AD bit (RFC 4035 §3.2.3) in the resolver's answer, and Postfix's own two settings.
+TELL_APART = (
+    "To tell them apart on your server, ask the resolver it uses: dig +dnssec _25._tcp.{host} TLSA. "
+    'If the flags of the answer include "ad", the resolver validates, and DANE is off in your mail server '
+    "(Postfix needs smtp_dns_support_level = dnssec and smtp_tls_security_level = dane). "
+    'Without "ad", the resolver does not validate, and a DANE server then skips DANE '
+    '(Postfix logs "not DNSSEC validated").'
+)
+DO_BIT = "The queries had the DNSSEC OK bit set, which validating and non-validating resolvers both set."
+
+
+def resolver(r: ResolverFacts) -> str:
+    """A resolver by its address, and whether it is the mail server's own."""
+    return f"{r.address} (the address your server connected from)" if r.is_client else r.address
+
+
+def resolver_seen(v: Verdict, r: ResolverFacts) -> str:
+    """One sentence: what one resolver asked for during this test."""
+    said = f"The resolver at {resolver(r)} asked for this test's names"
+    said += f" and fetched the TLSA records of {hosts(v, r.tlsa)}" if r.tlsa else ", and no TLSA records"
+    if r.dnskey:
+        said += ". It also fetched our DNSKEY records during the test (tied to it by its address and the time)"
+    return said + "."
+
+
+def resolvers(rs: Sequence[ResolverFacts]) -> str:
+    return ("the resolvers " if len(rs) > 1 else "the resolver ") + join([resolver(r) for r in rs])
+
+
+def diagnosis(v: Verdict) -> Summary:
+    """What DNS shows, beside the verdict: what was seen, never more."""
+    d = v.dns
+    seen = tuple(resolver_seen(v, r) for r in d.resolvers)
+    match d.finding:
+        case Finding.NOT_AVAILABLE:
+            return Summary(NOT_AVAILABLE, ())
+        case Finding.NO_QUERIES:
+            yet = " yet" if v.code is Code.PENDING else ""
+            return Summary(f"No DNS query naming this test has reached our name servers{yet}.", (UNSEEN,))
+        case Finding.VALIDATES:
+            who = resolvers([r for r in d.resolvers if r.tlsa])
+            return Summary(f"Your server's resolver fetched the TLSA records of {hosts(v, d.fetched)} ({who}).", seen)
+        case Finding.VALIDATES_UNSEEN:
+            return Summary("No TLSA lookup for this test reached our name servers.", (*seen, UNSEEN))
+        case Finding.SEEN:
+            return Summary(f"So far, {resolvers(d.resolvers)} asked for this test's names.", seen)
+    return delivered_against(v, seen)
+
+
+def delivered_against(v: Verdict, seen: tuple[str, ...]) -> Summary:
+    """What DNS shows about a sender that delivered where DANE forbids it (`dns.about`)."""
+    d = v.dns
+    if d.finding is Finding.FETCHED_AND_DELIVERED:
+        hit = [n for n in d.fetched if n in d.about]
+        who = resolvers([r for r in d.resolvers if set(r.tlsa) & set(hit)])
+        return Summary(
+            f"Your server's resolver fetched the TLSA records of {hosts(v, hit)} ({who}), and your server "
+            "delivered there anyway: it looked the records up and did not act on them.",
+            seen,
+        )
+    if d.finding is Finding.FETCHED_ELSEWHERE:
+        return Summary(
+            f"Your server's resolver fetched the TLSA records of {hosts(v, d.fetched)}, but not those of "
+            f"{hosts(v, d.about)}, where your server delivered.",
+            seen,
+        )
+    if d.finding is Finding.RESOLVER_VALIDATES:
+        return Summary(
+            f"Your server's resolver validates DNSSEC ({resolvers(d.validating)} fetched our DNSKEY records), but "
+            "no TLSA records were looked up for this test: DANE is not enabled in your mail server.",
+            (*seen, "A DNSKEY fetch is what a validating resolver does; a non-validating one does not fetch it."),
+        )
+    return Summary(
+        f"No TLSA records were looked up for this test, and {resolvers(d.resolvers)} was not seen fetching our "
+        "DNSKEY records: either DANE is not enabled in your mail server, or its resolver does not validate "
+        "DNSSEC.",
+        (
+            "From our side these two look the same: a DANE server whose resolver does not validate skips DANE.",
+            *seen,
+            "A resolver that already has our keys in its cache does not fetch them again, so the missing DNSKEY "
+            "fetch alone does not show that it does not validate.",
+            *([DO_BIT] if any(r.dnssec_ok for r in d.resolvers) else []),
+            TELL_APART.format(host=dane_host(v)),
+        ),
+    )
+
+
+def dane_host(v: Verdict) -> str:
+    """The TLS host of a probe with matching TLSA records: the one to ask a resolver about."""
+    match = [r.probe for r in v.probes.values() if r.probe.tlsa is Tlsa.MATCH]
+    probe = match[0] if match else next(iter(v.probes.values())).probe
+    return probe.tls_host(v.domain)

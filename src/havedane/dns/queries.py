@@ -18,6 +18,12 @@ from havedane import probes
 
 # The alphabet of aliases (web.app.new_alias): a label of anything else is not a test.
 ALIAS_LABEL = re.compile(r"[a-z0-9]{1,64}")
+# Zone-level queries that are evidence about a resolver: a DNSKEY fetch shows it validates
+# (RFC 4035 §5: a validator needs the zone's keys), DS likewise for a child zone. Other
+# zone-level names (SOA, the probe hosts, query-name-minimisation steps) show nothing about
+# one test, and from a shared resolver they may be anyone's.
+ZONE_EVIDENCE = frozenset({"DNSKEY", "DS"})
+TLSA_PREFIX = "_25._tcp."  # RFC 7672 §3: TLSA records of an SMTP server on port 25
 
 
 @dataclass(frozen=True)
@@ -66,3 +72,22 @@ def tie(query: DnsQuery, hosts: tuple[str, ...]) -> DnsQuery:
     """The query with its alias set (None: zone-level)."""
     alias = alias_of(query.qname, hosts)
     return query if alias == query.alias else replace(query, alias=alias)
+
+
+def probe_of(qname: str, named: dict[str, str]) -> str | None:
+    """The probe whose TLSA records a query name asks for: `_25._tcp.<alias>.<host>` (the
+    per-test name) or `_25._tcp.<host>` (a fixed TLS host). `named`: host -> probe name,
+    from probe_names(). None: not a TLSA name of any probe."""
+    name = qname.lower().rstrip(".")
+    if not name.startswith(TLSA_PREFIX):
+        return None
+    rest = name[len(TLSA_PREFIX) :]
+    if rest in named:
+        return named[rest]
+    label, _, host = rest.partition(".")
+    return named.get(host) if ALIAS_LABEL.fullmatch(label) else None
+
+
+def probe_names(domain: str, enabled: Iterable[probes.Probe]) -> dict[str, str]:
+    """Host -> probe name, for every host a probe's TLSA records are looked up under."""
+    return {p.tls_host(domain).lower().rstrip("."): p.name for p in enabled}

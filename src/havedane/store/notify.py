@@ -11,7 +11,7 @@ database when receivers and web frontends run apart (`havedane serve --role`):
   page (SSE) of the process and the web app's response cache hear of changes. It runs
   from open() in every process, receivers too: an idle connection is cheaper than a
   second way of knowing which processes need it.
-- SQLite (one host): the writer thread polls `PRAGMA data_version` (store/sqlite.py).
+- SQLite (one host): the writer thread polls `PRAGMA data_version` (store/sqlite_writer.py).
 """
 
 from __future__ import annotations

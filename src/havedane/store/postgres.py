@@ -6,9 +6,8 @@ only when its transaction commits, so a listener never hears of a row it cannot
 read yet. Each call commits before it returns: the receiver's `250` follows the
 COMMIT (with the default synchronous_commit=on, after the WAL is flushed).
 
-The schema is versioned in `schema_version` and migrated by `havedane db upgrade`
-(`upgrade`), never implicitly: with several hosts the operator chooses when. A
-process checks the version at open and refuses a schema it does not know.
+The schema, its migrations (`havedane db upgrade`, never implicit) and the errors
+are in store/postgres_schema.py; `open` refuses a schema version it does not know.
 """
 
 from __future__ import annotations
@@ -20,12 +19,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
-import psycopg.conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from havedane.dns.queries import DnsQuery
 from havedane.model import Delivery, Sent, Session, Test
-from havedane.store import notify
+from havedane.store import notify, postgres_schema
 from havedane.store.base import (
     CHECK_HELO,
     CLIENT_PREFIX,
@@ -33,14 +31,13 @@ from havedane.store.base import (
     RECLAIM_BATCH,
     SESSIONS_WITHOUT_MAIL,
     UNUSED_TESTS,
-    SchemaTooNew,
     Store,
     StoreError,
-    StoreFull,
     TestCache,
     TooManyTests,
 )
 from havedane.store.dnsrows import DNS_COLUMNS, admitted, dns_from_row, dns_row
+from havedane.store.postgres_schema import DNS_LOCK, PRUNE_LOCK, SCHEMA_VERSION, TESTS_LOCK, failure, upgrade, where
 from havedane.store.rows import (
     DELIVERY_COLUMNS,
     SESSION_COLUMNS,
@@ -51,87 +48,7 @@ from havedane.store.rows import (
 )
 from havedane.wiretext import clean_optional as text
 
-SCHEMA_VERSION = 3
-
-MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: (
-        """CREATE TABLE tests (
-            alias text PRIMARY KEY,
-            created double precision NOT NULL,
-            client_ip text
-        )""",
-        "CREATE INDEX tests_created ON tests (created)",
-        "CREATE INDEX tests_client ON tests (client_ip, created)",
-        """CREATE TABLE sessions (
-            id text PRIMARY KEY,
-            started double precision NOT NULL,
-            ended double precision,
-            client_ip text NOT NULL,
-            client_port integer NOT NULL,
-            local_ip text NOT NULL,
-            local_port integer NOT NULL,
-            helo text,
-            starttls boolean NOT NULL,
-            tls_version text,
-            tls_cipher text,
-            sni text,
-            mail_from text,
-            rcpts text[] NOT NULL,
-            probe text,
-            alias text,
-            outcome text NOT NULL,
-            error text,
-            chain text
-        )""",
-        "CREATE INDEX sessions_alias ON sessions (alias)",
-        "CREATE INDEX sessions_client ON sessions (client_ip, started)",
-        "CREATE INDEX sessions_started ON sessions (started)",
-        """CREATE TABLE deliveries (
-            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            alias text NOT NULL,
-            probe text NOT NULL,
-            received_at double precision NOT NULL,
-            client_ip text NOT NULL,
-            helo text,
-            mail_from text NOT NULL,
-            rcpt text NOT NULL,
-            tls_version text,
-            tls_cipher text,
-            sni text,
-            session_id text,
-            size integer NOT NULL,
-            message_id text
-        )""",
-        "CREATE INDEX deliveries_alias ON deliveries (alias, id)",
-    ),
-    # The tests a session tied by client address may belong to (Store.tests_sent_from).
-    2: ("CREATE INDEX deliveries_client ON deliveries (client_ip, received_at)",),
-    # DNS queries from dnstap (havedane.dnstap): a test's by alias, zone-level ones
-    # (alias NULL) by resolver address and time.
-    3: (
-        """CREATE TABLE dns_queries (
-            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            at double precision NOT NULL,
-            resolver text NOT NULL,
-            transport text NOT NULL,
-            qname text NOT NULL,
-            qtype text NOT NULL,
-            dnssec_ok boolean NOT NULL,
-            rcode text,
-            server text,
-            alias text
-        )""",
-        "CREATE INDEX dns_queries_alias ON dns_queries (alias, id)",
-        "CREATE INDEX dns_queries_resolver ON dns_queries (resolver, at)",
-        "CREATE INDEX dns_queries_at ON dns_queries (at)",
-    ),
-}
-
-# Advisory lock keys (any constants; they only have to differ from each other).
-MIGRATION_LOCK = 0x68617665_64616E01
-TESTS_LOCK = 0x68617665_64616E02
-PRUNE_LOCK = 0x68617665_64616E03
-DNS_LOCK = 0x68617665_64616E04
+__all__ = ["SCHEMA_VERSION", "PostgresStore", "upgrade"]
 
 NOTIFY = f"SELECT pg_notify('{notify.CHANNEL}', %s)"
 # The receiver's writes are one statement each, the NOTIFY included: one round trip, and
@@ -151,58 +68,6 @@ def add_deliveries_sql(count: int) -> str:
         f"WITH added AS (INSERT INTO deliveries ({DELIVERY_COLUMNS}) VALUES {rows} RETURNING alias)"
         f" SELECT pg_notify('{notify.CHANNEL}', alias) FROM (SELECT DISTINCT alias FROM added) AS changed"
     )
-
-
-def where(url: str) -> str:
-    """host:port/dbname of a conninfo, for messages: never the password."""
-    try:
-        info = psycopg.conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        return "(unparsable url)"
-    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
-
-
-def _failure(url: str, e: psycopg.Error) -> StoreError:
-    if isinstance(e, psycopg.errors.DiskFull):  # SQLSTATE 53100: said as such, not as "busy"
-        return StoreFull(f"PostgreSQL {where(url)}: the disk is full: {notify.first_line(e)}")
-    return StoreError(f"PostgreSQL {where(url)}: {notify.first_line(e)}")
-
-
-def _schema_message(url: str, found: int) -> StoreError:
-    if found > SCHEMA_VERSION:
-        return SchemaTooNew(
-            f"PostgreSQL {where(url)} has schema version {found}, newer than this havedane knows "
-            f"({SCHEMA_VERSION}): upgrade havedane"
-        )
-    return StoreError(
-        f"PostgreSQL {where(url)} has schema version {found}, this havedane needs {SCHEMA_VERSION}: "
-        "run `havedane db upgrade`"
-    )
-
-
-def _version_sync(conn: psycopg.Connection[Any]) -> int:
-    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
-    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-    return int(row[0]) if row and row[0] is not None else 0
-
-
-def upgrade(url: str) -> tuple[int, int]:
-    """Apply pending migrations in one transaction; returns (from, to).
-    Refuses a schema newer than this code knows. Concurrent upgrades wait for each other."""
-    try:
-        with psycopg.connect(url, connect_timeout=10) as conn:  # one transaction, committed on leaving
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            current = _version_sync(conn)
-            if current > SCHEMA_VERSION:
-                raise _schema_message(url, current)
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[version]:
-                    conn.execute(statement)
-            conn.execute("DELETE FROM schema_version")
-            conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
-    except psycopg.Error as e:
-        raise _failure(url, e) from e
-    return current, SCHEMA_VERSION
 
 
 def _session_row(s: Session) -> tuple[Any, ...]:
@@ -241,11 +106,10 @@ class PostgresStore(Store):
         # One plain connection first: its error says why (the pool's would only say "timeout").
         try:
             async with await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=10) as conn:
-                found = await self._version(conn)
+                found = await postgres_schema.schema_version(conn)
         except psycopg.Error as e:
-            raise _failure(self.url, e) from e
-        if found != SCHEMA_VERSION:
-            raise _schema_message(self.url, found)
+            raise failure(self.url, e) from e
+        postgres_schema.check(self.url, found)
         pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             notify.with_keepalive(self.url),
             min_size=self._min_size,
@@ -260,7 +124,7 @@ class PostgresStore(Store):
             await pool.open(wait=True, timeout=10)
         except psycopg.Error as e:
             await pool.close()
-            raise _failure(self.url, e) from e
+            raise failure(self.url, e) from e
         self._pool = pool
         self.feed.start()
 
@@ -274,15 +138,6 @@ class PostgresStore(Store):
         # The server gives up on a statement (a lock wait included) after the bound too.
         await conn.execute(f"SET statement_timeout = {int(self.write_timeout * 1000)}")
 
-    @staticmethod
-    async def _version(conn: Conn) -> int:
-        try:
-            cur = await conn.execute("SELECT max(version) FROM schema_version")
-        except psycopg.errors.UndefinedTable:
-            return 0
-        row = await cur.fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
-
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Conn]:
         if self._pool is None:
@@ -292,7 +147,7 @@ class PostgresStore(Store):
             async with asyncio.timeout(self.write_timeout), self._pool.connection() as conn:
                 yield conn
         except psycopg.Error as e:
-            raise _failure(self.url, e) from e
+            raise failure(self.url, e) from e
         except TimeoutError:
             raise StoreError(
                 f"PostgreSQL {where(self.url)}: no answer within {self.write_timeout:g} s ([store] write_timeout)"

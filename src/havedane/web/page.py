@@ -23,6 +23,7 @@ import markupsafe
 
 from havedane import report
 from havedane.config import Config
+from havedane.web import dnsview
 
 HERE = Path(__file__).parent
 NOSCRIPT_REFRESH = 15  # seconds: a pending page without JavaScript reloads itself this often
@@ -195,7 +196,7 @@ def facts(item: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def timeline(r: dict[str, Any]) -> Timeline:
-    """Sessions and deliveries of every probe, in time order, starting with the test itself."""
+    """Sessions and deliveries of every probe, and the DNS queries, in time order, starting with the test itself."""
     created = timestamp(r["created"])
     rows: list[tuple[str, int, Event]] = []
 
@@ -237,6 +238,8 @@ def timeline(r: dict[str, Any]) -> Timeline:
                 tone, text = "ok", "Message accepted"
             details = [("MAIL FROM", d["mail_from"] or "<>"), ("to", d["rcpt"]), ("TLS", tls_text(d["tls"]))]
             add(d["received_at"], 2, p["host"], tone, text, details)
+    for q in dnsview.rows(r):
+        add(q.at, 1, q.host, "info", q.text, q.facts)
     rows.sort(key=lambda row: (row[0], row[1]))
     events = [e for _, _, e in rows]
     if len(events) <= TIMELINE_LIMIT:
