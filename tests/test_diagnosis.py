@@ -88,13 +88,13 @@ def judge(outcome: str, facts: str, clients: tuple[str, ...] = (CLIENT,)) -> Ver
     for i, (probe, event) in enumerate(zip(("do", "dont", "wrong"), (do, dont, wrong), strict=True)):
         client = clients[i % len(clients)]
         if event in ("tls", "plain"):
-            rcpt = f"{ALIAS}@{probe}.{DOMAIN}"
+            rcpt = probes.CATALOGUE[probe].address(ALIAS, DOMAIN)
             tls = TLS if event == "tls" else None
             deliveries.append(Delivery(ALIAS, probe, T0 + 1 + i, client, "mx.s", "a@s", rcpt, tls))
         elif event == "refused":
             sessions.append(Session(
                 id=f"s-{probe}", started=T0 + 2, ended=T0 + 3, client_ip=client, client_port=1, local_ip="127.0.0.1",
-                local_port=25, helo="mx.s", starttls=True, tls=Tls("TLSv1.3", "X", f"{probe}.{DOMAIN}"),
+                local_port=25, helo="mx.s", starttls=True, tls=Tls("TLSv1.3", "X", f"{ALIAS}.{probe}.{DOMAIN}"),
                 probe=probe, alias=ALIAS, outcome=Outcome.TLS_THEN_LEFT,
             ))  # fmt: skip
     now = T0 + 1 + GRACE + (1 if grace_over else -50)
@@ -157,7 +157,7 @@ def test_no_tlsa_and_no_dnskey_says_both_causes_and_how_to_tell_them_apart() -> 
 
 def test_delivered_although_its_tlsa_was_fetched() -> None:
     said = wording.diagnosis(judge("does-not-validate", "tlsa-all+dnskey"))
-    assert said.lead.startswith(f"Your server's resolver fetched the TLSA records of wrong.{DOMAIN}")
+    assert said.lead.startswith(f"Your server's resolver fetched the TLSA records of {ALIAS}.wrong.{DOMAIN}")
     assert "delivered there anyway" in said.lead
 
 
@@ -166,7 +166,8 @@ def test_validates_says_which_resolver_fetched_which_records() -> None:
     assert [(r.address, r.tlsa, r.dnskey) for r in v.dns.resolvers] == [(RESOLVER, ("do", "dont", "wrong"), True)]
     words = wording.diagnosis(v).text
     assert (
-        f"The resolver at {RESOLVER} asked for this test's names and fetched the TLSA records of do.{DOMAIN}" in words
+        f"The resolver at {RESOLVER} asked for this test's names and fetched the TLSA records of {ALIAS}.do.{DOMAIN}"
+        in words
     )
 
 

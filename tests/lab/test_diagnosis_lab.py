@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 import shutil
 import sqlite3
 import tempfile
@@ -23,7 +24,7 @@ import pytest
 
 from havedane.dns import sign
 
-from . import dnsworld
+from . import dnsservers, dnsworld
 from .conftest import _missing
 from .netns import wait_until
 from .postfix import Postfix
@@ -182,6 +183,18 @@ def test_dane_sender_behind_a_non_validating_resolver(sent: dict[str, Sent]) -> 
     assert "these two look the same" in details and "not DNSSEC validated" in details, details
     for said in (lead, *s.dns["details"]):
         assert said in s.page, said
+
+
+def test_the_way_to_tell_them_apart_works(lab: dnsworld.DnsWorld, sent: dict[str, Sent]) -> None:
+    """The page's advice for the third sender, followed on the lab's two resolvers: the
+    validating one answers with AD (RFC 4035 §3.2.3), the non-validating one without."""
+    details = " ".join(sent["dane-nonvalidating"].dns["details"])
+    found = re.search(r"dig \+dnssec (\S+) TLSA", details)
+    assert found, details
+    validated = dnsservers.query(lab.ns, dnsworld.VALIDATING, found[1], "TLSA")
+    unvalidated = dnsservers.query(lab.ns, dnsworld.NON_VALIDATING, found[1], "TLSA")
+    assert (validated.rcode, validated.ad) == ("NOERROR", True) and validated.rrsets, validated
+    assert (unvalidated.rcode, unvalidated.ad) == ("NOERROR", False) and unvalidated.rrsets, unvalidated
 
 
 def test_the_first_two_diagnoses_differ(sent: dict[str, Sent]) -> None:
