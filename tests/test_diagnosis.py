@@ -139,7 +139,7 @@ def test_every_combination_of_dns_facts_and_outcomes(outcome: str, facts: str) -
     # a TLSA fetch is claimed only where one was seen.
     assert ("validates DNSSEC" in words) == (v.dns.finding is Finding.RESOLVER_VALIDATES)
     assert ("DNSKEY records during the test" in words) == facts.endswith("+dnskey")
-    assert ("fetched the TLSA records" in words) == ("tlsa" in facts)
+    assert bool(re.search("(fetched|looked up) the TLSA records of", words)) == ("tlsa" in facts)
     assert ("not available on this deployment" in words) == (facts == "no-feed")
 
 
@@ -166,7 +166,7 @@ def test_validates_says_which_resolver_fetched_which_records() -> None:
     assert [(r.address, r.tlsa, r.dnskey) for r in v.dns.resolvers] == [(RESOLVER, ("do", "dont", "wrong"), True)]
     words = wording.diagnosis(v).text
     assert (
-        f"The resolver at {RESOLVER} asked for this test's names and fetched the TLSA records of {ALIAS}.do.{DOMAIN}"
+        f"The resolver at {RESOLVER} asked for this test's names and looked up the TLSA records of {ALIAS}.do.{DOMAIN}"
         in words
     )
 
@@ -208,3 +208,14 @@ def test_the_do_bit_is_reported_and_decides_nothing() -> None:
     assert with_do.dns.finding is without.dns.finding is Finding.NO_TLSA_NO_DNSKEY
     assert wording.DO_BIT in wording.diagnosis(with_do).details
     assert wording.DO_BIT not in wording.diagnosis(without).details
+
+
+def test_a_tlsa_lookup_where_none_are_published_is_not_called_a_fetch_of_records() -> None:
+    """dont publishes no TLSA records: a DANE sender's resolver looks them up there and gets
+    none (NOERROR, no data: seen in tests/lab/test_diagnosis_lab.py). The words say it looked
+    them up; "fetched the TLSA records of <alias>.dont..." claimed records that do not exist."""
+    v = judge("validates", "tlsa-all+dnskey")
+    said = wording.diagnosis(v)
+    assert f"{ALIAS}.dont.{DOMAIN}" in said.lead
+    assert "fetched the TLSA records" not in said.text
+    assert said.lead.startswith(f"Your server's resolver looked up the TLSA records of {ALIAS}.do.{DOMAIN}")

@@ -324,7 +324,7 @@ def resolver(r: ResolverFacts) -> str:
 def resolver_seen(v: Verdict, r: ResolverFacts) -> str:
     """One sentence: what one resolver asked for during this test."""
     said = f"The resolver at {resolver(r)} asked for this test's names"
-    said += f" and fetched the TLSA records of {hosts(v, r.tlsa)}" if r.tlsa else ", and no TLSA records"
+    said += f" and looked up the TLSA records of {hosts(v, r.tlsa)}" if r.tlsa else ", and no TLSA records"
     if r.dnskey:
         said += ". It also fetched our DNSKEY records during the test (tied to it by its address and the time)"
     return said + "."
@@ -346,7 +346,7 @@ def diagnosis(v: Verdict) -> Summary:
             return Summary(f"No DNS query naming this test has reached our name servers{yet}.", (UNSEEN,))
         case Finding.VALIDATES:
             who = resolvers([r for r in d.resolvers if r.tlsa])
-            return Summary(f"Your server's resolver fetched the TLSA records of {hosts(v, d.fetched)} ({who}).", seen)
+            return Summary(f"Your server's resolver looked up the TLSA records of {hosts(v, d.fetched)} ({who}).", seen)
         case Finding.VALIDATES_UNSEEN:
             return Summary("No TLSA lookup for this test reached our name servers.", (*seen, UNSEEN))
         case Finding.SEEN:
@@ -367,7 +367,7 @@ def delivered_against(v: Verdict, seen: tuple[str, ...]) -> Summary:
         )
     if d.finding is Finding.FETCHED_ELSEWHERE:
         return Summary(
-            f"Your server's resolver fetched the TLSA records of {hosts(v, d.fetched)}, but not those of "
+            f"Your server's resolver looked up the TLSA records of {hosts(v, d.fetched)}, but not those of "
             f"{hosts(v, d.about)}, where your server delivered.",
             seen,
         )
