@@ -28,7 +28,7 @@ import smtplib, ssl, sys
 ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
 with smtplib.SMTP("127.0.0.1", 2725) as s:
     s._host = "do.x.test"; s.starttls(context=ctx)
-    s.sendmail("a@sender.example", [f"{sys.argv[1]}@do.x.test", f"{sys.argv[1]}@dont.x.test"], b"Subject: x\r\n\r\nx\r\n")
+    s.sendmail("a@sender.example", [f"test@{sys.argv[1]}.do.x.test", f"test@{sys.argv[1]}.dont.x.test"], b"Subject: x\r\n\r\nx\r\n")
 PY
 sleep 0.5
 wrk -t1 -c32 -d"${SECONDS_PER_RUN}s" "http://127.0.0.1:8281/api/tests/$ALIAS" | grep -E "Requests/sec|Latency"

@@ -51,7 +51,7 @@ async def one_message(host: str, port: int, rcpts: list[str], ctx: ssl.SSLContex
         await expect(reader, b"250")
         writer.write(b"STARTTLS\r\n")
         await expect(reader, b"220")
-        await writer.start_tls(ctx, server_hostname="do." + rcpts[0].split("@do.", 1)[1])
+        await writer.start_tls(ctx, server_hostname=rcpts[0].split("@", 1)[1])  # the test's do host
         writer.write(b"EHLO bench.example\r\nMAIL FROM:<bench@bench.example>\r\n")
         await expect(reader, b"250")
         await expect(reader, b"250")

@@ -62,7 +62,8 @@ def test_certificates_cover_every_probe_host_and_chain_holds_the_ca(tmp_path: Pa
         names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
             x509.DNSName
         )
-        assert {"do.x.test", "dont.x.test", "wrong.x.test"} <= set(names)
+        # Every test's host at a probe is one label below it: <alias>.do.x.test.
+        assert {"*.do.x.test", "*.dont.x.test", "*.wrong.x.test", "*.ta.x.test"} <= set(names)
         assert leaf.issuer == ca.subject
         assert ca.not_valid_after_utc.year - ca.not_valid_before_utc.year >= 99
 
@@ -109,12 +110,13 @@ def test_records_json_and_zone(tmp_path: Path) -> None:
     by_name: dict[str, list[str]] = {}
     for r in recs:
         by_name.setdefault(f"{r['name']} {r['type']}", []).append(r["data"])
-    assert by_name["do.x.test. A"] == ["192.0.2.7"]
-    assert by_name["do.x.test. MX"] == ["10 do.x.test."]
-    assert sorted(d[:5] for d in by_name["_25._tcp.do.x.test. TLSA"]) == ["2 1 1", "3 1 1", "3 1 1"]
-    assert sorted(d[:5] for d in by_name["_25._tcp.wrong.x.test. TLSA"]) == ["2 1 1", "3 1 1", "3 1 1"]
-    assert "_25._tcp.dont.x.test. TLSA" not in by_name
-    assert not set(by_name["_25._tcp.do.x.test. TLSA"]) & set(by_name["_25._tcp.wrong.x.test. TLSA"])
+    # Once for every test: wildcards with the address and the TLSA RRset, and no MX.
+    assert by_name["*.do.x.test. A"] == ["192.0.2.7"]
+    assert not [name for name in by_name if name.endswith(" MX")]
+    assert sorted(d[:5] for d in by_name["*.do.x.test. TLSA"]) == ["2 1 1", "3 1 1", "3 1 1"]
+    assert sorted(d[:5] for d in by_name["*.wrong.x.test. TLSA"]) == ["2 1 1", "3 1 1", "3 1 1"]
+    assert by_name["*.dont.x.test. A"] == ["192.0.2.7"] and "*.dont.x.test. TLSA" not in by_name
+    assert not set(by_name["*.do.x.test. TLSA"]) & set(by_name["*.wrong.x.test. TLSA"])
     r = havedane("records", "--config", cfg, "--address", "not-an-ip")
     assert r.returncode == 2 and "--address" in r.stderr
 
@@ -125,7 +127,7 @@ def test_force_keeps_the_database(tmp_path: Path) -> None:
     cfg = tmp_path / "havedane.toml"
     assert havedane("init", "--domain", "x.test", "--dir", str(tmp_path)).returncode == 0
     alias = new_alias(cfg)
-    assert deliver(cfg, f"{alias}@do.x.test", b"Subject: x\r\n\r\nx\r\n").returncode == 0
+    assert deliver(cfg, f"test@{alias}.do.x.test", b"Subject: x\r\n\r\nx\r\n").returncode == 0
     r = havedane("init", "--domain", "x.test", "--dir", str(tmp_path), "--force")
     assert r.returncode == 0, r.stderr
     assert [row[0] for row in stored(cfg, alias)] == ["do"]

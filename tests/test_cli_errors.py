@@ -123,4 +123,4 @@ def test_init_uses_the_a_label_of_an_international_domain(tmp_path: Path) -> Non
     assert 'domain = "xn--bcher-kva.example"' in (tmp_path / "d" / "havedane.toml").read_text()
     leaf = x509.load_pem_x509_certificate((tmp_path / "d" / "tls" / "leaf-ecdsa.pem").read_bytes())
     names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert "do.xn--bcher-kva.example" in names.get_values_for_type(x509.DNSName)
+    assert "*.do.xn--bcher-kva.example" in names.get_values_for_type(x509.DNSName)

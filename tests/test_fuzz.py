@@ -47,7 +47,7 @@ SECURITY_HEADERS = ("content-security-policy", "x-content-type-options", "referr
 
 
 LIVE = "fuzz0live0test00"  # a live test, so that generated dialogue can reach DATA
-RCPTS = [f"{LIVE}@{probe}.x.test" for probe in ("do", "dont", "wrong")]
+RCPTS = [f"test@{LIVE}.{probe}.x.test" for probe in ("do", "dont", "wrong")]
 
 
 @pytest.fixture(scope="module")

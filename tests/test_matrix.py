@@ -46,17 +46,22 @@ def names(cert: x509.Certificate) -> list[str]:
 
 def test_chain_is_chosen_by_sni(matrix: Serve, setup_dir: Path) -> None:
     default = served_chain(matrix.smtp_port, None)
-    assert "do.x.test" in names(default[0]) and "ta.x.test" in names(default[0])
-    assert not {"ee.x.test", "ta-badname.x.test", "ta-rogue.x.test"} & set(names(default[0]))
-    ee = served_chain(matrix.smtp_port, "ee.x.test")
+    # Every test's host at a probe: the wildcard name; the probes with chains of their own left out.
+    assert "*.do.x.test" in names(default[0]) and "*.ta.x.test" in names(default[0])
+    assert not {"*.ee.x.test", "*.ta-badname.x.test", "*.ta-rogue.x.test"} & set(names(default[0]))
+    # A probe's chain is served for SNI naming any test's host there, in any case.
+    ee = served_chain(matrix.smtp_port, "abc123.EE.x.test")
     assert len(ee) == 1 and ee[0].issuer == ee[0].subject and names(ee[0]) == ["elsewhere.invalid"]
     assert ee[0].not_valid_after_utc.year < 2026 or ee[0].not_valid_after_utc < default[0].not_valid_before_utc
-    badname = served_chain(matrix.smtp_port, "ta-badname.x.test")
+    badname = served_chain(matrix.smtp_port, "abc123.ta-badname.x.test")
     assert names(badname[0]) == ["elsewhere.x.test"] and badname[1] == default[1]
-    rogue = served_chain(matrix.smtp_port, "ta-rogue.x.test")
+    rogue = served_chain(matrix.smtp_port, "abc123.ta-rogue.x.test")
     assert len(rogue) == 3 and rogue[2] == default[1] and rogue[0].issuer == rogue[1].subject != default[1].subject
     mx = served_chain(matrix.smtp_port, "mxhost.x.test")
     assert "mxhost.x.test" in names(mx[0])
+    # Not a test's host: the probe's own name, two labels below it.
+    for sni in ("ee.x.test", "a.b.ee.x.test"):
+        assert names(served_chain(matrix.smtp_port, sni)[0]) == names(default[0]), sni
 
 
 def test_probe_addresses_offer_no_starttls(matrix: Serve) -> None:
@@ -90,14 +95,15 @@ def test_sessions_record_the_chain_and_grades_follow_sni(matrix: Serve) -> None:
     t = matrix.new_test()
     a = t["addresses"]
     send(matrix.smtp_port, [a["do"], a["dont"]], sni="do.x.test")
-    send(matrix.smtp_port, [a["ta-rogue"]], sni="ta-rogue.x.test")  # a non-validating sender with SNI
+    rogue_host = f"{t['alias']}.ta-rogue.x.test"
+    send(matrix.smtp_port, [a["ta-rogue"]], sni=rogue_host)  # a non-validating sender with SNI
     send(matrix.smtp_port, [a["ta-badname"]], sni=None)  # ... and one without SNI
     body = matrix.wait_for(t["alias"], lambda b: len(b["probes"]["ta-badname"]["sessions"]) == 1)
     assert body["probes"]["ta-rogue"]["grade"]["grade"] == "fail"
     assert body["probes"]["ta-badname"]["grade"]["grade"] == "inconclusive"
     assert "SNI" in body["probes"]["ta-badname"]["grade"]["reason"]
     sessions = {s["probe"]: s for p in body["probes"].values() for s in p["sessions"]}
-    assert sessions["ta-rogue"]["tls"]["sni"] == "ta-rogue.x.test"
+    assert sessions["ta-rogue"]["tls"]["sni"] == rogue_host
 
 
 def test_matrix_without_addresses_is_a_config_error(setup_dir: Path) -> None:
@@ -129,14 +135,15 @@ def test_refusal_right_after_the_handshake_is_recorded(matrix: Serve) -> None:
     # aiosmtpd cancels the STARTTLS command on the close_notify that comes with the
     # handshake's last flight; the session must still show the TLS and the SNI.
     t = matrix.new_test()
+    host = f"{t['alias']}.ta-badname.x.test"
     for _ in range(3):
-        refuse_after_tls(matrix.smtp_port, "ta-badname.x.test")
+        refuse_after_tls(matrix.smtp_port, host)
     # After the refusals: they are tied to the test from shortly before its first delivery
     # to the end of the grace period (2 s here), a bound a slow machine could pass after it.
     send(matrix.smtp_port, [t["addresses"]["do"]], sni="do.x.test")
     body = matrix.wait_for(t["alias"], lambda b: len(b["probes"]["ta-badname"]["sessions"]) == 3)
     for s in body["probes"]["ta-badname"]["sessions"]:
         assert s["outcome"] == "tls-then-left" and s["starttls"], s
-        assert s["tls"] is not None and s["tls"]["sni"] == "ta-badname.x.test", s
+        assert s["tls"] is not None and s["tls"]["sni"] == host and s["tied_by"] == "sni", s
     assert body["probes"]["ta-badname"]["status"] == "refused"
     assert body["probes"]["ta-badname"]["grade"] == {"grade": "pass", "reason": "connected and refused to deliver"}

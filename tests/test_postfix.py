@@ -86,7 +86,8 @@ def test_deliver_records_8bit_and_broken_headers(setup_dir: Path) -> None:
         b"\r\n"
         b"body \xff\xfe\x00 binary\r\n"
     )
-    r = deliver(setup_dir, f"{alias}@do.x.test", message, "--client-address", "192.0.2.44", "--client-helo", "helo.x")
+    rcpt = f"test@{alias}.do.x.test"
+    r = deliver(setup_dir, rcpt, message, "--client-address", "192.0.2.44", "--client-helo", "helo.x")
     assert r.returncode == 0, r.stderr
     assert b"Traceback" not in r.stderr
     rows = stored(setup_dir, alias)
@@ -99,17 +100,21 @@ def test_deliver_records_8bit_and_broken_headers(setup_dir: Path) -> None:
 def test_deliver_takes_the_client_from_received_when_postfix_says_unknown(setup_dir: Path) -> None:
     alias = new_alias(setup_dir)
     msg = b"Received: " + RECEIVED.encode() + b"\r\n\r\nx\r\n"
-    r = deliver(setup_dir, f"{alias}@wrong.x.test", msg, "--client-address", "unknown")
+    r = deliver(setup_dir, f"test@{alias}.wrong.x.test", msg, "--client-address", "unknown")
     assert r.returncode == 0, r.stderr
     assert stored(setup_dir, alias)[0][:3] == ("wrong", "192.0.2.44", "mail.sender.example")
 
 
 def test_deliver_unknown_alias_is_ex_nouser(setup_dir: Path) -> None:
-    r = deliver(setup_dir, "nosuchtest123@do.x.test", b"Subject: x\r\n\r\nx\r\n")
+    r = deliver(setup_dir, "test@nosuchtest123.do.x.test", b"Subject: x\r\n\r\nx\r\n")
     assert r.returncode == postfix.EX_NOUSER == 67
     assert b"no such test" in r.stderr and b"Traceback" not in r.stderr
     r = deliver(setup_dir, "someone@elsewhere.example", b"x")
     assert r.returncode == 67
+    # The test is named by the host now: the old form (alias in the local part) names none.
+    alias = new_alias(setup_dir)
+    r = deliver(setup_dir, f"{alias}@do.x.test", b"x")
+    assert r.returncode == 67 and b"not a probe domain" in r.stderr
 
 
 def test_deliver_with_a_locked_database_is_ex_tempfail(setup_dir: Path) -> None:
@@ -121,7 +126,7 @@ def test_deliver_with_a_locked_database_is_ex_tempfail(setup_dir: Path) -> None:
         env = {**os.environ, "HAVEDANE_STORE_BUSY_TIMEOUT": "0.3"}
         r = subprocess.run(
             [sys.executable, "-m", "havedane", "deliver", "--config", str(setup_dir), "--sender", "a@b.example",
-             "--recipient", f"{alias}@do.x.test"],
+             "--recipient", f"test@{alias}.do.x.test"],
             input=b"x", capture_output=True, timeout=60, env=env,
         )  # fmt: skip
     finally:
@@ -143,8 +148,11 @@ def test_postfix_config_snippets(setup_dir: Path) -> None:
     ).stdout  # fmt: skip
     assert "smtpd_tls_received_header = yes" in out
     assert "argv=/usr/bin/hd deliver --config" in out
+    # Every test's host below each probe: `.<probe>.<domain>` in relay_domains and the transport map.
+    relay = next(line for line in out.splitlines() if line.startswith("relay_domains ="))
+    assert relay == "relay_domains = $mydestination, .do.x.test, .dont.x.test, .wrong.x.test"
     for probe in ("do", "dont", "wrong"):
-        assert f"{probe}.x.test" in out
+        assert f"\n.{probe}.x.test " in out
     assert json.dumps(out)  # printable
 
 
@@ -158,7 +166,7 @@ def test_deliver_records_8bit_envelope_cleaned(setup_dir: Path) -> None:
     alias = new_alias(setup_dir)
     r = subprocess.run(
         [sys.executable.encode(), b"-m", b"havedane", b"deliver", b"--config", str(setup_dir).encode(),
-         b"--sender", b"\xe9t\xe9@sender.example", b"--recipient", f"{alias}@do.x.test".encode(),
+         b"--sender", b"\xe9t\xe9@sender.example", b"--recipient", f"test@{alias}.do.x.test".encode(),
          b"--client-address", b"192.0.2.44", b"--client-helo", b"h\xc3\xa9lo.example\xff"],
         input=b"Subject: x\r\n\r\nx\r\n", capture_output=True, timeout=60,
     )  # fmt: skip
@@ -176,7 +184,7 @@ def test_deliver_unexpected_error_is_ex_tempfail(setup_dir: Path) -> None:
     db.execute("CREATE TRIGGER boom BEFORE INSERT ON deliveries BEGIN SELECT RAISE(ABORT, 'boom'); END")
     db.commit()
     db.close()
-    r = deliver(setup_dir, f"{alias}@do.x.test", b"Subject: x\r\n\r\nx\r\n")
+    r = deliver(setup_dir, f"test@{alias}.do.x.test", b"Subject: x\r\n\r\nx\r\n")
     assert r.returncode == postfix.EX_TEMPFAIL == 75, r.stderr
     assert b"Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert b"boom" in r.stderr

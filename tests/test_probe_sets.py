@@ -44,7 +44,7 @@ def test_smallest_set_with_the_matrix_answers_every_page(setup_dir: Path) -> Non
         for path in (f"/api/tests/{alias}", f"/t/{alias}", "/"):
             assert status(server, path) == 200, path
         assert server.result(alias)["verdict"]["code"] == "pending"
-        assert send(server.smtp_port, [f"{alias}@dont.x.test"], sni="dont.x.test") == {}
+        assert send(server.smtp_port, [f"test@{alias}.dont.x.test"], sni=f"{alias}.dont.x.test") == {}
         body = server.wait_for(alias, lambda b: b["verdict"]["code"] == "validates", timeout=10)
         assert body["probes"]["wrong"]["status"] == "not-delivered"
         for path in (f"/api/tests/{alias}", f"/t/{alias}", "/"):

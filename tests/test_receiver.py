@@ -249,3 +249,21 @@ def test_sigterm_says_421_and_saves_open_sessions(serve: Serve, setup_dir: Path)
     rows = db.execute("SELECT helo, sni, outcome FROM sessions WHERE helo = 'still-open.example'").fetchall()
     # Recorded, and not as a refusal: the server ended it.
     assert rows == [("still-open.example", "wrong.x.test", "server-shutdown")]
+
+
+def test_sessions_tied_by_sni_count_toward_the_tests_limit(setup_dir: Path) -> None:
+    """A refusal tied by SNI is stored under the test like one tied by RCPT, so it counts
+    toward `[smtp] max_sessions_per_test`; beyond it, it is stored tied to no test."""
+    server = Serve(setup_dir, env={"HAVEDANE_SMTP_MAX_SESSIONS_PER_TEST": "2"}).start()
+    try:
+        t = server.new_test()
+        for _ in range(3):
+            with smtp(server.smtp_port, sni=f"{t['alias']}.wrong.x.test") as c:
+                c.quit()
+        body = server.wait_for(t["alias"], lambda b: len(b["probes"]["wrong"]["sessions"]) == 2)
+        time.sleep(0.5)  # the third session is saved too, but not under this test
+        body = server.result(t["alias"])
+        assert [s["tied_by"] for s in body["probes"]["wrong"]["sessions"]] == ["sni", "sni"]
+        assert body["sessions_total"] == 2
+    finally:
+        server.stop()

@@ -85,15 +85,15 @@ def test_rsa_only_sender_is_shown_each_probes_rsa_chain(matrix: Serve, setup_dir
     t = matrix.new_test()
     a = t["addresses"]
     send(matrix.smtp_port, [a["do"], a["dont"]], sni="do.x.test")
-    rogue = deliver_with(matrix.smtp_port, rsa_only_tls12(), "ta-rogue.x.test", a["ta-rogue"])
+    rogue = deliver_with(matrix.smtp_port, rsa_only_tls12(), f"{t['alias']}.ta-rogue.x.test", a["ta-rogue"])
     assert isinstance(rogue[0].public_key(), rsa.RSAPublicKey)
-    assert names(rogue[0]) == ["ta-rogue.x.test"] and len(rogue) == 3
+    assert names(rogue[0]) == ["*.ta-rogue.x.test"] and len(rogue) == 3
     assert rogue[0].issuer == rogue[1].subject != rogue[2].subject  # the unrelated CA, then ours
-    ee = deliver_with(matrix.smtp_port, rsa_only_tls12(), "ee.x.test", a["ee"])
+    ee = deliver_with(matrix.smtp_port, rsa_only_tls12(), f"{t['alias']}.ee.x.test", a["ee"])
     assert isinstance(ee[0].public_key(), rsa.RSAPublicKey)
     assert len(ee) == 1 and ee[0].issuer == ee[0].subject and names(ee[0]) == ["elsewhere.invalid"]
     body = matrix.wait_for(t["alias"], lambda b: all(sessions_of(b, p) for p in ("ta-rogue", "ee")))
-    for probe, sni in (("ta-rogue", "ta-rogue.x.test"), ("ee", "ee.x.test")):
+    for probe, sni in (("ta-rogue", f"{t['alias']}.ta-rogue.x.test"), ("ee", f"{t['alias']}.ee.x.test")):
         (d,) = body["probes"][probe]["deliveries"]
         assert d["tls"] is not None and d["tls"]["version"] == "TLSv1.2" and d["tls"]["sni"] == sni
         assert "RSA" in d["tls"]["cipher"]
@@ -119,7 +119,7 @@ def test_handshake_failed_on_our_side_is_no_evidence(setup_dir: Path) -> None:
         send(server.smtp_port, [a["do"], a["dont"]], sni="do.x.test")
         for probe in ("ta-rogue", "ee"):
             with pytest.raises((ssl.SSLError, smtplib.SMTPServerDisconnected)):
-                deliver_with(server.smtp_port, rsa_only_tls12(), f"{probe}.x.test", a[probe])
+                deliver_with(server.smtp_port, rsa_only_tls12(), f"{t['alias']}.{probe}.x.test", a[probe])
         probes = ("ta-rogue", "ee")
         done = lambda b: b["verdict"]["code"] != "pending" and all(sessions_of(b, p) for p in probes)  # noqa: E731
         body = server.wait_for(t["alias"], done)
@@ -141,7 +141,7 @@ def test_anonymous_suites_are_not_offered(serve: Serve) -> None:
     anon.set_ciphers("aNULL:@SECLEVEL=0")
     raw = starttls_socket(serve.smtp_port, "anon.sender.example")
     with pytest.raises(ssl.SSLError):
-        anon.wrap_socket(raw, server_hostname="wrong.x.test").close()
+        anon.wrap_socket(raw, server_hostname=f"{t['alias']}.wrong.x.test").close()
     raw.close()
     send(serve.smtp_port, [t["addresses"]["do"], t["addresses"]["dont"]], sni="do.x.test")
     body = serve.wait_for(t["alias"], lambda b: sessions_of(b, "wrong"))
@@ -172,7 +172,7 @@ def test_closing_once_shown_our_certificate_is_a_refusal(serve: Serve, setup_dir
     t = serve.new_test()
     with contextlib.closing(starttls_socket(serve.smtp_port, "hangup.sender.example")) as raw:
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        tls = insecure_context().wrap_bio(incoming, outgoing, server_hostname="wrong.x.test")
+        tls = insecure_context().wrap_bio(incoming, outgoing, server_hostname=f"{t['alias']}.wrong.x.test")
         with contextlib.suppress(ssl.SSLWantReadError):
             tls.do_handshake()
         raw.sendall(outgoing.read())
@@ -243,25 +243,30 @@ def test_fatal_alert_after_the_handshake_keeps_the_tls_facts(matrix: Serve, setu
     t = matrix.new_test()
     send(matrix.smtp_port, [t["addresses"]["do"], t["addresses"]["dont"]], sni="do.x.test")
     for _ in range(3):
-        alert_after_handshake(matrix.smtp_port, "ta-badname.x.test")
+        alert_after_handshake(matrix.smtp_port, f"{t['alias']}.ta-badname.x.test")
     body = matrix.wait_for(t["alias"], lambda b: len(sessions_of(b, "ta-badname")) == 3)
     for s in sessions_of(body, "ta-badname"):
         assert s["tls"] is not None, s
-        assert s["tls"]["version"] == "TLSv1.3" and s["tls"]["cipher"] and s["tls"]["sni"] == "ta-badname.x.test", s
+        assert (
+            s["tls"]["version"] == "TLSv1.3"
+            and s["tls"]["cipher"]
+            and s["tls"]["sni"] == f"{t['alias']}.ta-badname.x.test"
+        ), s
         assert s["outcome"] == "tls-then-left" and chain_served(setup_dir, s["id"]) == "badname", s
     assert body["probes"]["ta-badname"]["grade"]["grade"] == "pass"
 
 
 def test_sni_in_capitals_is_graded_on_the_chain_served(matrix: Serve) -> None:
-    """Issue 11: SNI `EE.X.TEST` is served the ee chain (names are case-insensitive,
+    """Issue 11: SNI `<ALIAS>.EE.X.TEST` is served the ee chain (names are case-insensitive,
     RFC 6066 §3 / RFC 4343), so the delivery is graded on it, not inconclusive."""
     t = matrix.new_test()
     a = t["addresses"]
     send(matrix.smtp_port, [a["do"], a["dont"]], sni="do.x.test")
-    chain = deliver_with(matrix.smtp_port, insecure_context(), "EE.X.TEST", a["ee"])
+    host = f"{t['alias'].upper()}.EE.X.TEST"
+    chain = deliver_with(matrix.smtp_port, insecure_context(), host, a["ee"])
     assert names(chain[0]) == ["elsewhere.invalid"]  # the ee chain
     body = matrix.wait_for(t["alias"], lambda b: b["probes"]["ee"]["deliveries"])
-    assert body["probes"]["ee"]["deliveries"][0]["tls"]["sni"] == "EE.X.TEST"
+    assert body["probes"]["ee"]["deliveries"][0]["tls"]["sni"] == host
     assert body["probes"]["ee"]["grade"]["grade"] == "pass", body["probes"]["ee"]["grade"]
 
 
@@ -272,7 +277,7 @@ def test_reset_right_after_the_handshake_keeps_the_tls_facts(serve: Serve) -> No
     for _ in range(3):
         raw = starttls_socket(serve.smtp_port, "reset.sender.example")
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        tls = ctx.wrap_bio(incoming, outgoing, server_hostname="wrong.x.test")
+        tls = ctx.wrap_bio(incoming, outgoing, server_hostname=f"{t['alias']}.wrong.x.test")
         while True:
             try:
                 tls.do_handshake()
@@ -286,6 +291,6 @@ def test_reset_right_after_the_handshake_keeps_the_tls_facts(serve: Serve) -> No
     send(serve.smtp_port, [t["addresses"]["do"], t["addresses"]["dont"]], sni="do.x.test")
     body = serve.wait_for(t["alias"], lambda b: len(sessions_of(b, "wrong")) == 3)
     for s in sessions_of(body, "wrong"):
-        assert s["tls"] is not None and s["tls"]["version"] and s["tls"]["sni"] == "wrong.x.test", s
+        assert s["tls"] is not None and s["tls"]["version"] and s["tls"]["sni"] == f"{t['alias']}.wrong.x.test", s
         assert s["outcome"] == "tls-then-left", s
     assert body["probes"]["wrong"]["status"] == "refused"

@@ -84,12 +84,14 @@ def test_records_parse_back(tls_dir: Path) -> None:
     recs = zone.records(DOMAIN, probes.CLASSIC, leaves, ca, ["192.0.2.25", "2001:db8::25"])
     parsed = dns.zone.from_text(zone.format_zone(recs), origin=f"{DOMAIN}.", relativize=False, check_origin=False)
     for probe in probes.CLASSIC:
-        host = probe.host(DOMAIN) + "."
+        # Once for every test's host: the wildcard *.<probe>.<domain> (RFC 4592).
+        host = probe.wildcard(DOMAIN) + "."
         assert {r.to_text() for r in parsed.find_rdataset(host, "A")} == {"192.0.2.25"}
         assert {r.to_text() for r in parsed.find_rdataset(host, "AAAA")} == {"2001:db8::25"}
-        # A self-referencing MX: the TLSA base domain is the MX host itself (RFC 7672 §2.2.1).
-        assert {r.to_text() for r in parsed.find_rdataset(host, "MX")} == {f"10 {host}"}
-        found = parsed.get_rdataset(f"_25._tcp.{host}", "TLSA")
+        # No MX: a sender uses the host's own address (RFC 5321 §5.1), and looks up TLSA
+        # at the host itself (RFC 7672 §2.2.1), answered from the wildcard's TLSA RRset.
+        assert parsed.get_rdataset(host, "MX") is None
+        found = parsed.get_rdataset(host, "TLSA")
         expected = {r.rdata() for r in tlsa.for_probe(probe, leaves, ca)}
         assert {r.to_text() for r in found or []} == expected
     as_json = json.loads(zone.format_json(recs))
@@ -117,11 +119,11 @@ def test_havedane_records_agree_with_hash_slinger(tmp_path: Path) -> None:
     parsed = dns.zone.from_text(text, origin=f"{DOMAIN}.", relativize=False, check_origin=False)
 
     def tlsa_at(host: str) -> set[str]:
-        rdataset = parsed.get_rdataset(f"_25._tcp.{host}.", "TLSA")
+        rdataset = parsed.get_rdataset(f"*.{host}.", "TLSA")
         return {r.to_text() for r in rdataset or []}
 
     for host in (f"do.{DOMAIN}", f"wrong.{DOMAIN}"):
-        json_set = {r["data"] for r in as_json if r["name"] == f"_25._tcp.{host}." and r["type"] == "TLSA"}
+        json_set = {r["data"] for r in as_json if r["name"] == f"*.{host}." and r["type"] == "TLSA"}
         assert json_set == tlsa_at(host)
     served = {hash_slinger(tls / f"leaf-{k}.pem", 3) for k in pki.LEAF_KINDS} | {hash_slinger(tls / "ca.pem", 2)}
     assert tlsa_at(f"do.{DOMAIN}") == served

@@ -17,7 +17,7 @@ def test_create_test_returns_201_with_three_addresses(serve: Serve) -> None:
     assert status == 201
     alias = body["alias"]
     assert len(alias) >= 16 and alias.isalnum() and alias == alias.lower()
-    assert body["addresses"] == {p: f"{alias}@{p}.x.test" for p in ("do", "dont", "wrong")}
+    assert body["addresses"] == {p: f"test@{alias}.{p}.x.test" for p in ("do", "dont", "wrong")}
     assert body["url"] == f"{serve.web}/t/{alias}"
     assert headers["location"] == f"/api/tests/{alias}"
 
@@ -73,7 +73,7 @@ def test_page_is_a_permalink_with_addresses_and_security_headers(serve: Serve) -
     html = resp.read().decode()
     assert resp.status == 200
     for p in ("do", "dont", "wrong"):
-        assert f"{alias}@{p}.x.test" in html
+        assert f"test@{alias}.{p}.x.test" in html
     assert "mailto:" in html
     csp = resp.getheader("content-security-policy") or ""
     assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp

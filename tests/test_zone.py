@@ -147,10 +147,10 @@ def test_nsec3_chain_covers_every_name_and_empty_non_terminal(
     assert not [name for name, node in z.items() if node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.NSEC)]
     chain = {name: node for name, node in z.items() if node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.NSEC3)}
     originals = [name for name in sorted(n for n, _ in z.items()) if name not in chain]
-    # RFC 5155 §7.1: one NSEC3 per name with data and per empty non-terminal
-    # (_tcp.<host>, between <host> and _25._tcp.<host>, for every host with TLSA).
-    ents = {n.parent() for n in originals if n.labels[0] == b"_25"}
-    assert dns.name.from_text(f"_tcp.do.{DOMAIN}.") in ents
+    # RFC 5155 §7.1: one NSEC3 per name with data and per empty non-terminal (<probe>.<domain>,
+    # the parent of each probe's wildcard *.<probe>.<domain>, which holds every record of it).
+    ents = {n.parent() for n in originals if n.is_wild()}
+    assert dns.name.from_text(f"do.{DOMAIN}.") in ents
     expected = {*originals, *ents}
     hashed = {dns.name.from_text(dns.dnssec.nsec3_hash(n, None, 0, 1).lower(), ORIGIN): n for n in expected}
     assert set(chain) == set(hashed)
@@ -163,7 +163,7 @@ def test_nsec3_chain_covers_every_name_and_empty_non_terminal(
         assert nsec3.next_name(ORIGIN) == following
         node = z.get_node(hashed[owner])
         assert nsec_types(nsec3) == ({rds.rdtype for rds in node} if node else set()), hashed[owner]
-    assert z.get_node(f"_tcp.do.{DOMAIN}.") is None, "an empty non-terminal gets no records of its own"
+    assert z.get_node(f"do.{DOMAIN}.") is None, "an empty non-terminal gets no records of its own"
 
 
 def test_signing_again_replaces_the_old_chain(
@@ -181,8 +181,28 @@ def test_signing_again_replaces_the_old_chain(
     proc = ldns_verify(path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     nsec3 = [n for n, node in z.items() if node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.NSEC3)]
-    assert len(nsec3) == len(z.nodes) - len(nsec3) + 1  # + _tcp.do, the one empty non-terminal left
+    assert len(nsec3) == len(z.nodes) - len(nsec3) + 2  # + do and dont, the empty non-terminals left
     assert validate_all(z)[0] == []
+
+
+def test_a_test_hosts_tlsa_is_synthesised_from_the_signed_wildcard(
+    certs: tuple[list[x509.Certificate], x509.Certificate], tmp_path: Path
+) -> None:
+    """Every test's `_25._tcp.<alias>.do.<domain> TLSA` is answered from `*.do.<domain>`
+    (RFC 4592 §4.1): its RRSIG counts the labels without the `*` (RFC 4034 §3.1.3), so a
+    validator accepts the expanded owner name (RFC 4035 §5.3.4)."""
+    z = parse(build(certs, tmp_path / "dnssec", signed=True).text)
+    wildcard = dns.name.from_text(f"*.do.{DOMAIN}.")
+    tlsa_rrset = z.find_rdataset(wildcard, "TLSA")
+    sigs = z.find_rdataset(wildcard, "RRSIG", "TLSA")
+    assert [sig.labels for sig in sigs] == [3]
+    expanded = dns.name.from_text(f"_25._tcp.k3j4h5g6f7d8s9a0.do.{DOMAIN}.")
+    keys = {ORIGIN: z.get_rdataset(ORIGIN, "DNSKEY")}
+    dns.dnssec.validate((expanded, tlsa_rrset), (expanded, sigs), keys, origin=ORIGIN)  # raises if not
+    # Not under another probe: the labels field binds the signature to *.do.<domain>.
+    elsewhere = dns.name.from_text(f"_25._tcp.k3j4h5g6f7d8s9a0.wrong.{DOMAIN}.")
+    with pytest.raises(dns.dnssec.ValidationFailure):
+        dns.dnssec.validate((elsewhere, tlsa_rrset), (elsewhere, sigs), keys, origin=ORIGIN)
 
 
 def test_dnskey_ttl_is_short(certs: tuple[list[x509.Certificate], x509.Certificate], tmp_path: Path) -> None:
@@ -209,7 +229,7 @@ def test_a_corrupted_signature_is_caught(
 ) -> None:
     """Both checkers must fail on a zone with one bad bit: else they prove nothing above."""
     z = parse(build(certs, tmp_path / "dnssec", signed=True).text)
-    owner = dns.name.from_text(f"_25._tcp.do.{DOMAIN}.")
+    owner = dns.name.from_text(f"*.do.{DOMAIN}.")
     node = z.find_node(owner)
     sigs = node.find_rdataset(dns.rdataclass.IN, dns.rdatatype.RRSIG, dns.rdatatype.TLSA)
     [sig] = sigs
@@ -229,7 +249,7 @@ def test_a_broken_nsec3_chain_is_caught(certs: tuple[list[x509.Certificate], x50
     """ldns-verify-zone checks the NSEC3 chain too: one NSEC3 (and its RRSIG) gone, and
     a name is neither proven to exist nor covered (RFC 5155 §7.1)."""
     z = parse(build(certs, tmp_path / "dnssec", signed=True).text)
-    hashed = dns.dnssec.nsec3_hash(f"_25._tcp.do.{DOMAIN}.", None, 0, 1).lower()
+    hashed = dns.dnssec.nsec3_hash(f"*.do.{DOMAIN}.", None, 0, 1).lower()
     del z.nodes[dns.name.from_text(hashed, ORIGIN)]
     path = tmp_path / "zone"
     path.write_text(zone.zone_text(z))
@@ -313,16 +333,20 @@ def test_matrix_probes_get_their_zone_cuts(tmp_path: Path) -> None:
         ] == []
     assert texts(parent, f"{unsigned}.", "DS") == set()
     assert validate_all(parent)[0] == []
-    assert texts(parent, f"notls.{DOMAIN}.", "A") == {"192.0.2.8"}
+    assert texts(parent, f"*.notls.{DOMAIN}.", "A") == {"192.0.2.8"}
+    # mx: every test's host has the one MX host, which has the address and the TLSA.
+    assert texts(parent, f"*.mx.{DOMAIN}.", "MX") == {f"10 mxhost.{DOMAIN}."}
+    assert texts(parent, f"mxhost.{DOMAIN}.", "A") | texts(parent, f"mxhost.{DOMAIN}.", "AAAA") == set(ADDRESSES)
+    assert parent.get_rdataset(f"_25._tcp.mxhost.{DOMAIN}.", "TLSA") is not None
 
     child = dns.zone.from_text(out.children[bogus], origin=f"{bogus}.", relativize=False)
     [dnskey] = child.get_rdataset(f"{bogus}.", "DNSKEY")
     assert texts(parent, f"{bogus}.", "DS") == {dns.dnssec.make_ds(f"{bogus}.", dnskey, "SHA256").to_text()}
-    assert child.get_rdataset(f"_25._tcp.{bogus}.", "TLSA") is not None
-    assert validate_all(child)[0] == [f"_25._tcp.{bogus}. TLSA"]
+    assert child.get_rdataset(f"*.{bogus}.", "TLSA") is not None
+    assert validate_all(child)[0] == [f"*.{bogus}. TLSA"]
 
     plain = dns.zone.from_text(out.children[unsigned], origin=f"{unsigned}.", relativize=False)
-    assert plain.get_rdataset(f"_25._tcp.{unsigned}.", "TLSA") is not None
+    assert plain.get_rdataset(f"*.{unsigned}.", "TLSA") is not None
     assert {rds.rdtype for _, node in plain.items() for rds in node}.isdisjoint(
         {dns.rdatatype.RRSIG, dns.rdatatype.DNSKEY}
     )

@@ -4,7 +4,7 @@ Through a validating resolver: every name answers with the AD bit (RFC 4035
 §3.2.3), at a fresh test host under each probe (the wildcard records answer it, as
 they answer a new test's); `do`'s TLSA matches the chain the receiver actually serves and `wrong`'s
 does not (connect, STARTTLS with SNI, compare SPKI digests, RFC 7672 §3.1);
-`dont` has an authenticated denial of TLSA (RFC 7672 §2.2); every probe host
+`dont` has an authenticated denial of TLSA (RFC 7672 §2.2); every probe
 accepts SMTP and offers STARTTLS; the web URL answers. One line per check.
 """
 

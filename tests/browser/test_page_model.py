@@ -23,12 +23,12 @@ ENV = page.environment(CONFIG)
 
 
 def delivery(probe: str, at: float, helo: str = "mx.sender.example", tls: Tls | None = TLS) -> Delivery:
-    sni = Tls(tls.version, tls.cipher, f"{probe}.{DOMAIN}") if tls else None
-    return Delivery("abc", probe, at, CLIENT, helo, "a@sender.example", f"abc@{probe}.{DOMAIN}", sni)
+    sni = Tls(tls.version, tls.cipher, f"abc.{probe}.{DOMAIN}") if tls else None  # the test's host there
+    return Delivery("abc", probe, at, CLIENT, helo, "a@sender.example", f"test@abc.{probe}.{DOMAIN}", sni)
 
 
 def refusal(n: int, at: float, outcome: Outcome = Outcome.TLS_THEN_LEFT) -> Session:
-    tls = Tls("TLSv1.3", "TLS_AES_256_GCM_SHA384", f"wrong.{DOMAIN}") if outcome is Outcome.TLS_THEN_LEFT else None
+    tls = Tls("TLSv1.3", "TLS_AES_256_GCM_SHA384", None) if outcome is Outcome.TLS_THEN_LEFT else None
     return Session(
         f"s{n}", at, CLIENT, 40000 + n, "127.0.0.1", 25, ended=at + 0.2, helo="mx.sender.example",
         starttls=True, tls=tls, probe="wrong", outcome=outcome,
@@ -55,7 +55,7 @@ def test_refusal_evidence_is_tied_by_client_address_and_counts_retries() -> None
         delivery("do", T0 + 1), delivery("dont", T0 + 2)])  # fmt: skip
     assert r["verdict"]["code"] == "validates"
     words = text(render(r))
-    assert f"Your server at {CLIENT} connected to wrong.{DOMAIN} at" in words
+    assert f"Your server at {CLIENT} connected to abc.wrong.{DOMAIN} at" in words
     assert "saw our certificate, and refused to send" in words
     assert "It came back 2 more times and refused again" in words
     assert "Tied to your test by client address" in words and f"we match it by {CLIENT}" in words
@@ -75,6 +75,19 @@ def test_network_strings_are_escaped() -> None:
     html = render(state([], [delivery("do", T0 + 1, helo=hostile)]))
     assert "<script>alert" not in html and "<img" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=&#34;alert(2)&#34;&gt;" in html
+
+
+def test_refusal_evidence_tied_by_sni_says_so() -> None:
+    """A DANE sender named the test's own host in SNI: the page says that tie, not the address."""
+    sni = Tls("TLSv1.3", "TLS_AES_256_GCM_SHA384", f"abc.wrong.{DOMAIN}")
+    tied = dataclasses.replace(refusal(1, T0 + 3), alias="abc", tls=sni)
+    r = state([tied], [delivery("do", T0 + 1), delivery("dont", T0 + 2)])
+    [s] = r["probes"]["wrong"]["sessions"]
+    assert (s["tied_by"], s["correlated_by_client_ip"]) == ("sni", False)
+    words = text(render(r))
+    said = f"Tied to your test by the name it asked for in TLS (SNI): abc.wrong.{DOMAIN} is this test's own host"
+    assert said in words
+    assert "by client address" not in words
 
 
 def refusal_at(probe: str, at: float) -> Session:
@@ -109,7 +122,7 @@ def test_timeline_is_in_time_order_and_summarises_long_retry_histories() -> None
     assert tl.omitted == 1 + 2 + 100 * 2 - page.TIMELINE_LIMIT  # created, 2 deliveries, 100 sessions (start, end)
     assert [e.at for e in tl.events] == sorted(e.at for e in tl.events)
     assert tl.events[0].text == "Test created"
-    assert tl.events[1].host == f"do.{DOMAIN}" and tl.events[1].text == "Message accepted"
+    assert tl.events[1].host == f"abc.do.{DOMAIN}" and tl.events[1].text == "Message accepted"
     assert "more events in between" in text(render(r))
 
 
@@ -196,7 +209,7 @@ def test_the_matrix_is_a_table_below_the_classic_cards() -> None:
     assert r["verdict"]["code"] == "validates-with-flaws" and r["verdict"]["tone"] == "warn"
     assert 'class="verdict tone-warn"' in top and "tone-ok" not in top.split('class="verdict', 1)[1].split(">")[0]
     assert "Your server validates DANE, but a flaw exposes mail" in text(top)
-    assert f"delivered to ta-rogue.{DOMAIN}, where an attacker can read the mail" in r["verdict"]["lead"]
+    assert f"delivered to abc.ta-rogue.{DOMAIN}, where an attacker can read the mail" in r["verdict"]["lead"]
     assert all(f'id="probe-{name}"' in top for name in page.classic(r))
     assert 'id="probe-ee"' not in html  # no cards for the matrix: rows
     assert all(f'id="row-{name}"' in table for name in r["probes"])
@@ -216,7 +229,8 @@ def row(r: dict[str, Any], name: str) -> page.Row:
     return page.grade_row(name, r["probes"][name])
 
 
-ROGUE_TLS = Tls("TLSv1.3", "TLS_AES_256_GCM_SHA384", f"ta-rogue.{DOMAIN}")
+BADNAME_TLS = Tls("TLSv1.2", "ECDHE", f"abc.ta-badname.{DOMAIN}")
+ROGUE_TLS = Tls("TLSv1.3", "TLS_AES_256_GCM_SHA384", f"abc.ta-rogue.{DOMAIN}")
 
 
 def test_rows_say_what_was_seen_and_why_it_fails() -> None:
@@ -225,7 +239,7 @@ def test_rows_say_what_was_seen_and_why_it_fails() -> None:
         [
             session("notls", T0 + 3, Outcome.LEFT, tls=None, starttls=False),
             session("ta-expired", T0 + 3, Outcome.HANDSHAKE_FAILED, tls=None),
-            session("ta-badname", T0 + 5, Outcome.TLS_THEN_LEFT, tls=Tls("TLSv1.2", "ECDHE", f"ta-badname.{DOMAIN}")),
+            session("ta-badname", T0 + 5, Outcome.TLS_THEN_LEFT, tls=BADNAME_TLS),
         ],
         [delivery("do", T0 + 1), plain, delivery("ta", T0 + 2), delivery("ta", T0 + 6)],
     )
@@ -251,18 +265,18 @@ def test_rows_after_the_grace_period_and_without_sni() -> None:
     deliveries = [
         delivery("do", T0 + 1),
         delivery("dont", T0 + 1),
-        Delivery("abc", "ta-badname", T0 + 2, CLIENT, "mx", "a@s", f"abc@ta-badname.{DOMAIN}", no_sni),
-        Delivery("abc", "ta-rogue", T0 + 2, CLIENT, "mx", "a@s", f"abc@ta-rogue.{DOMAIN}", ROGUE_TLS),
+        Delivery("abc", "ta-badname", T0 + 2, CLIENT, "mx", "a@s", f"t@abc.ta-badname.{DOMAIN}", no_sni),
+        Delivery("abc", "ta-rogue", T0 + 2, CLIENT, "mx", "a@s", f"t@abc.ta-rogue.{DOMAIN}", ROGUE_TLS),
     ]
     r = matrix_state([], deliveries, now=LATE)
     badname = row(r, "ta-badname")
     assert (badname.grade, badname.word, badname.tone) == ("inconclusive", "Inconclusive", "warn")
     assert badname.seen.note == "no SNI"
     assert badname.reason == "Cannot tell:" and badname.consequence is not None
-    assert f"did not name ta-badname.{DOMAIN} in SNI" in badname.consequence
+    assert f"did not name abc.ta-badname.{DOMAIN} in SNI" in badname.consequence
     events = {e.host: e for e in page.timeline(r).events if e.text.startswith("Message accepted")}
-    assert events[f"ta-badname.{DOMAIN}"].tone == "info"  # not called wrong in the timeline either
-    assert events[f"ta-rogue.{DOMAIN}"].tone == "bad"
+    assert events[f"abc.ta-badname.{DOMAIN}"].tone == "info"  # not called wrong in the timeline either
+    assert events[f"abc.ta-rogue.{DOMAIN}"].tone == "bad"
     rogue = row(r, "ta-rogue")
     assert rogue.reason == "Delivered." and rogue.consequence is not None
     assert "does not lead to your trust anchor: an attacker on the path can read your mail" in rogue.consequence

@@ -47,7 +47,7 @@ def test_a_refusal_where_no_starttls_is_offered_is_a_refusal_on_the_page_too() -
     # The timeline tested `outcome in REFUSALS` and forgot the probes without STARTTLS.
     r = matrix_state([session("notls", T0 + 3, Outcome.LEFT, tls=None, starttls=False)], [delivery("do", T0 + 1)])
     assert r["probes"]["notls"]["status"] == "refused" and r["probes"]["notls"]["sessions"][0]["refusal"]
-    ended = [e for e in page.timeline(r).events if e.host == f"notls.{DOMAIN}" and e.text.startswith("The server")]
+    ended = [e for e in page.timeline(r).events if e.host == f"abc.notls.{DOMAIN}" and e.text.startswith("The server")]
     assert [e.tone for e in ended] == ["ok"]
     assert page.seen(r["probes"]["notls"]).text == "left when no TLS was offered"
 
@@ -76,7 +76,7 @@ def test_summaries_lead_with_one_sentence_and_put_details_after() -> None:
 
 def test_lists_are_joined_with_and() -> None:
     lead = cases()["validates"]["verdict"]["lead"]
-    assert f"do.{DOMAIN} over TLSv1.3 and dont.{DOMAIN} over TLSv1.3" in lead
+    assert f"abc.do.{DOMAIN} over TLSv1.3 and abc.dont.{DOMAIN} over TLSv1.3" in lead
     assert wording.join(["a", "b", "c"]) == "a, b and c" and wording.join(["a"]) == "a"
 
 
@@ -84,7 +84,7 @@ def test_no_capital_after_a_colon_in_our_words() -> None:
     no_sni = Tls("TLSv1.3", "TLS_AES_256_GCM_SHA384", None)
     matrix = matrix_state([], [delivery("do", T0 + 1), delivery("dont", T0 + 1),
                                Delivery("abc", "ta-badname", T0 + 2, CLIENT, "mx", "a@s",
-                                        f"abc@ta-badname.{DOMAIN}", no_sni)], now=LATE)  # fmt: skip
+                                        f"t@abc.ta-badname.{DOMAIN}", no_sni)], now=LATE)  # fmt: skip
     badname = page.grade_row("ta-badname", matrix["probes"]["ta-badname"])
     assert badname.reason == "Cannot tell:" and badname.consequence is not None
     assert badname.consequence.startswith("your server did not name")

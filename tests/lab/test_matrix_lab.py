@@ -70,12 +70,12 @@ class Account:
         return None
 
 
-def accounts(sender: Postfix, log: str, outcomes: dict[str, Outcome], zone: str) -> dict[str, Account]:
+def accounts(sender: Postfix, log: str, outcomes: dict[str, Outcome], zone: str, alias: str) -> dict[str, Account]:
     out = {}
     for p in ALL:
-        [outcome] = [o for rcpt, o in outcomes.items() if rcpt.endswith("@" + p.host(zone))]
+        [outcome] = [o for rcpt, o in outcomes.items() if rcpt.endswith("@" + p.host(zone, alias))]
         # The host's name or its TLSA owner, not part of a longer name (notls.<zone> in unusable-notls.<zone>).
-        host = re.compile(r"(?:(?<![\w.-])|(?<=_25\._tcp\.))" + re.escape(p.tls_host(zone)) + r"(?=[\[: ])")
+        host = re.compile(r"(?:(?<![\w.-])|(?<=_25\._tcp\.))" + re.escape(p.tls_host(zone, alias)) + r"(?=[\[: ])")
         out[p.name] = Account(outcome, [line for line in log.splitlines() if host.search(line)])
     return out
 
@@ -106,20 +106,30 @@ def graded(lab: world.World, alias: str, connected: set[str], timeout: float = 3
     return state()
 
 
-def send_all(lab: world.World, sender: Postfix) -> tuple[dict[str, Any], dict[str, Account]]:
-    """One new test, one message from `sender` to all its addresses; the graded state
-    and Postfix's account of each recipient."""
+def new_test(lab: world.World) -> dict[str, Any]:
     r = lab.api("POST", "/api/tests")
     assert r.status_code == 201, r.text
     test: dict[str, Any] = r.json()
     assert set(test["addresses"]) == {p.name for p in ALL}
-    rcpts = list(test["addresses"].values())
-    sent = sender.send(f"postmaster@{sender.name}.sender.test", rcpts, f"havedane lab: matrix from {sender.name}")
+    return test
+
+
+def send_all(lab: world.World, sender: Postfix, count: int = 1) -> list[tuple[dict[str, Any], dict[str, Account]]]:
+    """`count` new tests, one message from `sender` to all the addresses of each, all
+    submitted at once (Postfix delivers them side by side); each one's graded state and
+    Postfix's account of each of its recipients."""
+    tests = [new_test(lab) for _ in range(count)]
+    rcpts = [list(t["addresses"].values()) for t in tests]
+    sent = [sender.send(f"postmaster@{sender.name}.sender.test", r, f"havedane lab: matrix from {sender.name}")
+            for r in rcpts]  # fmt: skip
     try:
-        outcomes = sender.wait_outcomes(sent, len(rcpts))
-        seen = accounts(sender, sender.log(sent.log_offset), outcomes, lab.zone)
-        connected = {name for name, a in seen.items() if a.behaviour is not probes.Expect.NEVER_CONNECT}
-        return graded(lab, test["alias"], connected), seen
+        results = []
+        for test, message, to in zip(tests, sent, rcpts, strict=True):
+            outcomes = sender.wait_outcomes(message, len(to))
+            seen = accounts(sender, sender.log(message.log_offset), outcomes, lab.zone, test["alias"])
+            connected = {name for name, a in seen.items() if a.behaviour is not probes.Expect.NEVER_CONNECT}
+            results.append((test, seen, connected))
+        return [(graded(lab, test["alias"], connected), seen) for test, seen, connected in results]
     finally:
         sender.delete_deferred()  # or Postfix retries them: more sessions at the receiver
 
@@ -152,7 +162,7 @@ def agree(name: str, probe: dict[str, Any], account: Account, client_ip: str) ->
 
 
 def test_dane_postfix_passes_every_probe(lab: world.World) -> None:
-    state, seen = send_all(lab, lab.dane)
+    [(state, seen)] = send_all(lab, lab.dane)
     probes_seen = state["probes"]
 
     for name, (dsn, evidence) in DANE_POSTFIX.items():
@@ -171,13 +181,14 @@ def test_dane_postfix_passes_every_probe(lab: world.World) -> None:
     for p in ALL:
         sessions = [s for s in probes_seen[p.name]["sessions"] if s["tls"]]
         dane = p.zone is probes.Zone.PARENT and p.tlsa not in (probes.Tlsa.NONE, probes.Tlsa.UNUSABLE)
-        assert all(s["tls"]["sni"] == (p.tls_host(lab.zone) if dane else None) for s in sessions), (p.name, sessions)
+        sni = p.tls_host(lab.zone, state["alias"]) if dane else None
+        assert all(s["tls"]["sni"] == sni for s in sessions), (p.name, sessions)
     assert state["verdict"]["code"] == "validates", state["verdict"]
     assert state["conformance"] == f"Conforms on {len(ALL)} of {len(ALL)} probes.", state["conformance"]
 
 
 def test_plain_postfix_fails_every_must_not_deliver_probe(lab: world.World) -> None:
-    state, seen = send_all(lab, lab.plain)
+    [(state, seen)] = send_all(lab, lab.plain)
     probes_seen = state["probes"]
 
     # `may`: it delivers everywhere, in cleartext where STARTTLS is not offered.
@@ -209,20 +220,24 @@ def test_plain_postfix_fails_every_must_not_deliver_probe(lab: world.World) -> N
 def test_bogus_and_unsigned_as_the_resolver_sees_them(lab: world.World) -> None:
     zone = lab.zone
     # bogus: signed child zone (DS in the parent) whose TLSA signature is broken.
-    tlsa = lab.query(f"_25._tcp.bogus.{zone}", "TLSA")
+    # Every test's host is the child zone's wildcard *.bogus.<zone>.
+    host = world.fresh_host("bogus")
+    tlsa = lab.query(f"_25._tcp.{host}", "TLSA")
     assert tlsa.rcode == "SERVFAIL", tlsa
-    unchecked = lab.query(f"_25._tcp.bogus.{zone}", "TLSA", checking_disabled=True)
+    unchecked = lab.query(f"_25._tcp.{host}", "TLSA", checking_disabled=True)
     assert unchecked.rcode == "NOERROR" and any(" TLSA 3 1 1 " in r for r in unchecked.rrsets), unchecked
-    for rdtype in ("A", "MX"):
-        answer = lab.query(f"bogus.{zone}", rdtype)
-        assert (answer.rcode, answer.ad) == ("NOERROR", True) and answer.rrsets, (rdtype, answer)
+    answer = lab.query(host, "A")
+    assert (answer.rcode, answer.ad) == ("NOERROR", True) and answer.rrsets, answer
+    mx = lab.query(host, "MX")
+    assert (mx.rcode, mx.ad, mx.rrsets) == ("NOERROR", True, []), mx  # no MX, proven
     ds = lab.query(f"bogus.{zone}", "DS")
     assert (ds.rcode, ds.ad) == ("NOERROR", True) and any(" DS " in r for r in ds.rrsets), ds
 
     # unsigned: delegated without DS, and the parent proves there is none (NSEC3, AD).
     no_ds = lab.query(f"unsigned.{zone}", "DS")
     assert (no_ds.rcode, no_ds.ad, no_ds.rrsets) == ("NOERROR", True, []), no_ds
-    for name, rdtype in ((f"_25._tcp.unsigned.{zone}", "TLSA"), (f"unsigned.{zone}", "A"), (f"unsigned.{zone}", "MX")):
+    host = world.fresh_host("unsigned")
+    for name, rdtype in ((f"_25._tcp.{host}", "TLSA"), (host, "A")):
         answer = lab.query(name, rdtype)
         assert (answer.rcode, answer.ad) == ("NOERROR", False) and answer.rrsets, (name, answer)
 
@@ -236,9 +251,34 @@ def test_bogus_and_unsigned_as_the_resolver_sees_them(lab: world.World) -> None:
 def test_posttls_finger_matches_ee_at_depth_0_and_ta_at_depth_1(lab: world.World) -> None:
     # The probes' own TLSA sets: only 3 1 1 of the self-signed, expired, misnamed leaf;
     # only 2 1 1 of our CA, matched one level up the chain (RFC 7672 §3.1.1, §3.1.2).
-    ee = lab.dane.finger(f"ee.{lab.zone}")
+    ee_host, ta_host = world.fresh_host("ee"), world.fresh_host("ta")
+    ee = lab.dane.finger(ee_host)
     assert "Matched DANE EE certificate at depth 0: 3 1 1 " in ee, ee
-    assert f"Verified TLS connection established to ee.{lab.zone}[" in ee, ee
-    ta = lab.dane.finger(f"ta.{lab.zone}")
+    assert f"Verified TLS connection established to {ee_host}[" in ee, ee
+    ta = lab.dane.finger(ta_host)
     assert "Matched DANE TA certificate at depth 1: 2 1 1 " in ta, ta
-    assert f"Verified TLS connection established to ta.{lab.zone}[" in ta, ta
+    assert f"Verified TLS connection established to {ta_host}[" in ta, ta
+
+
+def test_two_tests_from_one_sender_at_once_each_get_only_their_own_refusals(lab: world.World) -> None:
+    """One outbound platform, two tests at the same time (issue 14): by client address the
+    refusal at `wrong` could be either test's; the DANE sender names the test's own host
+    in SNI, so each test gets its own refusal, and only its own."""
+    results = send_all(lab, lab.dane, count=2)
+    hosts = {state["alias"]: f"{state['alias']}.wrong.{lab.zone}" for state, _ in results}
+    for state, seen in results:
+        alias = state["alias"]
+        assert seen["wrong"].behaviour is probes.Expect.REFUSE, seen["wrong"].outcome
+        wrong = state["probes"]["wrong"]
+        assert wrong["status"] == "refused" and wrong["grade"]["grade"] == "pass", wrong
+        sessions = wrong["sessions"]
+        assert sessions and all(s["tls"] is not None and s["tls"]["sni"] == hosts[alias] for s in sessions), sessions
+        assert all(s["tied_by"] == "sni" and s["competing_tests"] == 0 for s in sessions), sessions
+        # Every refusal with a test's host in SNI is tied to that test: the other's is not here.
+        for name in NEEDS_SNI | {"wrong"}:
+            for s in state["probes"][name]["sessions"]:
+                assert s["tls"] is None or s["tls"]["sni"] is None or s["tls"]["sni"].startswith(alias + "."), s
+        # mx: its TLS host is the same for both tests; the delivery is tied by its recipient.
+        [delivery] = state["probes"]["mx"]["deliveries"]
+        assert delivery["tied_by"] == "rcpt" and delivery["rcpt"] == state["addresses"]["mx"]
+        assert state["verdict"]["code"] == "validates", state["verdict"]

@@ -19,8 +19,9 @@ from . import dnsservers, world, zones
 
 
 def new_names(lab: world.World) -> list[str]:
-    """Two names nobody asked for yet under one probe host (the NSEC zone has one NSEC
-    covering everything below `dont`, which has no names of its own)."""
+    """Two test hosts nobody asked for yet under one probe, as new tests' are: both answered
+    by the wildcard *.dont.<zone> (with NSEC, its proof that no closer name exists covers
+    every such name, RFC 8198 §5.3)."""
     return [f"t{secrets.token_hex(6)}.dont.{lab.zone}" for _ in range(2)]
 
 

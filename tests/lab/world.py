@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import secrets
 import socket
 import subprocess
 import sys
@@ -74,6 +75,12 @@ class World:
 
     def query(self, name: str, rdtype: str, checking_disabled: bool = False) -> dnsservers.Answer:
         return dnsservers.query(self.ns, RESOLVER, name, rdtype, checking_disabled)
+
+
+def fresh_host(probe: str, zone: str = ZONE) -> str:
+    """A test's host at `probe` that nobody asked for yet (as a new test's is): answered
+    by the wildcard `*.<probe>.<zone>`."""
+    return f"t{secrets.token_hex(6)}.{probe}.{zone}"
 
 
 def havedane(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -173,7 +180,7 @@ def build(directory: Path) -> Iterator[World]:
         zones = [ZONE, *d.children]
         stack.enter_context(dnsservers.knot_as_written(ns, directory / "knot", d.knot_conf, AUTHORITATIVE, zones))
         stack.enter_context(
-            dnsservers.unbound(ns, directory / "unbound", RESOLVER, ZONE, d.ds, AUTHORITATIVE, f"do.{ZONE}")
+            dnsservers.unbound(ns, directory / "unbound", RESOLVER, ZONE, d.ds, AUTHORITATIVE, f"lab.do.{ZONE}")
         )
         # The children are reached only through the parent's delegation (NS ns.<zone>).
         wait_until(lambda: all(_resolves(ns, name) for name in d.children), 10, "unbound resolving the child zones")

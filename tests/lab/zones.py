@@ -57,7 +57,8 @@ def ta_only(config_file: Path, probe: str, address: str) -> str:
             for covers in {r.covers for r in node.rdatasets if r.rdtype == rdtype}:
                 node.delete_rdataset(dns.rdataclass.IN, rdtype, covers)
     ta = dns.rdataset.from_text("IN", "TLSA", zone.TTL, tlsa.record(tlsa.DANE_TA, ca).rdata())
-    z.find_node(dns.name.from_text(f"_25._tcp.{probe}.{cfg.domain}.")).replace_rdataset(ta)
+    # The TLSA RRset of every test's host at the probe is the wildcard's (`havedane records`).
+    z.find_node(dns.name.from_text(f"*.{probe}.{cfg.domain}.")).replace_rdataset(ta)
     sign.sign(z, zonekeys.load_or_create(key_dir, cfg.domain))
     return zone.zone_text(z)
 
