@@ -54,7 +54,7 @@ class Sent:
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[dnsworld.DnsWorld]:
+def dnslab() -> Iterator[dnsworld.DnsWorld]:
     reason = _missing()
     if reason is not None:
         if os.geteuid() != 0 and os.environ.get("CI") != "true":
@@ -81,33 +81,33 @@ def settled(lab: dnsworld.DnsWorld, alias: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def sent(lab: dnsworld.DnsWorld) -> dict[str, Sent]:
+def sent(dnslab: dnsworld.DnsWorld) -> dict[str, Sent]:
     """One test per sender, all three sent at once, DNSKEY_TTL + 1 s after the resolvers
     last resolved in the zone: the validating one has to fetch the DNSKEY again."""
     tests = {}
-    for name in lab.senders:
-        r = lab.api("POST", "/api/tests")
+    for name in dnslab.senders:
+        r = dnslab.api("POST", "/api/tests")
         assert r.status_code == 201, r.text
         tests[name] = r.json()
-    time.sleep(max(0.0, lab.resolvers_ready + sign.DNSKEY_TTL + 1 - time.monotonic()))
+    time.sleep(max(0.0, dnslab.resolvers_ready + sign.DNSKEY_TTL + 1 - time.monotonic()))
     queued = {}
-    for name, sender in lab.senders.items():
+    for name, sender in dnslab.senders.items():
         rcpts = [tests[name]["addresses"][p] for p in ("do", "dont", "wrong")]
         queued[name] = sender.send(f"postmaster@{name}.sender.test", rcpts, f"havedane lab: {name}")
-    for name, sender in lab.senders.items():
+    for name, sender in dnslab.senders.items():
         try:
             sender.wait_outcomes(queued[name], 3)
         finally:
             sender.delete_deferred()  # no retries: each would be one more session
-        settled(lab, tests[name]["alias"])
+        settled(dnslab, tests[name]["alias"])
     # The verdict can be in before the last dnstap frames are: Knot sends them in batches,
     # up to 2 s after the query (docs/dns-evidence.md), and a reader commits every 0.2 s.
     time.sleep(DNSTAP_LAG)
     out = {}
-    for name, sender in lab.senders.items():
+    for name, sender in dnslab.senders.items():
         alias = tests[name]["alias"]
-        state = settled(lab, alias)
-        page = lab.api("GET", f"/t/{alias}")
+        state = settled(dnslab, alias)
+        page = dnslab.api("GET", f"/t/{alias}")
         assert page.status_code == 200, page.text
         out[name] = Sent(sender, state, sender.log(queued[name].log_offset), html.unescape(page.text))
     return out
@@ -185,14 +185,14 @@ def test_dane_sender_behind_a_non_validating_resolver(sent: dict[str, Sent]) -> 
         assert said in s.page, said
 
 
-def test_the_way_to_tell_them_apart_works(lab: dnsworld.DnsWorld, sent: dict[str, Sent]) -> None:
+def test_the_way_to_tell_them_apart_works(dnslab: dnsworld.DnsWorld, sent: dict[str, Sent]) -> None:
     """The page's advice for the third sender, followed on the lab's two resolvers: the
     validating one answers with AD (RFC 4035 §3.2.3), the non-validating one without."""
     details = " ".join(sent["dane-nonvalidating"].dns["details"])
     found = re.search(r"dig \+dnssec (\S+) TLSA", details)
     assert found, details
-    validated = dnsservers.query(lab.ns, dnsworld.VALIDATING, found[1], "TLSA")
-    unvalidated = dnsservers.query(lab.ns, dnsworld.NON_VALIDATING, found[1], "TLSA")
+    validated = dnsservers.query(dnslab.ns, dnsworld.VALIDATING, found[1], "TLSA")
+    unvalidated = dnsservers.query(dnslab.ns, dnsworld.NON_VALIDATING, found[1], "TLSA")
     assert (validated.rcode, validated.ad) == ("NOERROR", True) and validated.rrsets, validated
     assert (unvalidated.rcode, unvalidated.ad) == ("NOERROR", False) and unvalidated.rrsets, unvalidated
 
@@ -203,11 +203,15 @@ def test_the_first_two_diagnoses_differ(sent: dict[str, Sent]) -> None:
     assert len({s.dns["lead"] for s in sent.values()}) == 3
 
 
-def test_both_name_servers_feed_the_one_store(lab: dnsworld.DnsWorld, sent: dict[str, Sent]) -> None:
+def test_both_name_servers_feed_the_one_store(dnslab: dnsworld.DnsWorld, sent: dict[str, Sent]) -> None:
     """Each Knot has its own reader; the resolvers ask both; every query kept says which
     name server answered it (the response address in dnstap, RFC-less: dnstap.proto)."""
     shown = {q["server"] for s in sent.values() for q in s.dns["queries"]}
     assert shown == set(dnsworld.KNOTS), shown
-    with sqlite3.connect(f"file:{lab.store}?mode=ro", uri=True) as db:
+    with sqlite3.connect(f"file:{dnslab.store}?mode=ro", uri=True) as db:
         rows = dict(db.execute("SELECT server, count(*) FROM dns_queries GROUP BY server").fetchall())
     assert set(rows) == set(dnsworld.KNOTS) and all(rows.values()), rows
+    # Neither reader lost a batch or met a frame it could not read (dnstap.py logs both).
+    for server, log in dnslab.readers.items():
+        said = log.read_text()
+        assert "failed" not in said and "malformed" not in said, (server, said)
