@@ -227,7 +227,6 @@ def evaluate(
     grace_over = grace_ends is not None and now >= grace_ends
     results = {p.name: probe_result(p, sessions, deliveries, grace_over, domain, competing, test.alias) for p in probes}
     classic = [results[p.name] for p in probes if p.classic]
-
     must_deliver = [r for r in classic if r.probe.expect is Expect.DELIVER]
     must_refuse = [r for r in classic if r.probe.expect is not Expect.DELIVER]
     plaintext = [r for r in must_deliver if r.probe.tlsa is Tlsa.MATCH and r.deliveries and not r.over_tls]
