@@ -9,8 +9,9 @@ two resolvers (one validates, one does not) and three Postfix senders.
     127.0.0.22  Unbound that does not (no trust anchor, module-config "iterator")
                 Both have a stub zone listing both Knots, so they ask both (RFC 1034
                 §5.3.3: a resolver picks among the zone's servers).
-    127.0.0.25:25  `havedane serve` (receiver and web app on 127.0.0.1:8080, no dnstap of
-                its own: as on a web host, the DNS evidence comes from the store)
+    127.0.0.25:25  `havedane serve --role smtp`, and `--role web` on 127.0.0.1:8080: as in
+                docs/scaling.md, every process on the same configuration (dnstap_socket
+                set), and neither reads dnstap itself: the evidence comes from the store
     127.0.0.30  Postfix, smtp_tls_security_level = dane, through the validating resolver
     127.0.0.31  Postfix, smtp_tls_security_level = may, through the validating resolver
     127.0.0.32  Postfix, dane, through the non-validating resolver (its own resolv.conf,
@@ -146,12 +147,17 @@ def running(proc: subprocess.Popen[bytes], log: Path, up: Callable[[], bool], wh
         stop(proc, timeout=10)
 
 
-def _listening(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
+def listens(ns: Netns, host: str, port: int) -> Callable[[], bool]:
+    """A check that something in the namespace accepts connections at host:port."""
+
+    def connect() -> bool:
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    return lambda: ns.call(connect)
 
 
 @dataclass(frozen=True)
@@ -198,6 +204,24 @@ def name_servers(ns: Netns, directory: Path, d: Deployment) -> Iterator[dict[str
 
 
 @contextlib.contextmanager
+def receiver(ns: Netns, directory: Path, d: Deployment) -> Iterator[None]:
+    """`serve --role smtp` and `--role web`, with `[dns] dnstap_socket` set as on the name
+    servers' hosts (docs/scaling.md: the same config everywhere): the roles other than
+    `all` and `dns` start no reader, but the page knows DNS evidence is collected."""
+    env = {"HAVEDANE_VERDICT_GRACE": GRACE, "HAVEDANE_DNS_DNSTAP_SOCKET": str(d.sockets[KNOTS[0]])}
+    roles = {
+        "smtp": ("--smtp-listen", f"{RECEIVER}:25", (RECEIVER, 25)),
+        "web": ("--web-listen", f"{WEB[0]}:{WEB[1]}", WEB),
+    }
+    with contextlib.ExitStack() as stack:
+        for role, (option, value, at) in roles.items():
+            log = directory / f"havedane-serve-{role}.log"
+            proc = serve(ns, d.config, log, "--role", role, option, value, env=env)
+            stack.enter_context(running(proc, log, listens(ns, *at), f"havedane serve --role {role}"))
+        yield
+
+
+@contextlib.contextmanager
 def build(directory: Path) -> Iterator[DnsWorld]:
     with contextlib.ExitStack() as stack:
         ns = Netns("havedane-dlab")
@@ -208,14 +232,7 @@ def build(directory: Path) -> Iterator[DnsWorld]:
         stack.enter_context(unbound(ns, directory / "unbound-validating", VALIDATING, d.ds, True))
         stack.enter_context(unbound(ns, directory / "unbound-iterator", NON_VALIDATING, d.ds, False))
         ready = time.monotonic()
-        log = directory / "havedane-serve.log"
-        web = f"{WEB[0]}:{WEB[1]}"
-        proc = serve(ns, d.config, log, "--smtp-listen", f"{RECEIVER}:25", "--web-listen", web,
-                     env={"HAVEDANE_VERDICT_GRACE": GRACE})  # fmt: skip
-        up = [(RECEIVER, 25), WEB]
-        stack.enter_context(
-            running(proc, log, lambda: ns.call(lambda: all(_listening(*a) for a in up)), "havedane serve")
-        )
+        stack.enter_context(receiver(ns, directory, d))
         resolv = directory / "resolv-nonvalidating.conf"
         resolv.write_text(f"nameserver {NON_VALIDATING}\noptions trust-ad timeout:2 attempts:2\n")
         resolver_of = {"dane": VALIDATING, "may": VALIDATING, "dane-nonvalidating": NON_VALIDATING}

@@ -89,6 +89,10 @@ def sent(dnslab: dnsworld.DnsWorld) -> dict[str, Sent]:
         r = dnslab.api("POST", "/api/tests")
         assert r.status_code == 201, r.text
         tests[name] = r.json()
+    # Before anything was sent: the web role reads no dnstap itself, but the page says DNS
+    # evidence is collected here, and that none has come for this test.
+    fresh = dnslab.api("GET", f"/api/tests/{tests['may']['alias']}").json()["dns"]
+    assert (fresh["available"], fresh["finding"]) == (True, "no-queries"), fresh
     time.sleep(max(0.0, dnslab.resolvers_ready + sign.DNSKEY_TTL + 1 - time.monotonic()))
     queued = {}
     for name, sender in dnslab.senders.items():
