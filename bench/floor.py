@@ -100,7 +100,8 @@ def http_test(web: str, port: int) -> str:
     with smtplib.SMTP("127.0.0.1", port) as s:
         s._host = "do.x.test"  # type: ignore[attr-defined]  # the SNI smtplib sends
         s.starttls(context=ctx)
-        s.sendmail("a@sender.example", [f"test@{alias}.do.x.test", f"test@{alias}.dont.x.test"], b"Subject: x\r\n\r\nx\r\n")
+        rcpts = [f"test@{alias}.do.x.test", f"test@{alias}.dont.x.test"]
+        s.sendmail("a@sender.example", rcpts, b"Subject: x\r\n\r\nx\r\n")
     time.sleep(0.5)
     return alias
 
