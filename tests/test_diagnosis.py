@@ -88,13 +88,13 @@ def judge(outcome: str, facts: str, clients: tuple[str, ...] = (CLIENT,)) -> Ver
     for i, (probe, event) in enumerate(zip(("do", "dont", "wrong"), (do, dont, wrong), strict=True)):
         client = clients[i % len(clients)]
         if event in ("tls", "plain"):
-            rcpt = f"{ALIAS}@{probe}.{DOMAIN}"
+            rcpt = probes.CATALOGUE[probe].address(ALIAS, DOMAIN)
             tls = TLS if event == "tls" else None
             deliveries.append(Delivery(ALIAS, probe, T0 + 1 + i, client, "mx.s", "a@s", rcpt, tls))
         elif event == "refused":
             sessions.append(Session(
                 id=f"s-{probe}", started=T0 + 2, ended=T0 + 3, client_ip=client, client_port=1, local_ip="127.0.0.1",
-                local_port=25, helo="mx.s", starttls=True, tls=Tls("TLSv1.3", "X", f"{probe}.{DOMAIN}"),
+                local_port=25, helo="mx.s", starttls=True, tls=Tls("TLSv1.3", "X", f"{ALIAS}.{probe}.{DOMAIN}"),
                 probe=probe, alias=ALIAS, outcome=Outcome.TLS_THEN_LEFT,
             ))  # fmt: skip
     now = T0 + 1 + GRACE + (1 if grace_over else -50)
@@ -139,7 +139,7 @@ def test_every_combination_of_dns_facts_and_outcomes(outcome: str, facts: str) -
     # a TLSA fetch is claimed only where one was seen.
     assert ("validates DNSSEC" in words) == (v.dns.finding is Finding.RESOLVER_VALIDATES)
     assert ("DNSKEY records during the test" in words) == facts.endswith("+dnskey")
-    assert ("fetched the TLSA records" in words) == ("tlsa" in facts)
+    assert bool(re.search("(fetched|looked up) the TLSA records of", words)) == ("tlsa" in facts)
     assert ("not available on this deployment" in words) == (facts == "no-feed")
 
 
@@ -149,7 +149,7 @@ def test_no_tlsa_and_no_dnskey_says_both_causes_and_how_to_tell_them_apart() -> 
     assert "either DANE is not enabled in your mail server, or its resolver does not validate" in said.lead
     assert RESOLVER in said.lead
     words = said.text
-    assert f"dig +dnssec _25._tcp.{ALIAS}.do.{DOMAIN} TLSA" in words  # the test's own host and '"ad"' in words
+    assert f"dig +dnssec _25._tcp.do.{DOMAIN} TLSA" in words and '"ad"' in words
     assert "smtp_dns_support_level = dnssec" in words and "smtp_tls_security_level = dane" in words
     # The DO bit is reported, as showing nothing.
     assert "DNSSEC OK bit set, which validating and non-validating resolvers both set" in words
@@ -166,7 +166,7 @@ def test_validates_says_which_resolver_fetched_which_records() -> None:
     assert [(r.address, r.tlsa, r.dnskey) for r in v.dns.resolvers] == [(RESOLVER, ("do", "dont", "wrong"), True)]
     words = wording.diagnosis(v).text
     assert (
-        f"The resolver at {RESOLVER} asked for this test's names and fetched the TLSA records of {ALIAS}.do.{DOMAIN}"
+        f"The resolver at {RESOLVER} asked for this test's names and looked up the TLSA records of {ALIAS}.do.{DOMAIN}"
         in words
     )
 
@@ -208,3 +208,14 @@ def test_the_do_bit_is_reported_and_decides_nothing() -> None:
     assert with_do.dns.finding is without.dns.finding is Finding.NO_TLSA_NO_DNSKEY
     assert wording.DO_BIT in wording.diagnosis(with_do).details
     assert wording.DO_BIT not in wording.diagnosis(without).details
+
+
+def test_a_tlsa_lookup_where_none_are_published_is_not_called_a_fetch_of_records() -> None:
+    """dont publishes no TLSA records: a DANE sender's resolver looks them up there and gets
+    none (NOERROR, no data: seen in tests/lab/test_diagnosis_lab.py). The words say it looked
+    them up; "fetched the TLSA records of <alias>.dont..." claimed records that do not exist."""
+    v = judge("validates", "tlsa-all+dnskey")
+    said = wording.diagnosis(v)
+    assert f"{ALIAS}.dont.{DOMAIN}" in said.lead
+    assert "fetched the TLSA records" not in said.text
+    assert said.lead.startswith(f"Your server's resolver looked up the TLSA records of {ALIAS}.do.{DOMAIN}")

@@ -86,9 +86,6 @@ def headline(v: Verdict) -> Headline:
     return Headline(tone, title)
 
 
-# -- per probe ------------------------------------------------------------------------------
-
-
 def reason(v: Verdict, name: str) -> str:
     """Why the probe got its grade, as a clause (lower case, no final stop)."""
     g, r = v.grades[name], v.probes[name]
@@ -167,9 +164,6 @@ def refusal(v: Verdict, name: str, session: Session) -> str:
                 "waited for mail from it then"
             )
     return f"A server at {session.client_ip} connected to {v.host(name)}, {how}{tied}."
-
-
-# -- the summary ------------------------------------------------------------------------------
 
 
 def _delivered_over(v: Verdict) -> str:
@@ -325,7 +319,7 @@ def resolver(r: ResolverFacts) -> str:
 def resolver_seen(v: Verdict, r: ResolverFacts) -> str:
     """One sentence: what one resolver asked for during this test."""
     said = f"The resolver at {resolver(r)} asked for this test's names"
-    said += f" and fetched the TLSA records of {hosts(v, r.tlsa)}" if r.tlsa else ", and no TLSA records"
+    said += f" and looked up the TLSA records of {hosts(v, r.tlsa)}" if r.tlsa else ", and no TLSA records"
     if r.dnskey:
         said += ". It also fetched our DNSKEY records during the test (tied to it by its address and the time)"
     return said + "."
@@ -347,7 +341,7 @@ def diagnosis(v: Verdict) -> Summary:
             return Summary(f"No DNS query naming this test has reached our name servers{yet}.", (UNSEEN,))
         case Finding.VALIDATES:
             who = resolvers([r for r in d.resolvers if r.tlsa])
-            return Summary(f"Your server's resolver fetched the TLSA records of {hosts(v, d.fetched)} ({who}).", seen)
+            return Summary(f"Your server's resolver looked up the TLSA records of {hosts(v, d.fetched)} ({who}).", seen)
         case Finding.VALIDATES_UNSEEN:
             return Summary("No TLSA lookup for this test reached our name servers.", (*seen, UNSEEN))
         case Finding.SEEN:
@@ -368,7 +362,7 @@ def delivered_against(v: Verdict, seen: tuple[str, ...]) -> Summary:
         )
     if d.finding is Finding.FETCHED_ELSEWHERE:
         return Summary(
-            f"Your server's resolver fetched the TLSA records of {hosts(v, d.fetched)}, but not those of "
+            f"Your server's resolver looked up the TLSA records of {hosts(v, d.fetched)}, but not those of "
             f"{hosts(v, d.about)}, where your server delivered.",
             seen,
         )
@@ -394,7 +388,8 @@ def delivered_against(v: Verdict, seen: tuple[str, ...]) -> Summary:
 
 
 def dane_host(v: Verdict) -> str:
-    """The TLS host of a probe with matching TLSA records: the one to ask a resolver about."""
+    """The TLS host of a probe with matching TLSA records, to ask a resolver about: the probe's
+    name, not the test's (a query for the test's name would be tied to it and change its finding)."""
     match = [r.probe for r in v.probes.values() if r.probe.tlsa is Tlsa.MATCH]
     probe = match[0] if match else next(iter(v.probes.values())).probe
-    return probe.tls_host(v.domain, v.alias)
+    return probe.tls_host(v.domain)

@@ -143,7 +143,8 @@ def tapped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, P
 @pytest.mark.browser
 def test_the_diagnosis_and_the_dns_queries_show_on_the_page(page: Page, tapped: tuple[Server, Path]) -> None:
     server, sock = tapped
-    alias = server.new_test()["alias"]
+    test = server.new_test()
+    alias = test["alias"]
     page.goto(f"{server.web}/t/{alias}")
     expect(page.locator("#live-status")).to_have_attribute("data-state", "live")
     # What a validating resolver asks for a sender without DANE: the zone's keys, the hosts' MX
@@ -153,7 +154,7 @@ def test_the_diagnosis_and_the_dns_queries_show_on_the_page(page: Page, tapped: 
         [(DOMAIN, "DNSKEY")] + [(f"{alias}.{p}.{DOMAIN}", t) for p in ("do", "dont", "wrong") for t in ("MX", "A")],
     )
     for name in ("do", "dont", "wrong"):
-        deliver(server.smtp_port, probes.CATALOGUE[name].address(alias, DOMAIN))
+        deliver(server.smtp_port, test["addresses"][name])
     expect(page.locator("#verdict")).to_have_attribute("data-code", "does-not-validate")
     diagnosis = page.locator("#diagnosis")
     expect(diagnosis).to_have_attribute("data-finding", "resolver-validates")
