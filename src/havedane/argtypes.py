@@ -39,6 +39,29 @@ def ip(value: str) -> str:
         raise argparse.ArgumentTypeError(f"must be an IP address, got {value!r}") from None
 
 
+def resolver(value: str) -> str:
+    """A resolver: `IP`, `IP:PORT` or `[IPv6]:PORT`, written back as check.py reads it."""
+    address, port_text = split_resolver(value)
+    try:
+        address = ip(address)
+        port(port_text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be IP or IP:PORT, got {value!r}") from None
+    return f"[{address}]:{port_text}" if ":" in address else f"{address}:{port_text}"
+
+
+def split_resolver(value: str) -> tuple[str, str]:
+    """("192.0.2.1", "53") from "192.0.2.1"; the port after the last colon of an IPv4
+    address or of a bracketed IPv6 one; a bare IPv6 address has port 53."""
+    if value.startswith("["):
+        address, _, rest = value[1:].partition("]")
+        return address, rest[1:] if rest.startswith(":") else rest or "53"
+    if value.count(":") == 1:
+        address, _, port_text = value.partition(":")
+        return address, port_text
+    return value, "53"
+
+
 def client_address(value: str) -> str:
     """Postfix's ${client_address}: an address, or "unknown"."""
     return value if value == "unknown" else ip(value)

@@ -13,6 +13,7 @@ the web URL answers. One line per check.
 
 from __future__ import annotations
 
+import datetime
 import secrets
 import smtplib
 import socket
@@ -30,9 +31,9 @@ import dns.rcode
 import dns.rdatatype
 from cryptography import x509
 
-from havedane import probes
+from havedane import argtypes, checksigs, probes
 from havedane.config import Config
-from havedane.dns import tlsa
+from havedane.dns import tlsa, zone
 from havedane.store.base import CHECK_HELO
 
 
@@ -42,10 +43,12 @@ class Result:
     ok: bool
     detail: str
     fix: str = ""
+    warn: bool = False  # passes, but needs doing soon (a signature about to expire)
 
     def line(self) -> str:
-        text = f"{'ok  ' if self.ok else 'FAIL'}  {self.name}: {self.detail}"
-        return text if self.ok or not self.fix else f"{text}\n      fix: {self.fix}"
+        label = "WARN" if self.warn else "ok  " if self.ok else "FAIL"
+        text = f"{label}  {self.name}: {self.detail}"
+        return text if (self.ok and not self.warn) or not self.fix else f"{text}\n      fix: {self.fix}"
 
 
 @dataclass(frozen=True)
@@ -60,8 +63,9 @@ def query(resolver: str, name: str, rdtype: str, timeout: float = 5.0) -> Answer
     """One query with DO and AD set (RFC 6840 §5.7), over UDP with TCP fallback."""
     msg = dns.message.make_query(name, rdtype, want_dnssec=True)
     msg.flags |= dns.flags.AD
+    address, port = argtypes.split_resolver(resolver)
     try:
-        resp, _ = dns.query.udp_with_fallback(msg, resolver, timeout=timeout)
+        resp, _ = dns.query.udp_with_fallback(msg, address, timeout=timeout, port=int(port))
     except (dns.exception.DNSException, OSError) as e:
         return Answer(-1, False, [], f"{type(e).__name__}: {e}")
     want = dns.rdatatype.from_text(rdtype)
@@ -90,12 +94,31 @@ def served_chain(address: str, port: int, sni: str, timeout: float = 10.0) -> li
 def check(config: Config, resolver: str, smtp_port: int = 25) -> Iterator[Result]:
     domain = config.domain
     soa = query(resolver, domain, "SOA")
+    if soa.error:
+        # No answer at all: every other question would time out alike and blame the zone.
+        fix = "give a validating resolver that answers (--resolver IP[:PORT])"
+        yield Result(f"resolver {resolver}", False, f"does not answer ({soa.error}); nothing else checked", fix)
+        return
     yield authenticated(
         f"DNSSEC {domain}", soa, "sign the zone (`havedane zone --sign`) and publish its DS at the parent"
     )
+    yield from check_signatures(config, resolver)
     for probe in config.probes:
         yield from check_probe(config, probe, resolver, smtp_port)
     yield check_web(config.public_url)
+
+
+def check_signatures(config: Config, resolver: str, now: datetime.datetime | None = None) -> Iterator[Result]:
+    """Each zone havedane signs: its first signature expires more than a week from now."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    fix = "sign again (`havedane zone --sign`, daily by deploy/havedane-resign.timer) and reload the name server"
+    for name in zone.signed_zones(config.domain, config.probes):
+        found, error = checksigs.expirations(resolver, name)
+        if error:
+            yield Result(f"signatures {name}", False, f"no answer ({error})", "check the resolver")
+            continue
+        state, said = checksigs.verdict(found, now)
+        yield Result(f"signatures {name}", state != "fail", said, fix, warn=state == "warn")
 
 
 def fresh_alias() -> str:

@@ -97,8 +97,8 @@ def _ops_commands(command: Command) -> None:
     c = command(
         "check", "verify the live deployment from outside: DNSSEC, TLSA vs served certificates, SMTP, web", cmd_check
     )
-    c.add_argument("--resolver", metavar="IP", type=argtypes.ip,
-                   help="validating resolver to ask (default: the first in /etc/resolv.conf)")  # fmt: skip
+    c.add_argument("--resolver", metavar="IP[:PORT]", type=argtypes.resolver,
+                   help="validating resolver to ask (default: the first in /etc/resolv.conf, port 53)")  # fmt: skip
     c.add_argument("--smtp-port", type=argtypes.port, default=25, metavar="PORT",
                    help="SMTP port of the probe hosts (default 25)")  # fmt: skip
 
