@@ -56,7 +56,7 @@ DNSKEY_TTL = 5
 CSK_FLAGS = 257  # ZONE | SEP: the key the parent's DS points at, and the one that signs everything
 # Signatures start an hour back, so a validator whose clock is a little behind accepts
 # them (RFC 4035 §5.3.1 checks inception), and last 30 days: the zone must be signed
-# again before then, e.g. by a weekly `havedane zone --sign` from cron.
+# again before then: deploy/havedane-resign.timer runs `havedane zone --sign` daily.
 INCEPTION_SKEW = datetime.timedelta(hours=1)
 LIFETIME = datetime.timedelta(days=30)
 
