@@ -5,6 +5,7 @@ certificate, a receiver that is down)."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -38,7 +39,12 @@ def failures(out: str) -> list[str]:
     return [line for line in out.splitlines() if line.startswith("FAIL")]
 
 
-def variant(lab: world.World, signed: bool, change: Callable[[dns.zone.Zone], None] | None = None) -> str:
+def variant(
+    lab: world.World,
+    signed: bool,
+    change: Callable[[dns.zone.Zone], None] | None = None,
+    now: datetime.datetime | None = None,
+) -> str:
     """The deployment's zone, rebuilt the way `havedane zone` builds it, changed, and
     (when `signed`) signed with the deployment's own key, so the lab's trust anchor holds."""
     cfg = configmod.load(lab.config, env={})
@@ -51,7 +57,7 @@ def variant(lab: world.World, signed: bool, change: Callable[[dns.zone.Zone], No
     if change is not None:
         change(z)
     if signed:
-        sign.sign(z, zonekeys.load_or_create(key_dir, cfg.domain))
+        sign.sign(z, zonekeys.load_or_create(key_dir, cfg.domain), now=now)
     return zone.zone_text(z)
 
 
@@ -119,6 +125,23 @@ def test_check_fails_on_an_unsigned_zone(lab: world.World) -> None:
     [first, *_] = failures(out)
     assert first.startswith(f"FAIL  DNSSEC {lab.zone}: rcode SERVFAIL"), out
     assert "fix: sign the zone (`havedane zone --sign`)" in out
+
+
+def test_check_reads_the_signatures_through_the_validating_resolver(lab: world.World) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    # Signed 27 days ago: still valid for 3 days, so Unbound validates and check warns.
+    with unvalidated_dns(lab, variant(lab, signed=True, now=now - sign.LIFETIME + datetime.timedelta(days=3))):
+        code, out = check(lab, world.ALT_RESOLVER)
+    assert re.search(rf"^ok    DNSSEC {re.escape(lab.zone)}: ", out, re.M), out
+    warn = rf"^WARN  signatures {re.escape(lab.zone)}: the first signature expires at [-0-9: ]+ UTC, in 3\.0 days$"
+    assert re.search(warn, out, re.M), out
+    # Signed 31 days ago: expired, Unbound answers SERVFAIL; with CD it hands the RRSIGs over.
+    with unvalidated_dns(lab, variant(lab, signed=True, now=now - datetime.timedelta(days=31))):
+        code, out = check(lab, world.ALT_RESOLVER)
+    assert code == 1, out
+    assert re.search(rf"^FAIL  DNSSEC {re.escape(lab.zone)}: rcode SERVFAIL", out, re.M), out
+    expired = rf"^FAIL  signatures {re.escape(lab.zone)}: a signature expired at [-0-9: ]+ UTC: the zone is bogus"
+    assert re.search(expired, out, re.M), out
 
 
 def test_check_fails_when_do_tlsa_does_not_match_the_served_certificate(lab: world.World) -> None:
