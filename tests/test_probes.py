@@ -21,7 +21,7 @@ def test_a_tests_names_at_a_probe() -> None:
     # mx: the test's mail domain carries the alias, its MX host (TLSA, SNI) does not.
     assert (MX.host(DOMAIN, "abc123"), MX.tls_host(DOMAIN, "abc123")) == ("abc123.mx.x.test", "mxhost.x.test")
     assert (MX.tls_name(DOMAIN), MX.tlsa_owner(DOMAIN)) == ("mxhost.x.test", "_25._tcp.mxhost.x.test")
-    assert [p.name for p in ALL if not p.sni_names_test] == ["unusable-notls", "notls", "mx"]
+    assert [p.name for p in ALL if not p.sni_names_test] == ["unusable-notls", "notls", "mx", "denial-bogus"]
 
 
 @pytest.mark.parametrize("probe", ALL, ids=lambda p: p.name)

@@ -108,7 +108,7 @@ def check_probe(config: Config, probe: probes.Probe, resolver: str, port: int) -
     host, tls_host = probe.host(domain, alias), probe.tls_host(domain, alias)
     signed = probe.zone is not probes.Zone.UNSIGNED  # an unsigned delegation is provably insecure on purpose
     if probe.zone is not probes.Zone.PARENT:
-        served = check_child_zone(probe.base(domain), resolver)
+        served = check_child_zone(probe.zone_apex(domain), resolver)
         yield served
         if not served.ok:
             return  # every other answer from the zone would fail for this one reason
@@ -176,9 +176,10 @@ def check_tlsa_rrset(
     name = f"_25._tcp.{tls_host}"
     ans = query(resolver, name, "TLSA")
     records = [parse_tlsa(r) for r in ans.records]
-    if probe.zone is probes.Zone.BOGUS:
-        # The point of the probe: the TLSA signature does not validate (SERVFAIL), while
-        # the rest of the zone does (RFC 7672 §2.2: a lookup error means defer).
+    if probe.zone in (probes.Zone.BOGUS, probes.Zone.BOGUS_DENIAL):
+        # The point of the probe: the TLSA signature (or that of the NSEC3 proving there
+        # is no TLSA) does not validate (SERVFAIL), while the rest of the zone does (RFC
+        # 7672 §2.2: a lookup error means defer).
         ok = ans.rcode == dns.rcode.SERVFAIL
         detail = "lookup fails validation (SERVFAIL), as intended" if ok else f"rcode {_rcode(ans)}, expected SERVFAIL"
         yield Result(f"TLSA {name}", ok, detail, "serve the child zone written by `havedane zone --sign` unchanged")

@@ -44,6 +44,9 @@ class Zone(enum.StrEnum):
     PARENT = "parent"  # in the signed base zone
     BOGUS = "bogus"  # a child zone with DS in the parent whose TLSA signature is broken
     UNSIGNED = "unsigned"  # a child zone delegated without DS: provably insecure
+    # A child zone of its own at the probe's MX host, with DS in the parent, signed validly
+    # except the NSEC3 that proves no TLSA at _25._tcp.<MX host>: its signature is broken.
+    BOGUS_DENIAL = "bogus-denial"
 
 
 class Chain(enum.StrEnum):
@@ -73,6 +76,11 @@ class Probe:
     # A probe whose delivery shows the sender can do what this one needs (e.g. DNSSEC
     # lookups of TLSA): without it a missing delivery proves nothing.
     control: str | None = None
+
+    def zone_apex(self, domain: str) -> str:
+        """The apex of the probe's child zone: its MX host where the zone is cut there
+        (BOGUS_DENIAL: the test hosts stay in the validly signed parent), else `base`."""
+        return (self.mx_host(domain) or self.base(domain)) if self.zone is Zone.BOGUS_DENIAL else self.base(domain)
 
     def base(self, domain: str) -> str:
         """The name every test's host is below: the wildcard's parent (and the apex of a
@@ -285,6 +293,24 @@ MATRIX: tuple[Probe, ...] = (
         proves_pass="Your server looks TLSA up at the MX host's name and sends that name in SNI.",
         proves_fail="Your server does not find TLSA at the MX host: mail to most DANE domains is not protected.",
         rfc="RFC 7672 §2.2.2, §8.1",
+        classic=False,
+    ),
+    Probe(
+        name="denial-bogus",
+        expect=Expect.NEVER_CONNECT,
+        tlsa=Tlsa.NONE,
+        mx="mxdenial",
+        zone=Zone.BOGUS_DENIAL,
+        control="do",
+        # *.denial-bogus MX 10 mxdenial.<domain>, in the parent: the MX and address lookups
+        # validate. mxdenial.<domain> is a signed child zone with a placeholder at
+        # _25._tcp.mxdenial, so "no TLSA there" is proven by that name's NSEC3 alone (a
+        # NODATA answer, RFC 5155 §7.2.3), and only that NSEC3's signature is broken.
+        tests="The MX host publishes no TLSA, but the signed proof that there are none does not validate.",
+        proves_pass="Your server treats a proof of non-existence that fails validation as a lookup error, and waits.",
+        proves_fail="Your server delivered although the proof that no TLSA exist failed validation: an "
+        'attacker who forges "no TLSA" can downgrade your mail to unauthenticated or no TLS.',
+        rfc="RFC 7672 §2.2, RFC 4035 §5.4",
         classic=False,
     ),
 )

@@ -40,6 +40,8 @@ DANE_POSTFIX: dict[str, tuple[str, tuple[str, ...]]] = {
     "unsigned": ("2.0.0", ("Untrusted TLS connection established",)),
     "notls": ("4.7.4", ("TLS is required, but was not offered",)),
     "mx": ("2.0.0", ("Verified TLS connection established",)),
+    # The NSEC3 proving "no TLSA" fails validation: Unbound answers SERVFAIL, Postfix defers.
+    "denial-bogus": ("4.7.5", ("TLSA lookup error",)),
 }
 
 
@@ -175,7 +177,8 @@ def test_dane_postfix_passes_every_probe(lab: world.World) -> None:
         assert probes_seen[name]["grade"]["grade"] == "pass", (name, probes_seen[name]["grade"])
 
     # bogus: the TLSA lookup failed, so Postfix never connected (nothing reached havedane).
-    assert seen["bogus"].outcome.relay == "none" and seen["bogus"].tls is None
+    for name in ("bogus", "denial-bogus"):
+        assert seen[name].outcome.relay == "none" and seen[name].tls is None, (name, seen[name])
     assert seen["mx"].outcome.relay.startswith(f"mxhost.{lab.zone}[")
     # Postfix sends SNI only where DANE applies (usable, signed TLSA), and then the TLS host's name.
     for p in ALL:
@@ -209,12 +212,14 @@ def test_plain_postfix_fails_every_must_not_deliver_probe(lab: world.World) -> N
         for p in ALL
     }
     assert grades == expected
-    assert {n for n, g in grades.items() if g == "fail"} == {"wrong", "unusable-notls", "bogus", "notls"}
+    must_not = {"wrong", "unusable-notls", "bogus", "notls", "denial-bogus"}
+    assert {n for n, g in grades.items() if g == "fail"} == must_not
     assert {n for n, g in grades.items() if g == "inconclusive"} == {"ee", "ta-badname", "ta-expired", "ta-rogue"}
     for name in ("notls", "unusable-notls"):
         assert probes_seen[name]["grade"]["reason"] == "delivered without TLS, where TLS is mandatory"
     assert state["verdict"]["code"] == "does-not-validate", state["verdict"]
-    assert state["conformance"].startswith("Conforms on 6 of 14 probes."), state["conformance"]
+    passed = sum(g == "pass" for g in grades.values())
+    assert state["conformance"].startswith(f"Conforms on {passed} of {len(ALL)} probes."), state["conformance"]
 
 
 def test_bogus_and_unsigned_as_the_resolver_sees_them(lab: world.World) -> None:
@@ -241,11 +246,26 @@ def test_bogus_and_unsigned_as_the_resolver_sees_them(lab: world.World) -> None:
         answer = lab.query(name, rdtype)
         assert (answer.rcode, answer.ad) == ("NOERROR", False) and answer.rrsets, (name, answer)
 
-    # Both are reached through the parent's delegation to ns.<zone>, where the child
+    # denial-bogus: the test host's MX (in the valid parent) is the apex of a signed child
+    # zone whose NSEC3 proving "no TLSA at _25._tcp.<MX host>" has a broken signature.
+    # What Unbound does: SERVFAIL for the TLSA lookup (the NODATA proof is bogus); the
+    # MX, the MX host's address and its AAAA NODATA (another NSEC3) validate (AD).
+    host, mxdenial = world.fresh_host("denial-bogus"), f"mxdenial.{zone}"
+    mx = lab.query(host, "MX")
+    assert (mx.rcode, mx.ad) == ("NOERROR", True) and mx.rrsets, mx
+    tlsa = lab.query(f"_25._tcp.{mxdenial}", "TLSA")
+    assert tlsa.rcode == "SERVFAIL", tlsa
+    unchecked = lab.query(f"_25._tcp.{mxdenial}", "TLSA", checking_disabled=True)
+    assert (unchecked.rcode, unchecked.rrsets) == ("NOERROR", []), unchecked  # NODATA: there is no TLSA
+    for rdtype, records in (("A", True), ("AAAA", False)):
+        answer = lab.query(mxdenial, rdtype)
+        assert (answer.rcode, answer.ad, bool(answer.rrsets)) == ("NOERROR", True, records), (rdtype, answer)
+
+    # All are reached through the parent's delegation to ns.<zone>, where the child
     # zones are served as `havedane zone --sign` wrote them.
     ns = lab.query(f"ns.{zone}", "A")
     assert (ns.rcode, ns.ad) == ("NOERROR", True) and any(world.AUTHORITATIVE in r for r in ns.rrsets), ns
-    assert set(lab.children) == {f"bogus.{zone}", f"unsigned.{zone}"}
+    assert set(lab.children) == {f"bogus.{zone}", f"unsigned.{zone}", f"mxdenial.{zone}"}
 
 
 def test_posttls_finger_matches_ee_at_depth_0_and_ta_at_depth_1(lab: world.World) -> None:
