@@ -345,6 +345,13 @@ def test_matrix_probes_get_their_zone_cuts(tmp_path: Path) -> None:
     assert child.get_rdataset(f"*.{bogus}.", "TLSA") is not None
     assert validate_all(child)[0] == [f"*.{bogus}. TLSA"]
 
+    # mx-fallback: the preferred MX host's TLSA match nothing served; the next one's are right.
+    assert texts(parent, f"*.mx-fallback.{DOMAIN}.", "MX") == {f"10 mxfail.{DOMAIN}.", f"20 mxok.{DOMAIN}."}
+    good, bad = (texts(parent, f"_25._tcp.mx{h}.{DOMAIN}.", "TLSA") for h in ("ok", "fail"))
+    assert good == texts(parent, f"_25._tcp.mxhost.{DOMAIN}.", "TLSA") and len(bad) == len(good)
+    assert bad.isdisjoint(good)
+    for h in ("ok", "fail"):
+        assert texts(parent, f"mx{h}.{DOMAIN}.", "A") | texts(parent, f"mx{h}.{DOMAIN}.", "AAAA") == set(ADDRESSES)
     # denial-bogus: the test hosts' MX (in the validly signed parent) names a child zone at
     # the MX host; there, _25._tcp.<MX host> has no TLSA (a placeholder TXT), and only the
     # signature of the NSEC3 proving that fails (RFC 5155 §7.2.3: a NODATA proof).

@@ -129,19 +129,37 @@ def check_probe(config: Config, probe: probes.Probe, resolver: str, port: int) -
                      f"{tls_host} must point at its own listener address {own} ([probes] addresses)")  # fmt: skip
     records = yield from check_tlsa_rrset(probe, tls_host, resolver)
     yield from check_smtp(probe, tls_host, own or addresses[0], port, records)
+    first = probe.first_mx_host(domain)
+    if first is not None:
+        yield from check_first_mx(first, resolver, own or addresses[0], port)
+
+
+def check_first_mx(host: str, resolver: str, address: str, port: int) -> Iterator[Result]:
+    """The preferred MX host a DANE sender must skip (mx-fallback): signed TLSA that
+    match nothing it serves, so that authentication fails there (RFC 7672 §2.2)."""
+    name = f"_25._tcp.{host}"
+    ans = query(resolver, name, "TLSA")
+    yield authenticated(f"TLSA {name}", ans, "publish the records of `havedane records`", need_records=True)
+    try:
+        chain = served_chain(address, port, host)
+    except (OSError, smtplib.SMTPException, ssl.SSLError) as e:
+        yield Result(f"SMTP {host} [{address}]:{port}", False, f"{type(e).__name__}: {e}", "start `havedane serve`")
+        return
+    matched = tlsa.matches([parse_tlsa(r) for r in ans.records], chain)
+    detail = "a record matches the served chain" if matched else "served chain does not match (as intended)"
+    yield Result(f"TLSA mismatches {host}", not matched, detail, "publish the records of `havedane records`")
 
 
 def check_mx(probe: probes.Probe, domain: str, host: str, resolver: str, signed: bool) -> Iterator[Result]:
     """A probe with an MX host: `*.<probe> MX` to it. Any other: no MX, authenticated
     (NODATA from the wildcard), so that senders use the host's own address (RFC 5321 §5.1)."""
     mx = query(resolver, host, "MX")
-    mx_host = probe.mx_host(domain)
-    if mx_host is not None:
-        want = f"10 {mx_host}."
-        if want in mx.records:
+    if probe.mx_host(domain) is not None:
+        want = [f"{pref} {mx_host}." for pref, mx_host in probe.mx_records(domain)]
+        if sorted(mx.records) == want:
             yield authenticated(f"MX {host}", mx, "sign the zone", need_records=True, signed=signed)
         else:
-            fix = f"publish `{probe.wildcard(domain)}. MX {want}`"
+            fix = f"publish `{probe.wildcard(domain)}. MX` {' and '.join(want)} (`havedane records`)"
             yield Result(f"MX {host}", False, f"got {mx.records or mx.error or 'nothing'}", fix)
         return
     if [r for r in mx.records if r != f"10 {host}."]:

@@ -72,6 +72,9 @@ class Probe:
     classic: bool = True
     chain: Chain | None = None  # None: the default chain
     mx: str | None = None  # label of a separate MX host carrying the TLSA (RFC 7672 §2.2.2)
+    # Label of a preferred MX host (MX 10; `mx` is then MX 20) whose TLSA match nothing it
+    # serves: a DANE sender skips it and delivers through `mx` (RFC 7672 §2.2).
+    mx_first: str | None = None
     zone: Zone = Zone.PARENT
     # A probe whose delivery shows the sender can do what this one needs (e.g. DNSSEC
     # lookups of TLSA): without it a missing delivery proves nothing.
@@ -99,6 +102,16 @@ class Probe:
     def mx_host(self, domain: str) -> str | None:
         """The fixed MX host of a probe that has one (the same for every test)."""
         return f"{self.mx}.{domain}" if self.mx else None
+
+    def first_mx_host(self, domain: str) -> str | None:
+        """The preferred MX host a DANE sender must skip, for a probe that has one."""
+        return f"{self.mx_first}.{domain}" if self.mx_first else None
+
+    def mx_records(self, domain: str) -> list[tuple[int, str]]:
+        """(preference, host) of every MX host of the probe: none, its MX host at 10, or
+        the host to skip at 10 and its MX host at 20."""
+        first, mx = self.first_mx_host(domain), self.mx_host(domain)
+        return [(10, first), (20, mx)] if first and mx else [(10, mx)] if mx else []
 
     def tls_host(self, domain: str, alias: str | None = None) -> str:
         """The name the sender connects to, looks up TLSA for, and sends in SNI: the MX
@@ -313,6 +326,25 @@ MATRIX: tuple[Probe, ...] = (
         rfc="RFC 7672 §2.2, RFC 4035 §5.4",
         classic=False,
     ),
+    Probe(
+        name="mx-fallback",
+        expect=Expect.DELIVER,
+        tlsa=Tlsa.MATCH,
+        mx="mxok",
+        mx_first="mxfail",
+        # *.mx-fallback MX 10 mxfail.<domain>, MX 20 mxok.<domain>; the sessions say which
+        # host they came in on by SNI (a DANE sender names the MX host, RFC 7672 §8.1).
+        # A sender that refuses mxfail and then defers the whole message fails: RFC 7672
+        # §2.2 has it treat a host that fails authentication as unusable and go on to the
+        # next MX (RFC 5321 §5.1), so deferring delays mail a correct MX host would take.
+        tests="Two MX hosts: the preferred one's TLSA match nothing it serves; the other's are correct.",
+        proves_pass="Your server skipped the MX host that failed DANE authentication and delivered through "
+        "the next one.",
+        proves_fail="Your server does not move on to the next MX host when DANE authentication fails at one: "
+        "mail waits (or bounces) while a correct MX host is there to take it.",
+        rfc="RFC 7672 §2.2, RFC 5321 §5.1",
+        classic=False,
+    ),
 )
 
 CATALOGUE: dict[str, Probe] = {p.name: p for p in CLASSIC + MATRIX}
@@ -342,7 +374,7 @@ def probe_for_host(probes: tuple[Probe, ...], domain: str, host: str) -> Named |
     alias outside [a-z0-9] included."""
     name, domain = host.lower().rstrip("."), domain.lower().rstrip(".")
     for p in probes:
-        if p.mx_host(domain) == name:
+        if name in (p.mx_host(domain), p.first_mx_host(domain)):
             return Named(p, None)
     alias, _, base = name.partition(".")
     probe = next((p for p in probes if p.base(domain) == base), None)

@@ -69,6 +69,10 @@ def test_check_passes_on_the_lab(lab: world.World) -> None:
     assert re.search(rf"^ok    MX {host}do\.{re.escape(lab.zone)}: none: mail goes to the host's address", out, re.M)
     assert re.search(rf"^ok    MX {host}mx\.{re.escape(lab.zone)}: 10 mxhost\.", out, re.M), out
     assert re.search(rf"^ok    name {host}ta\.{re.escape(lab.zone)}: the certificate names it$", out, re.M), out
+    # mx-fallback: both MX hosts, the preferred one's TLSA mismatching what it serves.
+    assert re.search(rf"^ok    MX {host}mx-fallback\.{re.escape(lab.zone)}: .*10 mxfail\.", out, re.M), out
+    assert re.search(rf"^ok    TLSA mismatches mxfail\.{re.escape(lab.zone)}: ", out, re.M), out
+    assert re.search(rf"^ok    TLSA matches mxok\.{re.escape(lab.zone)}: ", out, re.M), out
     # denial-bogus: the proof that its MX host has no TLSA fails validation, as it must.
     denial = rf"^ok    TLSA _25\._tcp\.mxdenial\.{re.escape(lab.zone)}: lookup fails validation \(SERVFAIL\)"
     assert re.search(denial, out, re.M), out

@@ -21,6 +21,8 @@ pytestmark = pytest.mark.lab
 
 ALL = tuple(probes.CATALOGUE.values())  # the lab serves them all: classic three + matrix
 NEEDS_SNI = {p.name for p in ALL if p.chain is not None}  # their certificate is served only by SNI
+# Two MX hosts at one address: without SNI, which of them took the mail is unknown.
+FALLBACK = {p.name for p in ALL if p.mx_first is not None}
 
 # What Postfix 3.7 at level `dane` logs for each probe, as seen in this lab (Postfix
 # 3.7.11 with Knot and a validating Unbound): the status line (sent, or deferred with
@@ -42,6 +44,8 @@ DANE_POSTFIX: dict[str, tuple[str, tuple[str, ...]]] = {
     "mx": ("2.0.0", ("Verified TLS connection established",)),
     # The NSEC3 proving "no TLSA" fails validation: Unbound answers SERVFAIL, Postfix defers.
     "denial-bogus": ("4.7.5", ("TLSA lookup error",)),
+    # Skips mxfail (its TLSA match nothing), delivers through mxok.
+    "mx-fallback": ("2.0.0", ("Verified TLS connection established", "Server certificate not verified")),
 }
 
 
@@ -76,8 +80,10 @@ def accounts(sender: Postfix, log: str, outcomes: dict[str, Outcome], zone: str,
     out = {}
     for p in ALL:
         [outcome] = [o for rcpt, o in outcomes.items() if rcpt.endswith("@" + p.host(zone, alias))]
-        # The host's name or its TLSA owner, not part of a longer name (notls.<zone> in unusable-notls.<zone>).
-        host = re.compile(r"(?:(?<![\w.-])|(?<=_25\._tcp\.))" + re.escape(p.tls_host(zone, alias)) + r"(?=[\[: ])")
+        # The host's name or its TLSA owner, not part of a longer name (notls.<zone> in unusable-notls.<zone>);
+        # and an MX host it must skip.
+        names = "|".join(re.escape(h) for h in (p.tls_host(zone, alias), p.first_mx_host(zone)) if h)
+        host = re.compile(r"(?:(?<![\w.-])|(?<=_25\._tcp\.))(?:" + names + r")(?=[\[: ])")
         out[p.name] = Account(outcome, [line for line in log.splitlines() if host.search(line)])
     return out
 
@@ -157,6 +163,8 @@ def agree(name: str, probe: dict[str, Any], account: Account, client_ip: str) ->
     sni = [s["tls"]["sni"] for s in mine if s["tls"]]
     if name in NEEDS_SNI and probe["tls_host"] not in sni:
         assert probe["grade"]["grade"] == "inconclusive" and "SNI" in probe["grade"]["reason"], where
+    elif name in FALLBACK and not sni:
+        assert probe["grade"]["grade"] == "inconclusive" and "SNI" in probe["grade"]["reason"], where
     elif (did is probes.Expect.DELIVER) == (expect is probes.Expect.DELIVER):
         assert probe["grade"]["grade"] == "pass", where
     else:
@@ -180,12 +188,20 @@ def test_dane_postfix_passes_every_probe(lab: world.World) -> None:
     for name in ("bogus", "denial-bogus"):
         assert seen[name].outcome.relay == "none" and seen[name].tls is None, (name, seen[name])
     assert seen["mx"].outcome.relay.startswith(f"mxhost.{lab.zone}[")
+    # mx-fallback: Postfix tried mxfail first, failed to authenticate it and left; the mail
+    # went through mxok, never through mxfail (RFC 7672 §2.2).
+    fallback = seen["mx-fallback"]
+    assert fallback.outcome.relay.startswith(f"mxok.{lab.zone}["), fallback.outcome
+    first = [line for line in fallback.lines if f"mxfail.{lab.zone}" in line]
+    assert any("Server certificate not verified" in line for line in first), fallback.lines
+    [delivery] = probes_seen["mx-fallback"]["deliveries"]
+    assert delivery["tls"]["sni"] == f"mxok.{lab.zone}", delivery
     # Postfix sends SNI only where DANE applies (usable, signed TLSA), and then the TLS host's name.
     for p in ALL:
         sessions = [s for s in probes_seen[p.name]["sessions"] if s["tls"]]
         dane = p.zone is probes.Zone.PARENT and p.tlsa not in (probes.Tlsa.NONE, probes.Tlsa.UNUSABLE)
-        sni = p.tls_host(lab.zone, state["alias"]) if dane else None
-        assert all(s["tls"]["sni"] == sni for s in sessions), (p.name, sessions)
+        sni = {p.tls_host(lab.zone, state["alias"]), p.first_mx_host(lab.zone)} if dane else {None}
+        assert all(s["tls"]["sni"] in sni for s in sessions), (p.name, sessions)
     assert state["verdict"]["code"] == "validates", state["verdict"]
     assert state["conformance"] == f"Conforms on {len(ALL)} of {len(ALL)} probes.", state["conformance"]
 
@@ -205,16 +221,24 @@ def test_plain_postfix_fails_every_must_not_deliver_probe(lab: world.World) -> N
 
     grades = {name: p["grade"]["grade"] for name, p in probes_seen.items()}
     # Without SNI it never saw the certificates of ee, ta-badname, ta-expired and ta-rogue:
-    # inconclusive there, not a grade it did not earn. Everywhere else the grade is exact:
+    # inconclusive there, not a grade it did not earn; nor did it name an MX host of
+    # mx-fallback, so which one took the mail is unknown. Everywhere else the grade is exact:
     # fail where a DANE sender must not deliver, pass where it must.
     expected = {
-        p.name: "inconclusive" if p.name in NEEDS_SNI else "pass" if p.expect is probes.Expect.DELIVER else "fail"
+        p.name: "inconclusive"
+        if p.name in NEEDS_SNI | FALLBACK
+        else "pass"
+        if p.expect is probes.Expect.DELIVER
+        else "fail"
         for p in ALL
     }
     assert grades == expected
     must_not = {"wrong", "unusable-notls", "bogus", "notls", "denial-bogus"}
     assert {n for n, g in grades.items() if g == "fail"} == must_not
-    assert {n for n, g in grades.items() if g == "inconclusive"} == {"ee", "ta-badname", "ta-expired", "ta-rogue"}
+    inconclusive = {"ee", "ta-badname", "ta-expired", "ta-rogue", "mx-fallback"}
+    assert {n for n, g in grades.items() if g == "inconclusive"} == inconclusive
+    # mx-fallback: it delivered through the preferred MX host, mxfail, naming none in SNI.
+    assert seen["mx-fallback"].outcome.relay.startswith(f"mxfail.{lab.zone}["), seen["mx-fallback"].outcome
     for name in ("notls", "unusable-notls"):
         assert probes_seen[name]["grade"]["reason"] == "delivered without TLS, where TLS is mandatory"
     assert state["verdict"]["code"] == "does-not-validate", state["verdict"]

@@ -67,12 +67,17 @@ def records(
     for probe in enabled:
         tls_name = probe.tls_name(domain) + "."
         own = (probe_addresses or {}).get(probe.name)
-        if probe.mx:
-            out.append(Record(probe.wildcard(domain) + ".", "MX", f"10 {tls_name}"))
+        for pref, host in probe.mx_records(domain):
+            out.append(Record(probe.wildcard(domain) + ".", "MX", f"{pref} {host}."))
         out.extend(address_records(tls_name, [own] if own else addresses))
         served = (probe_leaves or {}).get(probe.name, leaves)
         for rec in tlsa.for_probe(probe, served, ca):
             out.append(Record(probe.tlsa_owner(domain) + ".", "TLSA", rec.rdata()))
+        first = probe.first_mx_host(domain)
+        if first:  # the MX host to skip: same certificate, TLSA that match none of it
+            out.extend(address_records(first + ".", [own] if own else addresses))
+            for rec in tlsa.for_probe(probe, served, ca):
+                out.append(Record(f"_25._tcp.{first}.", "TLSA", tlsa.mismatch(rec).rdata()))
         if probe.zone is probes.Zone.BOGUS_DENIAL:
             # A name without TLSA: its NODATA proof is the one NSEC3 matching it (RFC 5155
             # §7.2.3), used by no other lookup, so breaking its signature breaks only that.
