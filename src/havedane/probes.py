@@ -79,6 +79,9 @@ class Probe:
     # A probe whose delivery shows the sender can do what this one needs (e.g. DNSSEC
     # lookups of TLSA): without it a missing delivery proves nothing.
     control: str | None = None
+    # What to do when this probe fails, where the page's general advice (upgrade the mail
+    # server and its TLS library) misses the cause: "" for the certificate rows.
+    advice: str = ""
 
     def zone_apex(self, domain: str) -> str:
         """The apex of the probe's child zone: its MX host where the zone is cut there
@@ -325,6 +328,10 @@ MATRIX: tuple[Probe, ...] = (
         'attacker who forges "no TLSA" can downgrade your mail to unauthenticated or no TLS.',
         rfc="RFC 7672 §2.2, RFC 4035 §5.4",
         classic=False,
+        advice="This one is about DNS: your server must look TLSA up through a validating resolver and treat "
+        'an answer that fails validation (SERVFAIL) as a reason to wait, never as "no TLSA". Check that the '
+        "resolver it uses validates (its answers carry the AD bit), and that your server's DANE code does not "
+        "fall back to opportunistic TLS when the TLSA lookup fails.",
     ),
     Probe(
         name="mx-fallback",
@@ -344,6 +351,10 @@ MATRIX: tuple[Probe, ...] = (
         "mail waits (or bounces) while a correct MX host is there to take it.",
         rfc="RFC 7672 §2.2, RFC 5321 §5.1",
         classic=False,
+        advice="When DANE authentication fails at one MX host, your server must go on to the next one, as it "
+        "does when a host does not answer. Check the settings that limit how many MX hosts are tried per "
+        "delivery (in Postfix, smtp_mx_address_limit and smtp_mx_session_limit) and that a DANE failure is "
+        "not treated as a reason to stop trying the others.",
     ),
 )
 

@@ -21,7 +21,7 @@ from typing import Any
 import jinja2
 import markupsafe
 
-from havedane import report
+from havedane import probes, report
 from havedane.config import Config
 from havedane.web import dnsview
 
@@ -431,6 +431,7 @@ def environment(config: Config) -> jinja2.Environment:
         auto_reload=False,
     )  # fmt: skip
     env.globals.update(
+        advice=lambda name: probes.CATALOGUE[name].advice if name in probes.CATALOGUE else "",
         probe_state=probe_state,
         refusals=refusals,
         other_sessions=other_sessions,
