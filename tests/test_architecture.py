@@ -30,6 +30,7 @@ PURE = (
     "havedane.diagnosis",
     "havedane.model",
     "havedane.wording",
+    "havedane.wording_mx",
     "havedane.wiretext",
     "havedane.config_keys",
     "havedane.config_template",
