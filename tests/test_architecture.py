@@ -26,10 +26,12 @@ SCRIPT = ROOT / "scripts" / "imports"
 PURE = (
     "havedane.dns",
     "havedane.probes",
+    "havedane.probeshape",
     "havedane.verdict",
     "havedane.diagnosis",
     "havedane.model",
     "havedane.wording",
+    "havedane.wording_mx",
     "havedane.wiretext",
     "havedane.config_keys",
     "havedane.config_template",

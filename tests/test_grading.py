@@ -7,7 +7,7 @@ import pytest
 from havedane import probes, wording
 from havedane.model import Delivery, Outcome, Session, Test, Tls
 from havedane.probes import Expect
-from havedane.verdict import Grade, evaluate
+from havedane.verdict import Grade, Graded, evaluate
 
 DOMAIN = "x.test"
 T0 = 1_700_000_000.0
@@ -69,6 +69,8 @@ def test_delivered_over_tls_without_sni(probe: probes.Probe) -> None:
     got = graded(probe, [control_for(probe), delivery(probe, sni=None)], [], after_grace=False)
     if probe.chain is not None:
         assert got == Grade.INCONCLUSIVE  # it was never shown the chain this probe is about
+    elif probe.mx_first is not None:
+        assert got == Grade.INCONCLUSIVE  # which MX host took it is unknown
     else:
         assert got == (Grade.PASS if must_deliver(probe) else Grade.FAIL)
 
@@ -94,8 +96,8 @@ def test_nothing_after_grace_with_positive_control(probe: probes.Probe) -> None:
     assert got == (Grade.FAIL if must_deliver(probe) else Grade.PASS)
 
 
-def test_bogus_without_positive_control_is_inconclusive() -> None:
-    bogus = probes.CATALOGUE["bogus"]
+@pytest.mark.parametrize("bogus", [p for p in ALL if p.control], ids=lambda p: p.name)
+def test_bogus_without_positive_control_is_inconclusive(bogus: probes.Probe) -> None:
     # Only dont arrived: the sender may not do DNSSEC at all, so staying away from
     # bogus proves nothing.
     assert graded(bogus, [delivery(probes.CATALOGUE["dont"])], [], after_grace=True) == Grade.INCONCLUSIVE
@@ -246,3 +248,58 @@ def test_issue_15_probes_graded_for_every_observation(name: str, observation: st
     assert g.exposes == (want[1] in ("plaintext", "delivered"))
     if g.grade is Grade.FAIL:
         assert name in wording.conformance(v).text  # the page's table names the row and says why
+
+
+FALLBACK = [p for p in ALL if p.mx_first is not None]
+
+
+def at_first(probe: probes.Probe, outcome: Outcome = Outcome.TLS_THEN_LEFT) -> Session:
+    """A session at the MX host to skip, named in SNI (tied to no test by name)."""
+    first = probe.first_mx_host(DOMAIN)
+    return Session(
+        id="m", started=T0 + 0.5, ended=T0 + 0.7, client_ip=CLIENT, client_port=1, local_ip="198.51.100.1",
+        local_port=25, helo="mx.sender.example", starttls=True, tls=Tls("TLSv1.3", "X", first), probe=probe.name,
+        alias=None, outcome=outcome, chain="default",
+    )  # fmt: skip
+
+
+def fallback_grade(
+    probe: probes.Probe, deliveries: list[Delivery], sessions: list[Session], after_grace: bool
+) -> tuple[Graded, str]:
+    now = T0 + 1 + (GRACE + 1 if after_grace else 1)
+    v = evaluate(ALL, Test("abc", T0), sessions, [control_for(probe), *deliveries], now, GRACE, DOMAIN)
+    return v.grades[probe.name], wording.reason(v, probe.name)
+
+
+@pytest.mark.parametrize("probe", FALLBACK, ids=lambda p: p.name)
+def test_fallback_skips_the_first_mx_then_delivers(probe: probes.Probe) -> None:
+    """What a DANE sender does (RFC 7672 §2.2): leaves the host that fails authentication,
+    delivers through the next. The refusal at the first host is no refusal of the probe."""
+    g, _ = fallback_grade(probe, [delivery(probe)], [at_first(probe)], after_grace=False)
+    assert g.grade is Grade.PASS
+    g, _ = fallback_grade(probe, [], [at_first(probe)], after_grace=False)
+    assert g.grade is Grade.PENDING  # the next MX host may still be tried
+
+
+@pytest.mark.parametrize("probe", FALLBACK, ids=lambda p: p.name)
+def test_fallback_through_the_first_mx_fails(probe: probes.Probe) -> None:
+    first = probe.first_mx_host(DOMAIN)
+    g, why = fallback_grade(probe, [delivery(probe, sni=first)], [], after_grace=False)
+    assert (g.grade, g.exposes) == (Grade.FAIL, True) and f"through {first}" in why
+
+
+@pytest.mark.parametrize("probe", FALLBACK, ids=lambda p: p.name)
+def test_fallback_deferring_the_whole_message_fails(probe: probes.Probe) -> None:
+    """A sender that leaves the first MX host and never tries the second: it fails (mail
+    waits while a correct MX host is there), but it exposes nothing."""
+    g, why = fallback_grade(probe, [], [at_first(probe)], after_grace=True)
+    assert (g.grade, g.exposes) == (Grade.FAIL, False) and "never delivered through" in why
+
+
+@pytest.mark.parametrize("probe", FALLBACK, ids=lambda p: p.name)
+def test_fallback_without_sni_is_inconclusive(probe: probes.Probe) -> None:
+    """No SNI, one listener address: which MX host took the mail is unknown."""
+    g, why = fallback_grade(probe, [delivery(probe, sni=None)], [], after_grace=True)
+    assert g.grade is Grade.INCONCLUSIVE and "SNI" in why
+    g, _ = fallback_grade(probe, [delivery(probe, tls=False)], [], after_grace=True)
+    assert (g.grade, g.exposes) == (Grade.FAIL, True)  # TLS is mandatory at both

@@ -139,6 +139,7 @@ def shape(knot: Knot) -> None:
     """Each probe as the catalogue describes it, seen at the authoritative server."""
     parent = keys(knot, DOMAIN)
     bogus_keys = keys(knot, f"bogus.{DOMAIN}")
+    denial_keys = keys(knot, f"mxdenial.{DOMAIN}")
     unsigned = knot.authoritative(f"unsigned.{DOMAIN}", "DNSKEY")
     assert rrset(unsigned, f"unsigned.{DOMAIN}", "DNSKEY") is None, "the unsigned child zone has a DNSKEY"
 
@@ -161,11 +162,13 @@ def shape(knot: Knot) -> None:
     # Every probe at a test's host nobody asked for: answered from the wildcard (RFC 4592).
     for p in ALL:
         host, tls_host = p.host(DOMAIN, "t0fresh0alias") + ".", p.tls_host(DOMAIN, "t0fresh0alias") + "."
-        zone_keys = {probes.Zone.PARENT: parent, probes.Zone.BOGUS: bogus_keys}.get(p.zone)
+        zones = {probes.Zone.PARENT: parent, probes.Zone.BOGUS: bogus_keys, probes.Zone.BOGUS_DENIAL: denial_keys}
+        zone_keys = zones.get(p.zone)
         mx = knot.authoritative(host, "MX")
         mx_rrset = rrset(mx, host, "MX")
-        # mx: the one MX host of every test; the others none (the host's own address).
-        assert [r.to_text() for r in mx_rrset or []] == ([f"10 {tls_host}"] if p.mx else []), (p.name, mx)
+        # mx and others: their MX hosts, the same for every test; the rest none (the host's own address).
+        want_mx = [f"{pref} {mx_host}." for pref, mx_host in p.mx_records(DOMAIN)]
+        assert sorted(r.to_text() for r in mx_rrset or []) == want_mx, (p.name, mx)
         address = knot.authoritative(tls_host, "A")
         assert rrset(address, tls_host, "A") is not None, (p.name, address)
         owner = f"_25._tcp.{tls_host}"
@@ -179,6 +182,11 @@ def shape(knot: Knot) -> None:
         if p.zone is probes.Zone.UNSIGNED:
             # Nothing signed here: a validator sees it as insecure through the parent's NSEC3.
             assert not [r for r in [*answer.answer, *address.answer] if r.rdtype == dns.rdatatype.RRSIG], p.name
+        elif p.zone is probes.Zone.BOGUS_DENIAL:
+            # The NODATA's one NSEC3 (RFC 5155 §7.2.3) carries a broken signature; the address does not.
+            assert zone_keys is not None and validates(address, tls_host, "A", zone_keys), p.name
+            [nsec3] = [r for r in answer.authority if r.rdtype == dns.rdatatype.NSEC3]
+            assert not validates(answer, nsec3.name.to_text(), "NSEC3", zone_keys), p.name
         elif p.zone is probes.Zone.BOGUS:
             assert zone_keys is not None
             assert validates(address, tls_host, "A", zone_keys), p.name  # the zone itself is signed correctly

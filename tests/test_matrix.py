@@ -6,6 +6,7 @@ import contextlib
 import smtplib
 import socket
 import ssl
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -165,3 +166,26 @@ def test_refusal_right_after_the_handshake_is_recorded(matrix: InProcess) -> Non
         assert s["tls"] is not None and s["tls"]["sni"] == host and s["tied_by"] == "sni", s
     assert body["probes"]["ta-badname"]["status"] == "refused"
     assert body["probes"]["ta-badname"]["grade"] == {"grade": "pass", "reason": "connected and refused to deliver"}
+
+
+def test_mx_fallback_sessions_say_which_mx_host_and_the_page_says_what_to_do(matrix: Serve) -> None:
+    """mx-fallback: the receiver tells its two MX hosts apart by SNI. A delivery that names
+    mxfail (the host a DANE sender must skip) fails; so does delivering to denial-bogus.
+    The page's advice then speaks to each (issue 15)."""
+    t = matrix.new_test()
+    a = t["addresses"]
+    send(matrix.smtp_port, [a["do"]], sni="do.x.test")
+    send(matrix.smtp_port, [a["mx-fallback"]], sni="mxfail.x.test")
+    send(matrix.smtp_port, [a["denial-bogus"]], sni=None)
+    body = matrix.wait_for(t["alias"], lambda b: b["probes"]["mx-fallback"]["deliveries"])
+    fallback = body["probes"]["mx-fallback"]
+    assert [d["tls"]["sni"] for d in fallback["deliveries"]] == ["mxfail.x.test"]
+    assert [s["probe"] for s in fallback["sessions"]] == ["mx-fallback"]
+    assert fallback["grade"] == {"grade": "fail", "reason": fallback["grade"]["reason"]}
+    assert "through mxfail.x.test" in fallback["grade"]["reason"]
+    assert body["probes"]["denial-bogus"]["grade"]["grade"] == "fail"
+    with urllib.request.urlopen(f"{matrix.web}/t/{t['alias']}", timeout=10) as resp:
+        page = resp.read().decode()
+    assert 'id="advice-mx-fallback"' in page and "smtp_mx_address_limit" in page
+    assert 'id="advice-denial-bogus"' in page and "validating resolver" in page
+    assert 'id="advice-do"' not in page and 'id="advice-ta-rogue"' not in page

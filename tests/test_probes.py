@@ -21,7 +21,14 @@ def test_a_tests_names_at_a_probe() -> None:
     # mx: the test's mail domain carries the alias, its MX host (TLSA, SNI) does not.
     assert (MX.host(DOMAIN, "abc123"), MX.tls_host(DOMAIN, "abc123")) == ("abc123.mx.x.test", "mxhost.x.test")
     assert (MX.tls_name(DOMAIN), MX.tlsa_owner(DOMAIN)) == ("mxhost.x.test", "_25._tcp.mxhost.x.test")
-    assert [p.name for p in ALL if not p.sni_names_test] == ["unusable-notls", "ta-notls", "notls", "mx"]
+    assert [p.name for p in ALL if not p.sni_names_test] == [
+        "unusable-notls",
+        "ta-notls",
+        "notls",
+        "mx",
+        "denial-bogus",
+        "mx-fallback",
+    ]
 
 
 @pytest.mark.parametrize("probe", ALL, ids=lambda p: p.name)
@@ -42,6 +49,15 @@ def test_host_names_are_read_in_any_case_with_a_final_dot(host: str) -> None:
 
 def test_the_mx_host_names_its_probe_and_no_test() -> None:
     assert probes.probe_for_host(ALL, DOMAIN, "MXHOST.x.test.") == probes.Named(MX, None)
+
+
+def test_both_mx_hosts_of_mx_fallback_name_it() -> None:
+    """The receiver tells the MX host a session came in on by SNI: both name the probe."""
+    fallback = probes.CATALOGUE["mx-fallback"]
+    assert fallback.mx_records(DOMAIN) == [(10, "mxfail.x.test"), (20, "mxok.x.test")]
+    assert fallback.tls_host(DOMAIN, "abc") == "mxok.x.test"  # where a DANE sender delivers
+    for host in ("mxfail.x.test", "MXOK.x.test."):
+        assert probes.probe_for_host(ALL, DOMAIN, host) == probes.Named(fallback, None)
 
 
 @pytest.mark.parametrize(

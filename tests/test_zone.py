@@ -325,10 +325,10 @@ def test_matrix_probes_get_their_zone_cuts(tmp_path: Path) -> None:
         probe_leaves={p.name: pki.leaves_for(p, tls_dir) for p in enabled if p.chain is not None},
         probe_addresses={"notls": "192.0.2.8", "unusable-notls": "192.0.2.9", "ta-notls": "192.0.2.10"},
     )
-    bogus, unsigned = f"bogus.{DOMAIN}", f"unsigned.{DOMAIN}"
-    assert set(out.children) == {bogus, unsigned}
+    bogus, unsigned, denial = f"bogus.{DOMAIN}", f"unsigned.{DOMAIN}", f"mxdenial.{DOMAIN}"
+    assert set(out.children) == {bogus, unsigned, denial}
     parent = parse(out.text)
-    for cut in (bogus, unsigned):
+    for cut in (bogus, unsigned, denial):
         assert texts(parent, f"{cut}.", "NS") == {f"ns.{DOMAIN}."}
         assert [
             n for n, _ in parent.nodes.items() if n.is_subdomain(dns.name.from_text(cut)) and n.to_text() != f"{cut}."
@@ -347,13 +347,33 @@ def test_matrix_probes_get_their_zone_cuts(tmp_path: Path) -> None:
     assert child.get_rdataset(f"*.{bogus}.", "TLSA") is not None
     assert validate_all(child)[0] == [f"*.{bogus}. TLSA"]
 
+    # mx-fallback: the preferred MX host's TLSA match nothing served; the next one's are right.
+    assert texts(parent, f"*.mx-fallback.{DOMAIN}.", "MX") == {f"10 mxfail.{DOMAIN}.", f"20 mxok.{DOMAIN}."}
+    good, bad = (texts(parent, f"_25._tcp.mx{h}.{DOMAIN}.", "TLSA") for h in ("ok", "fail"))
+    assert good == texts(parent, f"_25._tcp.mxhost.{DOMAIN}.", "TLSA") and len(bad) == len(good)
+    assert bad.isdisjoint(good)
+    for h in ("ok", "fail"):
+        assert texts(parent, f"mx{h}.{DOMAIN}.", "A") | texts(parent, f"mx{h}.{DOMAIN}.", "AAAA") == set(ADDRESSES)
+    # denial-bogus: the test hosts' MX (in the validly signed parent) names a child zone at
+    # the MX host; there, _25._tcp.<MX host> has no TLSA (a placeholder TXT), and only the
+    # signature of the NSEC3 proving that fails (RFC 5155 §7.2.3: a NODATA proof).
+    assert texts(parent, f"*.denial-bogus.{DOMAIN}.", "MX") == {f"10 {denial}."}
+    denied = dns.zone.from_text(out.children[denial], origin=f"{denial}.", relativize=False)
+    [dnskey] = denied.find_rdataset(f"{denial}.", "DNSKEY")
+    assert texts(parent, f"{denial}.", "DS") == {dns.dnssec.make_ds(f"{denial}.", dnskey, "SHA256").to_text()}
+    assert texts(denied, f"{denial}.", "A") | texts(denied, f"{denial}.", "AAAA") == set(ADDRESSES)
+    owner = dns.name.from_text(f"_25._tcp.{denial}.")
+    assert denied.get_rdataset(owner, "TLSA") is None and denied.get_rdataset(owner, "TXT") is not None
+    hashed = dns.dnssec.nsec3_hash(owner, None, 0, "SHA1").lower()
+    assert validate_all(denied)[0] == [f"{hashed}.{denial}. NSEC3"]
+
     plain = dns.zone.from_text(out.children[unsigned], origin=f"{unsigned}.", relativize=False)
     assert plain.get_rdataset(f"*.{unsigned}.", "TLSA") is not None
     assert {rds.rdtype for _, node in plain.nodes.items() for rds in node}.isdisjoint(
         {dns.rdatatype.RRSIG, dns.rdatatype.DNSKEY}
     )
 
-    for text, valid in ((out.text, True), (out.children[bogus], False)):
+    for text, valid in ((out.text, True), (out.children[bogus], False), (out.children[denial], False)):
         path = tmp_path / "checked.zone"
         path.write_text(text)
         assert (ldns_verify(path).returncode == 0) is valid
@@ -374,4 +394,4 @@ def test_knot_validates_only_the_zones_whose_signatures_are_all_valid(tmp_path: 
         conf = zone.knot_conf(files, out.validated)
         on = set(re.findall(r"- domain: (\S+)\n.*\n    dnssec-validation: on\n", conf))
         assert on == checked, conf
-        assert conf.count("dnssec-validation: off") == 3 - len(checked), conf
+        assert conf.count("dnssec-validation: off") == len(files) - len(checked), conf

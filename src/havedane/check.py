@@ -134,7 +134,7 @@ def check_probe(config: Config, probe: probes.Probe, resolver: str, port: int) -
     host, tls_host = probe.host(domain, alias), probe.tls_host(domain, alias)
     signed = probe.zone is not probes.Zone.UNSIGNED  # an unsigned delegation is provably insecure on purpose
     if probe.zone is not probes.Zone.PARENT:
-        served = check_child_zone(probe.base(domain), resolver)
+        served = check_child_zone(probe.zone_apex(domain), resolver)
         yield served
         if not served.ok:
             return  # every other answer from the zone would fail for this one reason
@@ -157,6 +157,25 @@ def check_probe(config: Config, probe: probes.Probe, resolver: str, port: int) -
     if records and probe.zone is not probes.Zone.BOGUS:
         yield check_tlsa_shape(probe, tls_host, records)
     yield from check_smtp(probe, tls_host, own or addresses[0], port, records)
+    first = probe.first_mx_host(domain)
+    if first is not None:
+        yield from check_first_mx(first, resolver, own or addresses[0], port)
+
+
+def check_first_mx(host: str, resolver: str, address: str, port: int) -> Iterator[Result]:
+    """The preferred MX host a DANE sender must skip (mx-fallback): signed TLSA that
+    match nothing it serves, so that authentication fails there (RFC 7672 §2.2)."""
+    name = f"_25._tcp.{host}"
+    ans = query(resolver, name, "TLSA")
+    yield authenticated(f"TLSA {name}", ans, "publish the records of `havedane records`", need_records=True)
+    try:
+        chain = served_chain(address, port, host)
+    except (OSError, smtplib.SMTPException, ssl.SSLError) as e:
+        yield Result(f"SMTP {host} [{address}]:{port}", False, f"{type(e).__name__}: {e}", "start `havedane serve`")
+        return
+    matched = tlsa.matches([parse_tlsa(r) for r in ans.records], chain)
+    detail = "a record matches the served chain" if matched else "served chain does not match (as intended)"
+    yield Result(f"TLSA mismatches {host}", not matched, detail, "publish the records of `havedane records`")
 
 
 def check_tlsa_shape(probe: probes.Probe, tls_host: str, records: list[tlsa.TlsaRecord]) -> Result:
@@ -177,13 +196,12 @@ def check_mx(probe: probes.Probe, domain: str, host: str, resolver: str, signed:
     """A probe with an MX host: `*.<probe> MX` to it. Any other: no MX, authenticated
     (NODATA from the wildcard), so that senders use the host's own address (RFC 5321 §5.1)."""
     mx = query(resolver, host, "MX")
-    mx_host = probe.mx_host(domain)
-    if mx_host is not None:
-        want = f"10 {mx_host}."
-        if want in mx.records:
+    if probe.mx_host(domain) is not None:
+        want = [f"{pref} {mx_host}." for pref, mx_host in probe.mx_records(domain)]
+        if sorted(mx.records) == want:
             yield authenticated(f"MX {host}", mx, "sign the zone", need_records=True, signed=signed)
         else:
-            fix = f"publish `{probe.wildcard(domain)}. MX {want}`"
+            fix = f"publish `{probe.wildcard(domain)}. MX` {' and '.join(want)} (`havedane records`)"
             yield Result(f"MX {host}", False, f"got {mx.records or mx.error or 'nothing'}", fix)
         return
     if [r for r in mx.records if r != f"10 {host}."]:
@@ -218,9 +236,10 @@ def check_tlsa_rrset(
     name = f"_25._tcp.{tls_host}"
     ans = query(resolver, name, "TLSA")
     records = [parse_tlsa(r) for r in ans.records]
-    if probe.zone is probes.Zone.BOGUS:
-        # The point of the probe: the TLSA signature does not validate (SERVFAIL), while
-        # the rest of the zone does (RFC 7672 §2.2: a lookup error means defer).
+    if probe.zone in (probes.Zone.BOGUS, probes.Zone.BOGUS_DENIAL):
+        # The point of the probe: the TLSA signature (or that of the NSEC3 proving there
+        # is no TLSA) does not validate (SERVFAIL), while the rest of the zone does (RFC
+        # 7672 §2.2: a lookup error means defer).
         ok = ans.rcode == dns.rcode.SERVFAIL
         detail = "lookup fails validation (SERVFAIL), as intended" if ok else f"rcode {_rcode(ans)}, expected SERVFAIL"
         yield Result(f"TLSA {name}", ok, detail, "serve the child zone written by `havedane zone --sign` unchanged")

@@ -57,7 +57,7 @@ def cmd_records(args: argparse.Namespace) -> int:
         config.domain, config.probes, leaves, ca, addresses, _probe_leaves(config), config.probe_addresses
     )
     sys.stdout.write(zone.format_json(recs) if args.format == "json" else zone.format_zone(recs))
-    children = [p.base(config.domain) for p in config.probes if p.zone is not Zone.PARENT]
+    children = [p.zone_apex(config.domain) for p in config.probes if p.zone is not Zone.PARENT]
     if children:
         print(
             f"havedane: {', '.join(children)} must be child zones of their own (a broken signature, an "

@@ -130,7 +130,8 @@ def default_names(domain: str) -> list[str]:
     DANE-TA name check (RFC 7672 §3.2.2) passes at every test's host. Probes with a chain
     of their own are left out, so that a sender that asks for them by SNI can only be
     satisfied by that chain."""
-    return [p.tls_name(domain) for p in probes.CATALOGUE.values() if p.chain is None]
+    default = [p for p in probes.CATALOGUE.values() if p.chain is None]
+    return [p.tls_name(domain) for p in default] + [h for p in default if (h := p.first_mx_host(domain))]
 
 
 def create(tls_dir: Path, domain: str) -> None:

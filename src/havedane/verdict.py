@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from havedane.diagnosis import DnsFacts, Finding, dns_facts
 from havedane.dns.evidence import DnsEvidence
-from havedane.model import Delivery, Outcome, Session, Test
+from havedane.model import Delivery, Outcome, Session, Test, Tls
 from havedane.probes import Expect, Probe, Tlsa
 
 
@@ -72,6 +72,9 @@ class Reason(enum.StrEnum):
     NO_SNI = "no-sni"  # shown our default chain, not the probe's: it named no such host in SNI
     FAILED_HERE = "failed-here"  # the handshake failed on our side before the certificate was sent
     NO_CONTROL = "no-control"  # the positive control got nothing either
+    FIRST_MX = "first-mx"  # delivered through the MX host that fails authentication
+    WHICH_MX = "which-mx"  # delivered without naming an MX host in SNI: which one took it is unknown
+    NO_FALLBACK = "no-fallback"  # left the failing MX host and never delivered through the next one
 
 
 # A session that reached a probe, was shown our certificate and left without MAIL (after
@@ -186,7 +189,9 @@ def probe_result(
 ) -> ProbeResult:
     mine = tuple(s for s in sessions if reached(s, probe, domain, alias))
     delivered = tuple(d for d in deliveries if d.probe == probe.name)
-    refusal = next((s for s in mine if is_refusal(s, probe)), None)
+    # Leaving an MX host that must be skipped is no refusal of the probe: the mail is
+    # expected through the next one.
+    refusal = next((s for s in mine if is_refusal(s, probe) and not at_first_mx(s.tls, probe, domain)), None)
     if delivered:
         status = Status.DELIVERED
     elif refusal is not None:
@@ -316,6 +321,27 @@ def saw_its_chain(result: ProbeResult, domain: str, alias: str) -> bool:
     )
 
 
+def at_first_mx(tls: Tls | None, probe: Probe, domain: str) -> bool:
+    """The session named, in SNI, the MX host that a DANE sender must skip."""
+    first = probe.first_mx_host(domain)
+    return first is not None and tls is not None and (tls.sni or "").lower().rstrip(".") == first
+
+
+def _fallback(result: ProbeResult, domain: str) -> Graded | None:
+    """A probe with an MX host to skip: which host the mail went through, by SNI (a DANE
+    sender names the MX host, RFC 7672 §8.1). None where the generic grade applies."""
+    probe = result.probe
+    if probe.mx_first is None:
+        return None
+    if any(at_first_mx(d.tls, probe, domain) for d in result.deliveries):
+        return Graded(Grade.FAIL, Reason.FIRST_MX, exposes=True)
+    if result.status is Status.DELIVERED and any(d.tls is None or not d.tls.sni for d in result.deliveries):
+        return Graded(Grade.INCONCLUSIVE, Reason.WHICH_MX)
+    if result.status is Status.NOT_DELIVERED and any(at_first_mx(s.tls, probe, domain) for s in result.sessions):
+        return Graded(Grade.FAIL, Reason.NO_FALLBACK)
+    return None
+
+
 def grade(
     result: ProbeResult, results: dict[str, ProbeResult], grace_over: bool, domain: str, alias: str = ""
 ) -> Graded:
@@ -327,6 +353,9 @@ def grade(
         return Graded(Grade.INCONCLUSIVE, Reason.NO_SNI)
     if status is Status.NOT_DELIVERED and result.failed_here is not None:
         return Graded(Grade.INCONCLUSIVE, Reason.FAILED_HERE)
+    fallback = _fallback(result, domain)
+    if fallback is not None:
+        return fallback
     control = results.get(probe.control) if probe.control else None
     if control is not None and control.status is not Status.DELIVERED and status is not Status.DELIVERED:
         if grace_over:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from havedane import wording_mx
 from havedane.diagnosis import Finding
 from havedane.dns.evidence import ResolverFacts
 from havedane.model import Outcome, Session, Tie
@@ -119,7 +120,7 @@ def reason(v: Verdict, name: str) -> str:
             return "nothing arrived within the grace period" + ("" if r.sessions else ", and nothing connected")
         case Reason.DID_NOT_DELIVER:
             return "did not deliver" + ("" if r.sessions else " (and never connected)")
-    return "waiting for mail"
+    return wording_mx.reason(g.reason, r.probe, v.domain) or "waiting for mail"
 
 
 def stayed_away(v: Verdict, name: str) -> str:

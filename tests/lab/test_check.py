@@ -89,6 +89,13 @@ def test_check_passes_on_the_lab(lab: world.World) -> None:
         rf"ok    SMTP {host}ta-notls\.{zone} \[127\.0\.0\.27\]:25: no STARTTLS \(as intended\)",
     ):
         assert re.search(f"^{line}$", out, re.M), (line, out)
+    # mx-fallback: both MX hosts, the preferred one's TLSA mismatching what it serves.
+    assert re.search(rf"^ok    MX {host}mx-fallback\.{re.escape(lab.zone)}: .*10 mxfail\.", out, re.M), out
+    assert re.search(rf"^ok    TLSA mismatches mxfail\.{re.escape(lab.zone)}: ", out, re.M), out
+    assert re.search(rf"^ok    TLSA matches mxok\.{re.escape(lab.zone)}: ", out, re.M), out
+    # denial-bogus: the proof that its MX host has no TLSA fails validation, as it must.
+    denial = rf"^ok    TLSA _25\._tcp\.mxdenial\.{re.escape(lab.zone)}: lookup fails validation \(SERVFAIL\)"
+    assert re.search(denial, out, re.M), out
 
 
 @contextlib.contextmanager
@@ -186,8 +193,8 @@ def test_check_names_a_child_zone_that_is_not_served(lab: world.World) -> None:
     # child zone on load. Knot 3.2 refuses to load it ("no keys for signing") and
     # answers SERVFAIL for every name in it; check must say so, not "publish MX".
     bogus, unsigned = f"bogus.{lab.zone}", f"unsigned.{lab.zone}"
-    children = (dnsservers.ServedZone(bogus, lab.children[bogus], validation=False),
-                dnsservers.ServedZone(unsigned, lab.children[unsigned], validation=True))  # fmt: skip
+    # Every child zone served as written; only `unsigned` validated on load (and refused).
+    children = tuple(dnsservers.ServedZone(n, text, validation=n == unsigned) for n, text in lab.children.items())
     parent = ns_moved_to(lab, world.ALT_AUTHORITATIVE)
     with world.alternate_dns(lab, "refused", parent, True, children, ready=[lab.zone, bogus]):
         code, out = check(lab, world.ALT_RESOLVER)

@@ -21,6 +21,8 @@ pytestmark = pytest.mark.lab
 
 ALL = tuple(probes.CATALOGUE.values())  # the lab serves them all: classic three + matrix
 NEEDS_SNI = {p.name for p in ALL if p.chain is not None}  # their certificate is served only by SNI
+# Two MX hosts at one address: without SNI, which of them took the mail is unknown.
+FALLBACK = {p.name for p in ALL if p.mx_first is not None}
 
 # What Postfix 3.7 at level `dane` logs for each probe, as seen in this lab (Postfix
 # 3.7.11 with Knot and a validating Unbound): the status line (sent, or deferred with
@@ -44,6 +46,13 @@ DANE_POSTFIX: dict[str, tuple[str, tuple[str, ...]]] = {
     "unsigned": ("2.0.0", ("Untrusted TLS connection established",)),
     "notls": ("4.7.4", ("TLS is required, but was not offered",)),
     "mx": ("2.0.0", ("Verified TLS connection established",)),
+    # The NSEC3 proving "no TLSA" fails validation: Unbound answers SERVFAIL, Postfix defers.
+    "denial-bogus": ("4.7.5", ("TLSA lookup error",)),
+    # Skips mxfail (its TLSA match nothing), delivers through mxok, logging at mxfail:
+    # "CA certificate verification failed for mxfail.<zone>[...]:25: num=65:no matching DANE
+    # TLSA records", "Untrusted TLS connection established to mxfail...", then "Verified TLS
+    # connection established to mxok..." and relay=mxok.
+    "mx-fallback": ("2.0.0", ("no matching DANE TLSA records", "Verified TLS connection established")),
 }
 
 
@@ -78,8 +87,10 @@ def accounts(sender: Postfix, log: str, outcomes: dict[str, Outcome], zone: str,
     out = {}
     for p in ALL:
         [outcome] = [o for rcpt, o in outcomes.items() if rcpt.endswith("@" + p.host(zone, alias))]
-        # The host's name or its TLSA owner, not part of a longer name (notls.<zone> in unusable-notls.<zone>).
-        host = re.compile(r"(?:(?<![\w.-])|(?<=_25\._tcp\.))" + re.escape(p.tls_host(zone, alias)) + r"(?=[\[: ])")
+        # The host's name or its TLSA owner, not part of a longer name (notls.<zone> in unusable-notls.<zone>);
+        # and an MX host it must skip.
+        names = "|".join(re.escape(h) for h in (p.tls_host(zone, alias), p.first_mx_host(zone)) if h)
+        host = re.compile(r"(?:(?<![\w.-])|(?<=_25\._tcp\.))(?:" + names + r")(?=[\[: ])")
         out[p.name] = Account(outcome, [line for line in log.splitlines() if host.search(line)])
     return out
 
@@ -159,6 +170,8 @@ def agree(name: str, probe: dict[str, Any], account: Account, client_ip: str) ->
     sni = [s["tls"]["sni"] for s in mine if s["tls"]]
     if name in NEEDS_SNI and probe["tls_host"] not in sni:
         assert probe["grade"]["grade"] == "inconclusive" and "SNI" in probe["grade"]["reason"], where
+    elif name in FALLBACK and not any(sni):
+        assert probe["grade"]["grade"] == "inconclusive" and "SNI" in probe["grade"]["reason"], where
     elif (did is probes.Expect.DELIVER) == (expect is probes.Expect.DELIVER):
         assert probe["grade"]["grade"] == "pass", where
     else:
@@ -179,14 +192,24 @@ def test_dane_postfix_passes_every_probe(lab: world.World) -> None:
         assert probes_seen[name]["grade"]["grade"] == "pass", (name, probes_seen[name]["grade"])
 
     # bogus: the TLSA lookup failed, so Postfix never connected (nothing reached havedane).
-    assert seen["bogus"].outcome.relay == "none" and seen["bogus"].tls is None
+    for name in ("bogus", "denial-bogus"):
+        assert seen[name].outcome.relay == "none" and seen[name].tls is None, (name, seen[name])
     assert seen["mx"].outcome.relay.startswith(f"mxhost.{lab.zone}[")
+    # mx-fallback: Postfix tried mxfail first, failed to authenticate it and left; the mail
+    # went through mxok, never through mxfail (RFC 7672 §2.2).
+    fallback = seen["mx-fallback"]
+    assert fallback.outcome.relay.startswith(f"mxok.{lab.zone}["), fallback.outcome
+    first = [line for line in fallback.lines if f"mxfail.{lab.zone}" in line]
+    assert any("no matching DANE TLSA records" in line for line in first), fallback.lines
+    assert not [line for line in fallback.lines if "Verified TLS" in line and f"mxfail.{lab.zone}" in line]
+    [delivery] = probes_seen["mx-fallback"]["deliveries"]
+    assert delivery["tls"]["sni"] == f"mxok.{lab.zone}", delivery
     # Postfix sends SNI only where DANE applies (usable, signed TLSA), and then the TLS host's name.
     for p in ALL:
         sessions = [s for s in probes_seen[p.name]["sessions"] if s["tls"]]
         dane = p.zone is probes.Zone.PARENT and p.tlsa not in (probes.Tlsa.NONE, probes.Tlsa.UNUSABLE)
-        sni = p.tls_host(lab.zone, state["alias"]) if dane else None
-        assert all(s["tls"]["sni"] == sni for s in sessions), (p.name, sessions)
+        sni = {p.tls_host(lab.zone, state["alias"]), p.first_mx_host(lab.zone)} if dane else {None}
+        assert all(s["tls"]["sni"] in sni for s in sessions), (p.name, sessions)
     assert state["verdict"]["code"] == "validates", state["verdict"]
     assert state["conformance"] == f"Conforms on {len(ALL)} of {len(ALL)} probes.", state["conformance"]
 
@@ -206,20 +229,29 @@ def test_plain_postfix_fails_every_must_not_deliver_probe(lab: world.World) -> N
 
     grades = {name: p["grade"]["grade"] for name, p in probes_seen.items()}
     # Without SNI it never saw the certificates of ee, ta-badname, ta-expired and ta-rogue:
-    # inconclusive there, not a grade it did not earn. Everywhere else the grade is exact:
+    # inconclusive there, not a grade it did not earn; nor did it name an MX host of
+    # mx-fallback, so which one took the mail is unknown. Everywhere else the grade is exact:
     # fail where a DANE sender must not deliver, pass where it must.
     expected = {
-        p.name: "inconclusive" if p.name in NEEDS_SNI else "pass" if p.expect is probes.Expect.DELIVER else "fail"
+        p.name: "inconclusive"
+        if p.name in NEEDS_SNI | FALLBACK
+        else "pass"
+        if p.expect is probes.Expect.DELIVER
+        else "fail"
         for p in ALL
     }
     assert grades == expected
-    assert {n for n, g in grades.items() if g == "fail"} == {"wrong", "unusable-notls", "ta-notls", "bogus", "notls"}
-    inconclusive = {"ee", "ta-badname", "ta-expired", "ta-rogue", "ta-full"}
+    must_not = {"wrong", "unusable-notls", "ta-notls", "bogus", "notls", "denial-bogus"}
+    assert {n for n, g in grades.items() if g == "fail"} == must_not
+    inconclusive = {"ee", "ta-badname", "ta-expired", "ta-rogue", "ta-full", "mx-fallback"}
     assert {n for n, g in grades.items() if g == "inconclusive"} == inconclusive
+    # mx-fallback: it delivered through the preferred MX host, mxfail, naming none in SNI.
+    assert seen["mx-fallback"].outcome.relay.startswith(f"mxfail.{lab.zone}["), seen["mx-fallback"].outcome
     for name in ("notls", "unusable-notls", "ta-notls"):
         assert probes_seen[name]["grade"]["reason"] == "delivered without TLS, where TLS is mandatory"
     assert state["verdict"]["code"] == "does-not-validate", state["verdict"]
-    assert state["conformance"].startswith("Conforms on 8 of 18 probes."), state["conformance"]
+    passed = sum(g == "pass" for g in grades.values())
+    assert state["conformance"].startswith(f"Conforms on {passed} of {len(ALL)} probes."), state["conformance"]
 
 
 def test_bogus_and_unsigned_as_the_resolver_sees_them(lab: world.World) -> None:
@@ -246,11 +278,26 @@ def test_bogus_and_unsigned_as_the_resolver_sees_them(lab: world.World) -> None:
         answer = lab.query(name, rdtype)
         assert (answer.rcode, answer.ad) == ("NOERROR", False) and answer.rrsets, (name, answer)
 
-    # Both are reached through the parent's delegation to ns.<zone>, where the child
+    # denial-bogus: the test host's MX (in the valid parent) is the apex of a signed child
+    # zone whose NSEC3 proving "no TLSA at _25._tcp.<MX host>" has a broken signature.
+    # What Unbound does: SERVFAIL for the TLSA lookup (the NODATA proof is bogus); the
+    # MX, the MX host's address and its AAAA NODATA (another NSEC3) validate (AD).
+    host, mxdenial = world.fresh_host("denial-bogus"), f"mxdenial.{zone}"
+    mx = lab.query(host, "MX")
+    assert (mx.rcode, mx.ad) == ("NOERROR", True) and mx.rrsets, mx
+    tlsa = lab.query(f"_25._tcp.{mxdenial}", "TLSA")
+    assert tlsa.rcode == "SERVFAIL", tlsa
+    unchecked = lab.query(f"_25._tcp.{mxdenial}", "TLSA", checking_disabled=True)
+    assert (unchecked.rcode, unchecked.rrsets) == ("NOERROR", []), unchecked  # NODATA: there is no TLSA
+    for rdtype, records in (("A", True), ("AAAA", False)):
+        answer = lab.query(mxdenial, rdtype)
+        assert (answer.rcode, answer.ad, bool(answer.rrsets)) == ("NOERROR", True, records), (rdtype, answer)
+
+    # All are reached through the parent's delegation to ns.<zone>, where the child
     # zones are served as `havedane zone --sign` wrote them.
     ns = lab.query(f"ns.{zone}", "A")
     assert (ns.rcode, ns.ad) == ("NOERROR", True) and any(world.AUTHORITATIVE in r for r in ns.rrsets), ns
-    assert set(lab.children) == {f"bogus.{zone}", f"unsigned.{zone}"}
+    assert set(lab.children) == {f"bogus.{zone}", f"unsigned.{zone}", f"mxdenial.{zone}"}
 
 
 def test_posttls_finger_matches_ee_at_depth_0_and_ta_at_depth_1(lab: world.World) -> None:

@@ -120,7 +120,7 @@ def deploy(directory: Path) -> Deployment:
     assert ds, f"havedane zone --sign printed no DS: {proc.stderr!r}"
     written = re.findall(r"^havedane: child zone (\S+) written to (.+)$", proc.stderr, re.M)
     children = {name: Path(path).read_text() for name, path in written}
-    assert set(children) == {f"bogus.{ZONE}", f"unsigned.{ZONE}"}, proc.stderr
+    assert set(children) == {f"bogus.{ZONE}", f"unsigned.{ZONE}", f"mxdenial.{ZONE}"}, proc.stderr
     return Deployment(config, zone_file.read_text(), ds, children, knot_conf.read_text())
 
 

@@ -96,6 +96,7 @@ def sign(
     key: ec.EllipticCurvePrivateKey,
     now: datetime.datetime | None = None,
     corrupt: frozenset[dns.rdatatype.RdataType] = frozenset(),
+    corrupt_denial: frozenset[dns.name.Name] = frozenset(),
 ) -> None:
     """Sign `zone` afresh: drop any earlier DNSSEC records, add the DNSKEY and
     NSEC3PARAM at the apex and the NSEC3 chain, then an RRSIG by the CSK over every
@@ -104,6 +105,8 @@ def sign(
 
     `corrupt`: RRset types whose signatures are made and then broken on purpose (the
     `bogus` probe: its TLSA must fail validation, RFC 4035 §5.3.3, and nothing else).
+    `corrupt_denial`: names whose NSEC3 (the record that proves what they lack, RFC 5155
+    §7.2.3) gets a broken signature (the `denial-bogus` probe).
     """
     origin = zone.origin
     if origin is None:
@@ -123,6 +126,7 @@ def sign(
         param = f"{int(NSEC3_HASH)} 0 {NSEC3_ITERATIONS} -"  # flags 0: no opt-out; "-": no salt
         txn.add(origin, denial_ttl, dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.NSEC3PARAM, param))
         to_sign = _signed_rrsets(txn, origin)
+        broken = {_nsec3_owner(name, origin) for name in corrupt_denial}
         for owner, nsec3 in _nsec3_chain(txn, origin, to_sign):
             txn.add(owner, denial_ttl, nsec3)
             to_sign[owner] = [dns.rdatatype.NSEC3]
@@ -133,7 +137,7 @@ def sign(
                     rrset, key, signer=origin, dnskey=dnssec_key, inception=now - INCEPTION_SKEW,
                     expiration=now + LIFETIME, origin=origin,
                 )  # fmt: skip
-                if rdtype in corrupt:
+                if rdtype in corrupt or (rdtype == dns.rdatatype.NSEC3 and name in broken):
                     sig = rrsig.signature  # type: ignore[attr-defined]
                     rrsig = rrsig.replace(signature=sig[:-1] + bytes([sig[-1] ^ 0x01]))
                 txn.add(name, rrset.ttl, rrsig)
@@ -193,8 +197,13 @@ def _nsec3_chain(
         bitmap = " ".join(dns.rdatatype.to_text(t) for t in sorted(set(types)))
         text = f"{int(NSEC3_HASH)} 0 {NSEC3_ITERATIONS} - {_b32(following)} {bitmap}"
         nsec3 = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.NSEC3, text)
-        chain.append((dns.name.Name([_b32(digest).encode(), *origin.labels]), nsec3))
+        chain.append((_nsec3_owner(name, origin), nsec3))
     return chain
+
+
+def _nsec3_owner(name: dns.name.Name, origin: dns.name.Name) -> dns.name.Name:
+    """The owner of `name`'s NSEC3: the base32hex hash of the name, below the apex."""
+    return dns.name.Name([_b32(_hash(name)).encode(), *origin.labels])
 
 
 def _b32(digest: bytes) -> str:

@@ -67,13 +67,25 @@ def records(
     for probe in enabled:
         tls_name = probe.tls_name(domain) + "."
         own = (probe_addresses or {}).get(probe.name)
-        if probe.mx:
-            out.append(Record(probe.wildcard(domain) + ".", "MX", f"10 {tls_name}"))
+        for pref, host in probe.mx_records(domain):
+            out.append(Record(probe.wildcard(domain) + ".", "MX", f"{pref} {host}."))
         out.extend(address_records(tls_name, [own] if own else addresses))
         served = (probe_leaves or {}).get(probe.name, leaves)
         for rec in tlsa.for_probe(probe, served, ca):
             out.append(Record(probe.tlsa_owner(domain) + ".", "TLSA", rec.rdata()))
+        first = probe.first_mx_host(domain)
+        if first:  # the MX host to skip: same certificate, TLSA that match none of it
+            out.extend(address_records(first + ".", [own] if own else addresses))
+            for rec in tlsa.for_probe(probe, served, ca):
+                out.append(Record(f"_25._tcp.{first}.", "TLSA", tlsa.mismatch(rec).rdata()))
+        if probe.zone is probes.Zone.BOGUS_DENIAL:
+            # A name without TLSA: its NODATA proof is the one NSEC3 matching it (RFC 5155
+            # §7.2.3), used by no other lookup, so breaking its signature breaks only that.
+            out.append(Record(probe.tlsa_owner(domain) + ".", "TXT", f'"{DENIAL_PLACEHOLDER}"'))
     return out
+
+
+DENIAL_PLACEHOLDER = "no TLSA here; the signed proof of that is broken on purpose (havedane probe denial-bogus)"
 
 
 def format_zone(recs: list[Record]) -> str:
@@ -135,7 +147,7 @@ def _split(
     domain: str, enabled: tuple[probes.Probe, ...], recs: list[Record]
 ) -> tuple[list[Record], dict[probes.Probe, list[Record]]]:
     """The records of the base zone, and those below each probe's zone cut."""
-    cuts = {p: dns.name.from_text(p.base(domain)) for p in enabled if p.zone is not probes.Zone.PARENT}
+    cuts = {p: dns.name.from_text(p.zone_apex(domain)) for p in enabled if p.zone is not probes.Zone.PARENT}
     children: dict[probes.Probe, list[Record]] = {p: [] for p in cuts}
     parent: list[Record] = []
     for rec in recs:
@@ -155,24 +167,35 @@ def _child(
 ) -> tuple[str, list[Record]]:
     """A probe's child zone, and the delegation the parent needs for it: NS, plus DS
     when the child is signed (RFC 4035 §2.4). `bogus` is signed with a key of its own
-    and a broken TLSA signature; `unsigned` gets no DS, which the parent's signed NSEC3
+    and a broken TLSA signature, `denial-bogus` (cut at its MX host) with a broken
+    signature over the NSEC3 that proves no TLSA; `unsigned` gets no DS, which the parent's signed NSEC3
     proves (RFC 5155 §8.9: an insecure delegation)."""
-    apex, ns = probe.base(domain) + ".", f"ns.{domain.rstrip('.')}."
+    apex, ns = probe.zone_apex(domain) + ".", f"ns.{domain.rstrip('.')}."
     zone = to_zone(apex, soa_ns(apex, ns, serial) + recs)
     delegation = [Record(apex, "NS", ns)]
-    if keys is None or probe.zone is not probes.Zone.BOGUS:
+    if keys is None or probe.zone not in SIGNED_CHILDREN:
         return _header(apex, None) + zone_text(zone), delegation
     key = _key(keys, apex)
-    dnssec_sign.sign(zone, key, now, corrupt=frozenset({dns.rdatatype.TLSA}))
-    note = "the TLSA signature is broken on purpose (probe `bogus`): leave it so"
+    if probe.zone is probes.Zone.BOGUS:
+        dnssec_sign.sign(zone, key, now, corrupt=frozenset({dns.rdatatype.TLSA}))
+        note = "the TLSA signature is broken on purpose (probe `bogus`): leave it so"
+    else:
+        owner = dns.name.from_text(probe.tlsa_owner(domain))
+        dnssec_sign.sign(zone, key, now, corrupt_denial=frozenset({owner}))
+        note = f"the signature of the NSEC3 of {owner} is broken on purpose (probe `{probe.name}`): leave it so"
     return _header(apex, now, note) + zone_text(zone), [*delegation, Record(apex, "DS", dnssec_sign.ds(apex, key))]
 
 
 def signed_zones(domain: str, enabled: tuple[probes.Probe, ...]) -> list[str]:
     """The zones `build_zone` signs, each with a key of its own: the base domain and
     the `bogus` probe's child zone (RFC 4035 §2.4: its DS in the parent)."""
-    bogus = [p.base(domain) for p in enabled if p.zone is probes.Zone.BOGUS]
+    bogus = [p.zone_apex(domain) for p in enabled if p.zone in SIGNED_CHILDREN]
     return [_zone_name(name) for name in (domain, *bogus)]
+
+
+# The child zones that are signed (with a key of their own, DS in the parent), each
+# with one signature broken on purpose.
+SIGNED_CHILDREN = frozenset({probes.Zone.BOGUS, probes.Zone.BOGUS_DENIAL})
 
 
 def _zone_name(name: str) -> str:
@@ -215,7 +238,7 @@ def build_zone(
     parent, below = _split(domain, enabled, recs)
     children: dict[str, str] = {}
     for probe, child_recs in below.items():
-        children[probe.base(domain)], delegation = _child(probe, domain, child_recs, serial, keys, now)
+        children[probe.zone_apex(domain)], delegation = _child(probe, domain, child_recs, serial, keys, now)
         parent += delegation
     zone = to_zone(domain, apex_records(domain, addresses, serial) + parent)
     if keys is None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import jinja2
 import markupsafe
 
-from havedane import report
+from havedane import probes, report
 from havedane.config import Config
 from havedane.web import view
 from havedane.web.conformance import conformance, grade_rows
@@ -69,6 +69,7 @@ def environment(config: Config) -> jinja2.Environment:
         auto_reload=False,
     )  # fmt: skip
     env.globals.update(
+        advice=lambda name: probes.CATALOGUE[name].advice if name in probes.CATALOGUE else "",
         probe_state=view.probe_state,
         refusals=view.refusals,
         other_sessions=view.other_sessions,
