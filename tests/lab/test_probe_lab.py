@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -48,3 +49,14 @@ def test_probe_through_the_plain_postfix_is_critical(lab: world.World) -> None:
     done = probe(lab, lab.plain)
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stdout.startswith("DANE CRITICAL - does-not-validate: "), done.stdout
+
+
+def test_probe_against_a_server_that_is_down_is_unknown_within_its_timeout(lab: world.World) -> None:
+    down = f"http://{world.WEB[0]}:{world.WEB[1] + 1}"  # nothing listens there in the lab
+    sendmail = lab.dir / "sendmail-never"  # never reached: the test is not even created
+    argv = [sys.executable, "-m", "havedane", "probe", "--server", down, "--sendmail", str(sendmail), "--timeout", "5"]
+    start = time.monotonic()
+    done = lab.ns.run(argv, timeout=30, check=False)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert done.stdout.startswith(f"DANE UNKNOWN - POST {down}/api/tests: "), done.stdout
+    assert time.monotonic() - start < 5 + 3  # the timeout, and the interpreter's start-up
