@@ -120,7 +120,7 @@ def _ops_commands(command: Command) -> None:
 def _probe_commands(command: Command) -> None:
     c = command("probe", "test your own MTA against a havedane server; exit 0 OK, 1 WARNING, 2 CRITICAL, "
                 "3 UNKNOWN (Monitoring Plugins)", cmd_probe)  # fmt: skip
-    c.add_argument("--server", required=True, metavar="URL", help="the havedane server, e.g. https://havedane.net")
+    c.add_argument("--server", required=True, metavar="URL", help="the havedane server, e.g. https://havedane.example")
     via = c.add_mutually_exclusive_group()
     via.add_argument("--sendmail", default="sendmail", metavar="PATH",
                      help="the MTA's sendmail, run as PATH -oi -f FROM -- RCPT... (default sendmail)")  # fmt: skip
