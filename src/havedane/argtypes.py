@@ -89,3 +89,14 @@ def listen(value: str) -> config_keys.Listen:
         return config_keys.parse_listen(value)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def seconds(value: str) -> float:
+    """A positive duration in seconds (e.g. `probe --timeout`)."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not 0 < number < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {value!r}")
+    return number

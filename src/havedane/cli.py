@@ -20,6 +20,7 @@ from havedane.cli_ops import cmd_check, cmd_db_upgrade, cmd_deliver, cmd_postfix
 from havedane.cli_serve import ROLES, cmd_serve
 from havedane.cli_setup import cmd_init
 from havedane.failure import Failure
+from havedane.probeclient import DEFAULT_TIMEOUT, cmd_probe
 
 Command = Callable[[str, str, Callable[[argparse.Namespace], int]], argparse.ArgumentParser]
 
@@ -35,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
         c.set_defaults(func=func)
         return c
 
-    for group in (_setup_commands, _serve_commands, _dns_commands, _ops_commands):
+    for group in (_setup_commands, _serve_commands, _dns_commands, _ops_commands, _probe_commands):
         group(command)
     db = sub.add_parser("db", help="database maintenance", description="database maintenance")
     dbsub = db.add_subparsers(dest="db_command", metavar="COMMAND", required=True)
@@ -114,6 +115,21 @@ def _ops_commands(command: Command) -> None:
     c.add_argument("--havedane", default=shutil.which("havedane") or "/usr/local/bin/havedane",
                    help="path of the havedane command Postfix runs")  # fmt: skip
     c.add_argument("--user", default="havedane", type=argtypes.user, help="user the pipe runs as (default havedane)")
+
+
+def _probe_commands(command: Command) -> None:
+    c = command("probe", "test your own MTA against a havedane server; exit 0 OK, 1 WARNING, 2 CRITICAL, "
+                "3 UNKNOWN (Monitoring Plugins)", cmd_probe)  # fmt: skip
+    c.add_argument("--server", required=True, metavar="URL", help="the havedane server, e.g. https://havedane.example")
+    via = c.add_mutually_exclusive_group()
+    via.add_argument("--sendmail", default="sendmail", metavar="PATH",
+                     help="the MTA's sendmail, run as PATH -oi -f FROM -- RCPT... (default sendmail)")  # fmt: skip
+    via.add_argument("--smtp", type=argtypes.listen, metavar="HOST:PORT",
+                     help="hand the message to this SMTP relay instead of sendmail")  # fmt: skip
+    c.add_argument("--from", dest="sender", metavar="ADDR", help="envelope and From: address (default postmaster@FQDN)")
+    c.add_argument("--timeout", type=argtypes.seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help=f"bound on the whole run; pending then: UNKNOWN (default {DEFAULT_TIMEOUT:.0f})")  # fmt: skip
+    c.add_argument("--json", action="store_true", help="print the API's JSON for the test instead of the report")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
