@@ -227,7 +227,8 @@ class ReceiverSMTP(SMTP):
             # Temporary, as Exim answers past smtp_accept_max_per_connection: a sender with more
             # to deliver does so in a new connection (RFC 5321 §3.8: 421, then close). Before
             # aiosmtpd parses the command: the answer is the same whatever it says.
-            await self.push(f"421 4.7.0 {self.hostname} Too many messages in one connection, use a new one")
+            reply = f"421 4.7.0 {self.hostname} Too many messages in one connection, use a new one"
+            await self.push(self.receiver.metrics.refused("max_messages_per_connection", reply))
             transport: Any = self.transport
             if transport is not None:
                 transport.close()
@@ -257,7 +258,7 @@ class ReceiverSMTP(SMTP):
         if state is smtpdata.Text.TOO_LONG:
             await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
         elif state is smtpdata.Text.TOO_MUCH:
-            await self.push("552 Error: Too much mail data")
+            await self.push(self.receiver.metrics.refused("max_message_size", "552 Error: Too much mail data"))
         if state is not smtpdata.Text.NOMINAL:
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
