@@ -167,6 +167,7 @@ async def test_metrics_are_refused_outside_metrics_from(
         ("127.0.0.1", {}, {}),
         ("::1", {}, {}),
         ("::ffff:127.0.0.1", {}, {}),  # a dual-stack listener's view of 127.0.0.1
+        ("127.0.0.1", {"HAVEDANE_WEB_TRUSTED_PROXIES": "127.0.0.1/32"}, {}),  # Prometheus beside nginx
         ("192.0.2.7", {"HAVEDANE_WEB_METRICS_FROM": "192.0.2.0/24"}, {}),
         (
             "127.0.0.1",
