@@ -17,6 +17,7 @@ from havedane.metrics import Metrics
 from helpers import send
 from inprocess import InProcess, asgi_app
 from test_dnstap import Sender, query_and_response
+from test_limits import Client
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -81,6 +82,32 @@ def test_the_counters_move_with_a_delivery_over_smtp(setup_dir: Path) -> None:
     for operation in ("create_test", "add_deliveries", "save_session"):
         assert value(after, "havedane_store_write_seconds_count", operation=operation) == 1, operation
         assert value(after, "havedane_store_write_seconds_sum", operation=operation) > 0
+
+
+def test_smtp_limits_are_counted_by_their_key(setup_dir: Path) -> None:
+    env = {"HAVEDANE_SMTP_MAX_CONNECTIONS_PER_CLIENT": "1", "HAVEDANE_SMTP_MAX_MESSAGE_SIZE": "1000"}
+    server = InProcess(setup_dir, env=env).start()
+    opened: list[Client] = []
+    try:
+        opened.append(first := Client(server.smtp_port, "127.0.0.2"))
+        assert first.reply()[0] == 220
+        opened.append(second := Client(server.smtp_port, "127.0.0.2"))
+        assert second.reply()[0] == 421
+        assert first.cmd("EHLO sender.example")[0] == 250
+        assert first.cmd("MAIL FROM:<a@sender.example> SIZE=5000")[0] == 552  # announced beyond the limit
+        assert first.cmd("MAIL FROM:<a@sender.example>")[0] == 250
+        assert first.cmd(f"RCPT TO:<{server.new_test()['addresses']['dont']}>")[0] == 250
+        assert first.cmd("DATA")[0] == 354
+        first.send((b"x" * 78 + b"\r\n") * 30 + b".\r\n")
+        assert first.reply()[0] == 552  # longer than allowed, unannounced
+        samples = scrape(server)
+    finally:
+        for client in opened:
+            client.close()
+        assert server.stop() == 0, "".join(server.output)
+    assert value(samples, "havedane_limit_hits_total", kind="max_connections_per_client") == 1
+    assert value(samples, "havedane_limit_hits_total", kind="max_message_size") == 2
+    assert value(samples, "havedane_limit_hits_total", kind="max_connections") == 0
 
 
 def test_open_live_pages_are_a_gauge(serve: InProcess) -> None:

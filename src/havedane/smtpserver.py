@@ -193,6 +193,10 @@ class ReceiverSMTP(SMTP):
         return status
 
     async def push(self, status: str | bytes) -> None:
+        if status[:4] in ("552 ", b"552 "):
+            # Every 552 ("exceeded storage allocation", RFC 5321 §4.2.3) here is [smtp] max_message_size:
+            # aiosmtpd's at MAIL for a SIZE= beyond it (RFC 1870 §6), and smtp_DATA's for a longer text.
+            self.receiver.metrics.refused("max_message_size", None)
         transport: Any = self.transport
         if transport is None or transport.is_closing():
             # Closed by aiosmtpd (too many unknown commands) with pipelined commands still to
@@ -258,7 +262,7 @@ class ReceiverSMTP(SMTP):
         if state is smtpdata.Text.TOO_LONG:
             await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
         elif state is smtpdata.Text.TOO_MUCH:
-            await self.push(self.receiver.metrics.refused("max_message_size", "552 Error: Too much mail data"))
+            await self.push("552 Error: Too much mail data")
         if state is not smtpdata.Text.NOMINAL:
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
