@@ -49,8 +49,7 @@ async def serve(
         context = probe_contexts(config)
     except FileNotFoundError as e:
         raise missing_certificate(e, config) from None
-    # What this process runs is what its /metrics shows (a --role smtp process serves no HTTP).
-    metrics = Metrics({"all": ("smtp", "web"), "web": ("web",)}.get(role, ()))
+    metrics = Metrics({"all": ("smtp", "web"), "web": ("web",)}.get(role, ()))  # what this process runs
     receiver = Receiver(config, store, context, metrics)
     dnstap = await start_dnstap(config, store, metrics) if role == "all" and config.dnstap_socket else None
     try:
@@ -64,15 +63,9 @@ async def serve(
             web_ready.set()
             web_task = asyncio.create_task(_until(stop))
         else:
+            app = create_app(config, store, metrics=metrics)
             web_task = asyncio.create_task(
-                serve_forever(
-                    create_app(config, store, metrics=metrics),
-                    web.host,
-                    web.port,
-                    stop,
-                    web_ready,
-                    config.stream_send_timeout,
-                )
+                serve_forever(app, web.host, web.port, stop, web_ready, config.stream_send_timeout)
             )
         prune_task = asyncio.create_task(prune_forever(config, store))
         ready_wait = asyncio.create_task(web_ready.wait())
