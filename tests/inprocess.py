@@ -164,13 +164,13 @@ APP_URL = "http://127.0.0.1:8080"  # the app's public URL; nothing listens there
 
 
 @contextlib.asynccontextmanager
-async def asgi_app(setup: Path, env: dict[str, str] | None = None) -> AsyncIterator[App]:
+async def asgi_app(setup: Path, env: dict[str, str] | None = None, client: str = "127.0.0.1") -> AsyncIterator[App]:
     """The app of `setup` (its config with `env` over it), its SQLite store opened in this loop;
-    requests come from 127.0.0.1, as over loopback."""
+    requests come from `client` (by default 127.0.0.1, as over loopback)."""
     config = configmod.load(setup, env={"HAVEDANE_WEB_PUBLIC_URL": APP_URL, **(env or {})})
     store = open_store(config.store_url, config.store_busy_timeout, config.store_write_timeout)
     await store.open()
-    transport = httpx.ASGITransport(app=create_app(config, store), client=("127.0.0.1", 40000))
+    transport = httpx.ASGITransport(app=create_app(config, store), client=(client, 40000))
     try:
         async with httpx.AsyncClient(transport=transport, base_url=APP_URL) as http:
             yield App(http, store, config)

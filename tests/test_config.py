@@ -94,6 +94,8 @@ def test_environment_overrides_every_section(tmp_path: Path) -> None:
         ('domain = "x.test"\n', {"HAVEDANE_VERDICT_GRCE": "5"}, "HAVEDANE_VERDICT_GRCE"),
         ('domain = "1.2.3.4"\n', {}, "domain: must be a domain name"),
         ('domain = "-foo.example"\n', {}, "domain: must be a domain name"),
+        ('domain = "x.test"\n[web]\nmetrics_from = ["localhost"]\n', {}, "web.metrics_from"),
+        ('domain = "x.test"\n', {"HAVEDANE_WEB_METRICS_FROM": "10.0.0.0/33"}, "web.metrics_from"),
     ],
 )
 def test_bad_config_is_one_line_naming_the_key(tmp_path: Path, text: str, env: dict[str, str], message: str) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from havedane import probes
 from havedane.config import Config, Listen
+from havedane.metrics import Metrics
 from havedane.quota import Usage
 
 
@@ -45,17 +46,19 @@ class Admission:
     from one address. A slot is counted for the TCP peer and released for the same
     address, even when a PROXY header names another client later."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, metrics: Metrics) -> None:
         self.config = config
+        self.metrics = metrics
         self.active: dict[str, int] = {}
         self.total_active = 0
 
     def admit(self, client_ip: str) -> str | None:
         """None (a slot is taken), or the 421 reply that turns the connection away."""
         if self.total_active >= self.config.max_connections:
-            return "421 4.7.0 Too many connections, try again later"
+            return self.metrics.refused("max_connections", "421 4.7.0 Too many connections, try again later")
         if self.active.get(client_ip, 0) >= self.config.max_connections_per_client:
-            return "421 4.7.0 Too many connections from your address, try again later"
+            reply = "421 4.7.0 Too many connections from your address, try again later"
+            return self.metrics.refused("max_connections_per_client", reply)
         self.total_active += 1
         self.active[client_ip] = self.active.get(client_ip, 0) + 1
         return None
@@ -69,8 +72,8 @@ class Admission:
             self.active.pop(client_ip, None)
 
 
-def over_limit(config: Config, address: str, probe: str, usage: Usage, new_session: bool) -> str | None:
-    """None, or the refusal of a recipient beyond its test's limits.
+def over_limit(config: Config, address: str, probe: str, usage: Usage, new_session: bool) -> tuple[str, str] | None:
+    """None, or the refusal of a recipient beyond its test's limits: the key of the limit, the reply.
 
     Beyond a test's limits the answer is permanent (RFC 5321 §4.2.1, 5yz): the test has no
     room until it expires, days later, so a sender's retries (§4.5.4.1) would only cost both
@@ -79,12 +82,12 @@ def over_limit(config: Config, address: str, probe: str, usage: Usage, new_sessi
     """
     held = usage.deliveries.get(probe, 0)
     if held >= config.max_deliveries_per_probe:
-        return (
+        return "max_deliveries_per_probe", (
             f"550 5.2.2 <{address}>: this test holds {held} messages at {probe}, its most; "
             f"create a new one at {config.public_url}"
         )
     if new_session and usage.sessions >= config.max_sessions_per_test:
-        return (
+        return "max_sessions_per_test", (
             f"550 5.2.2 <{address}>: this test has had {usage.sessions} connections, its most; "
             f"create a new one at {config.public_url}"
         )

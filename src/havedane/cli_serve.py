@@ -19,6 +19,7 @@ from havedane import config as configmod
 from havedane.cli_setup import config_path, embedded_config, missing_certificate
 from havedane.config import Config, ConfigError, Listen
 from havedane.failure import Failure
+from havedane.metrics import Metrics
 from havedane.store import Store, open_store
 
 if TYPE_CHECKING:
@@ -48,8 +49,9 @@ async def serve(
         context = probe_contexts(config)
     except FileNotFoundError as e:
         raise missing_certificate(e, config) from None
-    receiver = Receiver(config, store, context)
-    dnstap = await start_dnstap(config, store) if role == "all" and config.dnstap_socket else None
+    metrics = Metrics({"all": ("smtp", "web"), "web": ("web",)}.get(role, ()))  # what this process runs
+    receiver = Receiver(config, store, context, metrics)
+    dnstap = await start_dnstap(config, store, metrics) if role == "all" and config.dnstap_socket else None
     try:
         if role != "web":
             try:
@@ -61,10 +63,9 @@ async def serve(
             web_ready.set()
             web_task = asyncio.create_task(_until(stop))
         else:
+            app = create_app(config, store, metrics=metrics)
             web_task = asyncio.create_task(
-                serve_forever(
-                    create_app(config, store), web.host, web.port, stop, web_ready, config.stream_send_timeout
-                )
+                serve_forever(app, web.host, web.port, stop, web_ready, config.stream_send_timeout)
             )
         prune_task = asyncio.create_task(prune_forever(config, store))
         ready_wait = asyncio.create_task(web_ready.wait())
@@ -89,10 +90,10 @@ async def serve(
         await store.close()
 
 
-async def start_dnstap(config: Config, store: Store) -> Reader:
+async def start_dnstap(config: Config, store: Store, metrics: Metrics | None = None) -> Reader:
     from havedane.dnstap import reader_for
 
-    reader = reader_for(config, store)
+    reader = reader_for(config, store, metrics)
     try:
         await reader.start()
     except OSError as e:

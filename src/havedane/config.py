@@ -60,6 +60,7 @@ class Config:
     dnstap_socket: Path | None = None  # None: no dnstap feed, no DNS evidence on this deployment
     max_dns_queries_per_test: int = 200
     max_zone_queries: int = 100_000
+    metrics_from: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # who may read GET /metrics
     raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
 
     @property
@@ -113,6 +114,7 @@ def load(path: Path | None, env: Mapping[str, str] | None = None, default_domain
         max_streams=web["max_streams"],
         max_streams_per_client=web["max_streams_per_client"],
         stream_send_timeout=web["stream_send_timeout"],
+        metrics_from=tuple(web["metrics_from"]),
         store_url=_store_url(parsed["store"]["url"], base),
         store_busy_timeout=parsed["store"]["busy_timeout"],
         store_write_timeout=parsed["store"]["write_timeout"],

@@ -174,6 +174,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "max_streams": (_positive_int, 1000),
         "max_streams_per_client": (_positive_int, 10),
         "stream_send_timeout": (_positive_float, 30.0),
+        "metrics_from": (_networks, ["127.0.0.0/8", "::1/128"]),
     },
     "store": {"url": (_str, None), "busy_timeout": (_positive_float, 10.0), "write_timeout": (_positive_float, 30.0)},
     "tls": {"dir": (_str, "tls")},

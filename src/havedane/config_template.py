@@ -58,6 +58,7 @@ trusted_proxies = []            # networks whose X-Forwarded-For is believed
 max_streams = 1000              # live pages (event streams) open at once; beyond: 503, the page polls
 max_streams_per_client = 10     # per client address (IPv6: per /64); beyond: 429, the page polls
 stream_send_timeout = 30        # seconds a live page may stall its reader before it is dropped
+metrics_from = ["127.0.0.0/8", "::1/128"]  # networks that may read GET /metrics (Prometheus); [] for none
 
 [store]
 url = "sqlite:///havedane.sqlite3"

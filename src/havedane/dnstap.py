@@ -29,6 +29,7 @@ import fstrm
 from havedane.config import Config
 from havedane.dns.queries import DnsQuery, in_zone, probe_hosts, tie
 from havedane.dnstap_decode import Malformed, Pairer, decode
+from havedane.metrics import Metrics
 from havedane.store import Store
 
 CONTENT_TYPE = b"protobuf:dnstap.Dnstap"
@@ -196,11 +197,16 @@ class Reader:
             self._take(self._pairer.add(decoded, time.monotonic()))
 
 
-def reader_for(config: Config, store: Store) -> Reader:
-    """The reader of `[dns] dnstap_socket`, storing into `store` within `[dns]`'s bounds."""
+def reader_for(config: Config, store: Store, metrics: Metrics | None = None) -> Reader:
+    """The reader of `[dns] dnstap_socket`, storing into `store` within `[dns]`'s bounds;
+    its counts and its writes' times go to `metrics`."""
     assert config.dnstap_socket is not None
+    timed = metrics or Metrics()
 
     async def sink(batch: list[DnsQuery]) -> int:
-        return await store.add_dns_queries(batch, config.max_dns_queries_per_test)
+        with timed.writing("add_dns_queries"):
+            return await store.add_dns_queries(batch, config.max_dns_queries_per_test)
 
-    return Reader(config.dnstap_socket, config.domain, probe_hosts(config.domain, config.probes), sink)
+    reader = Reader(config.dnstap_socket, config.domain, probe_hosts(config.domain, config.probes), sink)
+    timed.dnstap(reader.counts)
+    return reader

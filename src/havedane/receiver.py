@@ -27,6 +27,7 @@ from havedane import admission, probes, quota, tie
 from havedane.config import Config, Listen
 from havedane.connection import ip, session_log, split
 from havedane.messageid import message_id as _message_id
+from havedane.metrics import Metrics
 from havedane.model import Delivery, Session
 from havedane.smtpserver import Hooks, ReceiverSMTP
 from havedane.store import Store, StoreError
@@ -43,12 +44,15 @@ IDENT = "havedane"
 class Receiver:
     """Shared state of all listeners: config, store, limits; also the aiosmtpd handler."""
 
-    def __init__(self, config: Config, store: Store, context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self, config: Config, store: Store, context: ssl.SSLContext | None, metrics: Metrics | None = None
+    ) -> None:
         self.config = config
         self.store = store
         self.context = context
+        self.metrics = metrics or Metrics()
         self.quota = quota.Quota(store)
-        self.admission = admission.Admission(config)
+        self.admission = admission.Admission(config, self.metrics)
         self.servers: list[asyncio.Server] = []
         self._saves: set[asyncio.Task[None]] = set()
         self.connections: set[ReceiverSMTP] = set()
@@ -100,8 +104,10 @@ class Receiver:
 
     async def _save(self, session: Session) -> None:
         session = await tie.confirm_sni(session, self.store, self.quota, self.config, self.now())
+        self.metrics.session(session)
         try:
-            await self.store.save_session(session)
+            with self.metrics.writing("save_session"):
+                await self.store.save_session(session)
         except StoreError as e:
             log.error("session %s not saved: %s", session.id, e)
         log.info(json.dumps(session_log(session), separators=(",", ":")))
@@ -113,7 +119,7 @@ class Receiver:
     ) -> str:
         record = server.record
         if len(envelope.rcpt_tos) >= self.config.max_recipients:
-            return "452 4.5.3 Too many recipients"
+            return self.metrics.refused("max_recipients", "452 4.5.3 Too many recipients")
         address = text(address)
         _, domain = split(address)
         named = probes.probe_for_host(self.config.probes, self.config.domain, domain)
@@ -140,7 +146,7 @@ class Receiver:
             return "451 4.3.0 Temporary failure looking up the test, try again later"
         refusal = admission.over_limit(self.config, address, probe.name, usage, record.alias is None)
         if refusal is not None:
-            return refusal
+            return self.metrics.refused(*refusal)
         envelope.rcpt_tos.append(address)
         record.rcpts.append(address)
         if record.alias is None:
@@ -212,11 +218,13 @@ class Receiver:
                 )
             )
         try:
-            await self.store.add_deliveries(deliveries)
+            with self.metrics.writing("add_deliveries"):
+                await self.store.add_deliveries(deliveries)
         except StoreError as e:
             log.error("deliveries not recorded: %s", e)
             return "451 4.3.0 Temporary failure recording the message, try again later"
         record.delivered += len(deliveries)
+        self.metrics.delivered(deliveries)
         for d in deliveries:
             self.quota.delivered(d.alias, d.probe)
         return f"250 2.0.0 OK: recorded {len(deliveries)} deliveries"

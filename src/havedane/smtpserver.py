@@ -193,6 +193,10 @@ class ReceiverSMTP(SMTP):
         return status
 
     async def push(self, status: str | bytes) -> None:
+        if status[:4] in ("552 ", b"552 "):
+            # Every 552 ("exceeded storage allocation", RFC 5321 §4.2.3) here is [smtp] max_message_size:
+            # aiosmtpd's at MAIL for a SIZE= beyond it (RFC 1870 §6), and smtp_DATA's for a longer text.
+            self.receiver.metrics.refused("max_message_size", None)
         transport: Any = self.transport
         if transport is None or transport.is_closing():
             # Closed by aiosmtpd (too many unknown commands) with pipelined commands still to
@@ -227,7 +231,8 @@ class ReceiverSMTP(SMTP):
             # Temporary, as Exim answers past smtp_accept_max_per_connection: a sender with more
             # to deliver does so in a new connection (RFC 5321 §3.8: 421, then close). Before
             # aiosmtpd parses the command: the answer is the same whatever it says.
-            await self.push(f"421 4.7.0 {self.hostname} Too many messages in one connection, use a new one")
+            reply = f"421 4.7.0 {self.hostname} Too many messages in one connection, use a new one"
+            await self.push(self.receiver.metrics.refused("max_messages_per_connection", reply))
             transport: Any = self.transport
             if transport is not None:
                 transport.close()

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import prometheus_client
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -29,11 +30,12 @@ from starlette.types import ASGIApp
 
 from havedane import report
 from havedane.config import Config
+from havedane.metrics import CONTENT_TYPE, Metrics
 from havedane.model import Test
 from havedane.store import Store, TooManyTests
 from havedane.web import page
 from havedane.web.cache import CACHE_SECONDS, Built, Entry, ResponseCache
-from havedane.web.clients import requester
+from havedane.web.clients import metrics_allowed, requester
 from havedane.web.errors import Errors, json_error
 from havedane.web.headers import SecurityHeaders, cached_headers
 from havedane.web.streams import Streams, state_id, watched
@@ -53,11 +55,15 @@ def valid_alias(alias: str) -> bool:
 
 
 class Web:
-    def __init__(self, config: Config, store: Store, now: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, config: Config, store: Store, now: Callable[[], float] = time.time, metrics: Metrics | None = None
+    ) -> None:
         self.config = config
         self.store = store
         self.now = now
+        self.metrics = metrics or Metrics()
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in config.trusted_proxies]
+        self.metrics_from = [ipaddress.ip_network(n, strict=False) for n in config.metrics_from]
         # Creations from one client address run one at a time (a lock per address, dropped when
         # no request holds or awaits it): a burst of concurrent requests cannot all pass the
         # per-minute check before any of them commits.
@@ -74,7 +80,8 @@ class Web:
         # rotating addresses can fill the store.
         self._created: collections.deque[float] = collections.deque()
         # Open live pages (SSE), per client_group and in total: each holds a socket.
-        self.streams = Streams(config, store, self._report)
+        self.streams = Streams(config, store, self._report, self.metrics)
+        self.metrics.streams(lambda: self.streams.total)
 
     # -- creating tests -------------------------------------------------------
 
@@ -87,28 +94,30 @@ class Web:
             async with lock:
                 recent = await self.store.recent_tests_from(ip, now - 60)
                 if recent >= self.config.tests_per_minute:
-                    return json_error(
+                    return self.metrics.refused("tests_per_minute", json_error(
                         429, "too many tests created from your address; try again in a minute", {"Retry-After": "60"}
-                    )
+                    ))  # fmt: skip
                 while self._created and self._created[0] <= now - 60:
                     self._created.popleft()
                 if len(self._created) >= self.config.tests_per_minute_total:
-                    return json_error(
+                    return self.metrics.refused("tests_per_minute_total", json_error(
                         503, "the service is creating too many tests right now; try again in a minute",
                         {"Retry-After": "60"},
-                    )  # fmt: skip
+                    ))  # fmt: skip
                 self._created.append(now)  # before the write: concurrent creations see it
                 test = Test(new_alias(), now, ip)
                 try:
-                    await self.store.create_test(test, self.config.max_tests, now - self.config.reclaim_after)
+                    with self.metrics.writing("create_test"):
+                        await self.store.create_test(test, self.config.max_tests, now - self.config.reclaim_after)
                 except TooManyTests:
                     self._created.remove(now)
-                    return json_error(
+                    return self.metrics.refused("max_tests", json_error(
                         503, "the service holds as many tests as it can; try again later", {"Retry-After": "300"}
-                    )
+                    ))  # fmt: skip
                 except BaseException:
                     self._created.remove(now)
                     raise
+                self.metrics.tests_created.inc()
                 return test
         finally:
             users[0] -= 1
@@ -139,7 +148,10 @@ class Web:
     async def _report(self, alias: str) -> report.Report | None:
         if not valid_alias(alias):
             return None
-        return await report.load(self.store, self.config, alias, self.now())
+        rep = await report.load(self.store, self.config, alias, self.now())
+        if rep is not None:
+            self.metrics.verdict(alias, rep.verdict.code)
+        return rep
 
     async def _cached(self, kind: str, alias: str) -> Entry | None:
         """The test's JSON (`kind` "json") or page (a template's name), from the cache or built."""
@@ -189,9 +201,19 @@ class Web:
         # in total. Beyond, the page polls the JSON API instead (static/test.js).
         return self.streams.open(requester(request, self.trusted), alias, request.headers.get("last-event-id"))
 
+    async def metrics_text(self, request: Request) -> Response:
+        """The counters in the Prometheus text format, for `[web] metrics_from` only: they show
+        the service's load and limits, which are nobody else's business."""
+        if not metrics_allowed(request, self.trusted, self.metrics_from):
+            return json_error(403, "metrics are served only to the networks of [web] metrics_from")
+        body = prometheus_client.generate_latest(self.metrics.registry)
+        return Response(body, media_type=CONTENT_TYPE, headers=NO_STORE)
 
-def create_app(config: Config, store: Store, now: Callable[[], float] = time.time) -> ASGIApp:
-    web = Web(config, store, now)
+
+def create_app(
+    config: Config, store: Store, now: Callable[[], float] = time.time, metrics: Metrics | None = None
+) -> ASGIApp:
+    web = Web(config, store, now, metrics)
     routes: list[Any] = [
         Route("/", web.index, methods=["GET"]),
         Route("/new", web.form_create, methods=["POST"]),
@@ -199,6 +221,7 @@ def create_app(config: Config, store: Store, now: Callable[[], float] = time.tim
         Route("/api/tests", web.api_create, methods=["POST"]),
         Route("/api/tests/{alias}", web.api_test, methods=["GET"]),
         Route("/api/tests/{alias}/events", web.events, methods=["GET"]),
+        Route("/metrics", web.metrics_text, methods=["GET"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers=web.errors.handlers())

@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from havedane import report
 from havedane.config import Config
+from havedane.metrics import Metrics
 from havedane.store import Store
 from havedane.store.base import client_key
 from havedane.web.errors import json_error
@@ -64,24 +65,32 @@ class EventStream(StreamingResponse):
 class Streams:
     """The open live pages of this process, and the stream each of them reads."""
 
-    def __init__(self, config: Config, store: Store, load: Callable[[str], Awaitable[report.Report | None]]) -> None:
+    def __init__(
+        self, config: Config, store: Store, load: Callable[[str], Awaitable[report.Report | None]], metrics: Metrics
+    ) -> None:
         self.config = config
+        self.metrics = metrics
         self.store = store
         self.load = load  # alias -> the test's report (None: no such test)
         self._per_client: dict[str, int] = {}
         self._total = 0
 
+    @property
+    def total(self) -> int:
+        """Live pages open now (all clients)."""
+        return self._total
+
     def open(self, who: str, alias: str, last_id: str | None) -> Response:
         """A stream for `who` (a client group), or the error that tells the page to poll."""
         if self._total >= self.config.max_streams:
-            return json_error(
+            return self.metrics.refused("max_streams", json_error(
                 503, "too many live pages (event streams) are open; this page will poll", {"Retry-After": "60"}
-            )
+            ))  # fmt: skip
         if self._per_client.get(who, 0) >= self.config.max_streams_per_client:
-            return json_error(
+            return self.metrics.refused("max_streams_per_client", json_error(
                 429, "too many live pages (event streams) open from your address; this page will poll",
                 {"Retry-After": "60"},
-            )  # fmt: skip
+            ))  # fmt: skip
         self._per_client[who] = self._per_client.get(who, 0) + 1
         self._total += 1
 
