@@ -59,7 +59,8 @@ def open_store(url: str, busy_timeout: float = 10.0, write_timeout: float = 30.0
         from havedane.store.sqlite import SQLiteStore
 
         return SQLiteStore(where.path, busy_timeout, write_timeout)
-    return _postgres().PostgresStore(url, write_timeout=write_timeout)
+    postgres: Store = _postgres().PostgresStore(url, write_timeout=write_timeout)
+    return postgres
 
 
 def upgrade(url: str, busy_timeout: float = 10.0) -> tuple[int, int]:
