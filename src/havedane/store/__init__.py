@@ -71,7 +71,8 @@ def upgrade(url: str, busy_timeout: float = 10.0) -> tuple[int, int]:
         from havedane.store import sqlite
 
         return sqlite.upgrade(where.path, busy_timeout)
-    return _postgres().upgrade(url)  # type: ignore[no-any-return]
+    versions: tuple[int, int] = _postgres().upgrade(url)
+    return versions
 
 
 def _postgres() -> ModuleType:
