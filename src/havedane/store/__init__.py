@@ -82,6 +82,7 @@ def _postgres() -> ModuleType:
         from havedane.store import postgres
     except ImportError as e:  # ModuleNotFoundError, or psycopg's own "no pq wrapper available"
         raise DriverMissing(
-            f"a postgresql:// store needs the PostgreSQL driver ({e}): pip install 'havedane[postgres]'"
+            f"a postgresql:// store needs the PostgreSQL driver ({e}): install havedane's postgres extra, "
+            "pip install 'havedane[postgres]' (from a checkout: pip install '.[postgres]')"
         ) from None
     return postgres
