@@ -69,8 +69,11 @@ def embedded_config() -> Path:
     path = directory / "havedane.toml"
     # The trial's folder is the user's alone (its database holds senders' addresses); a trial
     # made by an earlier havedane, with the umask's 0755, is closed here too.
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    directory.chmod(0o700)
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        directory.chmod(0o700)
+    except OSError as e:
+        raise Failure(f"cannot make the trial folder {directory} private: {e.strerror or e}", 2) from None
     if not path.exists():
         init(EMBEDDED_DOMAIN, directory, force=False)
         print(f"havedane: created a trial setup for {EMBEDDED_DOMAIN} in {directory}", flush=True)
