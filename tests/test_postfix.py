@@ -156,6 +156,24 @@ def test_postfix_config_snippets(setup_dir: Path) -> None:
     assert json.dumps(out)  # printable
 
 
+def test_postfix_config_paths_are_absolute(setup_dir: Path) -> None:
+    """Postfix reads the key and chain files from its own working directory, not the one
+    `postfix-config` ran in: every path it prints must be absolute, even for `--config havedane.toml`."""
+    out = subprocess.run(
+        [sys.executable, "-m", "havedane", "postfix-config", "--config", setup_dir.name],
+        capture_output=True, text=True, check=True, cwd=setup_dir.parent,
+    ).stdout  # fmt: skip
+    chain = out.split("smtpd_tls_chain_files =", 1)[1].split("smtpd_tls_security_level", 1)[0]
+    files = [f.strip() for f in chain.replace("\n", ",").split(",") if f.strip()]
+    tls = (setup_dir.parent / "tls").resolve()
+    assert files == [
+        f"{tls}/leaf-ecdsa.key", f"{tls}/chain-ecdsa.pem", f"{tls}/leaf-rsa.key", f"{tls}/chain-rsa.pem"
+    ]  # fmt: skip
+    for f in files:
+        assert Path(f).is_file(), f
+    assert f"--config {setup_dir.resolve()}" in out
+
+
 def test_cli_lists_bridge_commands() -> None:
     sub = next(a for a in cli.parser()._actions if a.dest == "command")
     assert {"deliver", "postfix-config", "check"} <= set(sub.choices)  # type: ignore[arg-type]

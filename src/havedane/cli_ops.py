@@ -62,11 +62,13 @@ def cmd_postfix_config(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from havedane.store import StoreError, upgrade
+    from havedane.store import DriverMissing, StoreError, upgrade
 
     config = load_config(args.config)
     try:
         before, after = upgrade(config.store_url, config.store_busy_timeout)
+    except DriverMissing as e:
+        raise Failure(str(e), 2) from None
     except StoreError as e:
         raise Failure(str(e)) from None
     print(f"schema version {before} -> {after}" if before != after else f"schema is current (version {after})")

@@ -20,7 +20,7 @@ from havedane.cli_setup import config_path, embedded_config, missing_certificate
 from havedane.config import Config, ConfigError, Listen
 from havedane.failure import Failure
 from havedane.metrics import Metrics
-from havedane.store import Store, open_store
+from havedane.store import DriverMissing, Store, open_store
 
 if TYPE_CHECKING:
     from havedane.dnstap import Reader
@@ -104,7 +104,10 @@ async def start_dnstap(config: Config, store: Store, metrics: Metrics | None = N
 
 async def open_for_serving(config: Config) -> tuple[Store, asyncio.Event]:
     """The open store, and the event SIGTERM/SIGINT set: what every role of `serve` needs."""
-    store = open_store(config.store_url, config.store_busy_timeout, config.store_write_timeout)
+    try:
+        store = open_store(config.store_url, config.store_busy_timeout, config.store_write_timeout)
+    except DriverMissing as e:
+        raise Failure(str(e), 2) from None
     try:
         await store.open()
     except Exception as e:  # noqa: BLE001 - reported as one line

@@ -67,6 +67,13 @@ def embedded_config() -> Path:
     """The embedded default for a local trial: created on first use, reused after."""
     directory = default_data_dir()
     path = directory / "havedane.toml"
+    # The trial's folder is the user's alone (its database holds senders' addresses); a trial
+    # made by an earlier havedane, with the umask's 0755, is closed here too.
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        directory.chmod(0o700)
+    except OSError as e:
+        raise Failure(f"cannot make the trial folder {directory} private: {e.strerror or e}", 2) from None
     if not path.exists():
         init(EMBEDDED_DOMAIN, directory, force=False)
         print(f"havedane: created a trial setup for {EMBEDDED_DOMAIN} in {directory}", flush=True)

@@ -158,7 +158,9 @@ def snippets(config: Config, havedane: str, config_file: Path, user: str = "have
     # `.domain` form matches the names below it, in a domain list and in a transport
     # table alike (transport(5), with parent_domain_matches_subdomains at its default).
     hosts = ["." + p.base(config.domain) for p in config.probes]
-    tls = config.tls_dir
+    # Postfix opens these from its own working directory (its queue directory), not from the
+    # one `postfix-config` ran in: absolute paths, whatever --config was relative to.
+    tls = config.tls_dir.resolve()
     transport = "\n".join(f"{h:<40} havedane:" for h in hosts)
     return f"""# --- main.cf (add; adjust paths) -------------------------------------------
 # Accept mail for every test's hosts and hand it to havedane (never relay anything else).

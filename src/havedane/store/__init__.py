@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Literal
 
-from havedane.store.base import Changes, SchemaTooNew, Store, StoreError, StoreFull, TooManyTests
+from havedane.store.base import Changes, DriverMissing, SchemaTooNew, Store, StoreError, StoreFull, TooManyTests
 
 __all__ = [
     "Changes",
+    "DriverMissing",
     "Location",
     "SchemaTooNew",
     "Store",
@@ -57,9 +59,8 @@ def open_store(url: str, busy_timeout: float = 10.0, write_timeout: float = 30.0
         from havedane.store.sqlite import SQLiteStore
 
         return SQLiteStore(where.path, busy_timeout, write_timeout)
-    from havedane.store.postgres import PostgresStore  # psycopg only when it is used
-
-    return PostgresStore(url, write_timeout=write_timeout)
+    postgres: Store = _postgres().PostgresStore(url, write_timeout=write_timeout)
+    return postgres
 
 
 def upgrade(url: str, busy_timeout: float = 10.0) -> tuple[int, int]:
@@ -70,6 +71,18 @@ def upgrade(url: str, busy_timeout: float = 10.0) -> tuple[int, int]:
         from havedane.store import sqlite
 
         return sqlite.upgrade(where.path, busy_timeout)
-    from havedane.store import postgres
+    versions: tuple[int, int] = _postgres().upgrade(url)
+    return versions
 
-    return postgres.upgrade(url)
+
+def _postgres() -> ModuleType:
+    """The PostgreSQL backend, imported only when a URL names it: psycopg is the `postgres`
+    extra, and a plain `pip install havedane` (SQLite) does not have it."""
+    try:
+        from havedane.store import postgres
+    except ImportError as e:  # ModuleNotFoundError, or psycopg's own "no pq wrapper available"
+        raise DriverMissing(
+            f"a postgresql:// store needs the PostgreSQL driver ({e}): install havedane's postgres extra, "
+            "pip install 'havedane[postgres]' (from a checkout: pip install '.[postgres]')"
+        ) from None
+    return postgres

@@ -74,6 +74,11 @@ class SchemaTooNew(StoreError):
     """The database was migrated by a newer havedane: this one refuses to touch it."""
 
 
+class DriverMissing(StoreError):
+    """The URL names a database whose driver is not installed (an extra): a setup error,
+    not a passing one; the message says what to install."""
+
+
 class Store(abc.ABC):
     """The store interface. Every write is durable (committed) when its coroutine returns."""
 

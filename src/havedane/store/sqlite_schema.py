@@ -6,6 +6,7 @@ Migrations run when a store opens (`SQLiteStore.open`) and by `havedane db upgra
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -100,12 +101,25 @@ def store_error(e: sqlite3.Error) -> StoreError:
 
 
 def connect(path: Path, busy_timeout: float = 10.0) -> sqlite3.Connection:
+    _create_private(path)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
     conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")  # first: WAL setup may wait for a lock
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
+
+
+def _create_private(path: Path) -> None:
+    """Create a missing database file readable by its owner only (0600, whatever the umask):
+    it holds senders' addresses and IPs. SQLite gives the -wal and -shm files the mode of the
+    database file (its unix VFS, robust_open/findCreateFileMode), so they follow."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass  # an existing database keeps the mode its operator gave it
+    except OSError:
+        pass  # no folder, no permission: sqlite3.connect reports it as the store's error, as before
 
 
 def schema_version(conn: sqlite3.Connection) -> int:
