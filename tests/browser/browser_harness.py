@@ -118,6 +118,14 @@ class Server:
         with urllib.request.urlopen(f"{self.web}/api/tests/{alias}", timeout=10) as response:
             return dict(json.load(response))
 
+    def wait_for_sessions(self, alias: str, count: int, timeout: float = 10) -> None:
+        """Wait until `count` sessions of the test are stored: a session is stored when its
+        connection ends, just after the client has read the delivery's 250."""
+        deadline = time.monotonic() + timeout
+        while sum(len(p["sessions"]) for p in self.result(alias)["probes"].values()) < count:
+            assert time.monotonic() < deadline, f"{count} sessions not stored within {timeout} s"
+            time.sleep(0.05)
+
 
 def insecure_context() -> ssl.SSLContext:
     """Our certificates are self-issued: the tests look at the page, not at PKIX."""
