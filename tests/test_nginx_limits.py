@@ -85,41 +85,58 @@ def test_nginx_accepts_the_sample_rendered_for_the_test(tmp_path: Path) -> None:
     assert RATE and BURST
 
 
+def refused(client: httpx.Client, method: str, path: str, over: str, tries: int = 3) -> httpx.Response:
+    """`method path` sent right after a refusal of `over`, while the address is over its
+    limit; sent again (at most `tries` times) if a token came back in between."""
+    for _ in range(tries):
+        burst(client, over, refusals=1)
+        answer = client.request(method, path)
+        if answer.status_code == 429:
+            break
+    return answer
+
+
 def test_a_burst_from_one_address_gets_429_while_another_address_is_served(
     front: tuple[Nginx, InProcess],
 ) -> None:
     nginx, _ = front
     with nginx.client("127.0.0.2") as flood, nginx.client("127.0.0.3") as other:
         alias = other.post("/api/tests").json()["alias"]
+        path = f"/api/tests/{alias}"
+        statuses: list[int] = []
+        meanwhile: list[int] = []  # the other address, between the flood's requests
         start = time.monotonic()
-        statuses = burst(flood, f"/api/tests/{alias}")
+        while statuses.count(429) < 40 and len(statuses) < 600:
+            statuses.append(flood.get(path).status_code)
+            if len(statuses) % 10 == 0:
+                meanwhile.append(other.get(path).status_code)
         elapsed = time.monotonic() - start
         served = statuses.count(200)
         assert set(statuses) == {200, 429}
         # The burst is served at once (nodelay), then RATE a second: never more.
-        assert BURST + 1 <= served <= BURST + 1 + RATE * elapsed + 1, (served, elapsed)
         assert statuses[: BURST + 1] == [200] * (BURST + 1)
+        assert served <= BURST + 1 + RATE * elapsed + 1, (served, elapsed)
+        # The other address is served all along, its own visitor, by havedane.
+        assert meanwhile == [200] * len(meanwhile) and len(meanwhile) >= (BURST + 40) // 10
+        shown = other.get(f"/t/{alias}")
+        assert shown.status_code == 200 and alias in shown.text and "text/html" in shown.headers["content-type"]
 
         # nginx's own answers, which a client understands: JSON under /api/, text for a page.
-        api, page, create = flood.get(f"/api/tests/{alias}"), flood.get(f"/t/{alias}"), flood.post("/api/tests")
+        api, create = refused(flood, "GET", path, path), refused(flood, "POST", "/api/tests", path)
+        page = refused(flood, "GET", f"/t/{alias}", path)
         for r in (api, create):
             assert (r.status_code, r.headers["content-type"], r.json()) == (429, "application/json", TOO_MANY_JSON)
         assert (page.status_code, page.headers["content-type"]) == (429, "text/plain")
         assert page.text == "Too many requests from your address; wait a few seconds and reload.\n"
         assert {r.headers["retry-after"] for r in (api, page, create)} == {"1"}
 
-        # At the same moment, another address is served as usual, by havedane.
-        shown = other.get(f"/t/{alias}")
-        assert shown.status_code == 200 and alias in shown.text and "text/html" in shown.headers["content-type"]
-        assert other.get(f"/api/tests/{alias}").json()["alias"] == alias
-
         # Retry-After is honest: a second later the flooding address is served again.
         time.sleep(1.2)
-        assert flood.get(f"/api/tests/{alias}").status_code == 200
+        assert flood.get(path).status_code == 200
 
     log = nginx.access_log()
-    assert [s for a, s, _, _ in log if a == "127.0.0.3"] == [201, 200, 200]
-    assert sum(1 for a, s, _, _ in log if a == "127.0.0.2" and s == 429) == statuses.count(429) + 3
+    assert {s for a, s, _, _ in log if a == "127.0.0.3"} == {200, 201}
+    assert 429 not in {s for a, s, _, _ in log if a != "127.0.0.2"}
 
 
 def static_assets(html: str) -> list[str]:
@@ -198,8 +215,11 @@ def test_an_open_live_stream_outlives_a_burst_from_its_own_address(front: tuple[
             sent = time.monotonic()
             assert send(server.smtp_port, list(test["addresses"].values())) == {}
             update = next_event(lines)
-            assert time.monotonic() - sent < 5
+            assert time.monotonic() - sent < 10
             assert update["event"] == "update" and update["id"] != first["id"]
             assert json.loads(update["data"])["probes"]["do"]["status"] == "delivered"
-            # ... while a new request from that address is still refused.
-            assert client.get(f"/api/tests/{test['alias']}").status_code == 429
+        # A new stream from an address over its limit is refused like any request (the page
+        # then polls: static/app.js); asked right after a refusal, before a token comes back.
+        assert burst(client, f"/t/{test['alias']}?fragment=1", refusals=2)[-1] == 429
+        with client.stream("GET", f"/api/tests/{test['alias']}/events") as again:
+            assert (again.status_code, json.loads(again.read())) == (429, TOO_MANY_JSON)
